@@ -1,0 +1,113 @@
+"""Writing a dataset folder safely: every file appears whole or not at all.
+
+Shards and JSON files are written under a hidden temporary name in the same folder and renamed
+into place, so a killed build never leaves a file that a reader or a resumed build would trust.
+A shard that exists under its final name is complete; that is what resuming relies on.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+from turnphase.builders import schema
+
+
+def _temp_name(path: Path) -> Path:
+    return path.with_name(f".{path.name}.{os.getpid()}.tmp")
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = _temp_name(path)
+    tmp.write_bytes(data)
+    os.replace(tmp, path)
+
+
+def atomic_write_json(path: Path, obj: object) -> None:
+    atomic_write_bytes(path, (json.dumps(obj, indent=2, sort_keys=False) + "\n").encode())
+
+
+def shard_path(root: Path, config: str, index: int, n_shards: int) -> Path:
+    return Path(root) / config / schema.shard_name(index, n_shards)
+
+
+def write_shard(root: Path, config: str, index: int, n_shards: int, table: pa.Table) -> Path:
+    """Write one Parquet shard of `config` atomically; returns its final path.
+
+    `table` must already have the config's schema: a mismatch is a bug in the caller, not
+    something to coerce silently.
+    """
+    path = shard_path(root, config, index, n_shards)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = _temp_name(path)
+    # Dictionary-encode only the small categorical columns; activations compress poorly and
+    # would waste time in a dictionary.
+    dict_cols = [c for c in ("role", "topic", "model", "token") if c in table.column_names]
+    pq.write_table(
+        table,
+        tmp,
+        row_group_size=schema.row_group_rows(config),
+        compression="zstd",
+        use_dictionary=dict_cols,
+        write_statistics=["conversation_id", "position"]
+        if "position" in table.column_names
+        else ["conversation_id"],
+    )
+    os.replace(tmp, path)
+    return path
+
+
+def complete_shards(root: Path, config: str, n_shards: int) -> set[int]:
+    """Indices of shards of `config` that exist under their final name for this shard count."""
+    folder = Path(root) / config
+    if not folder.is_dir():
+        return set()
+    done = set()
+    for f in folder.iterdir():
+        parsed = schema.parse_shard_name(f.name)
+        if parsed and parsed[1] == n_shards:
+            done.add(parsed[0])
+    return done
+
+
+def remove_temp_files(root: Path) -> None:
+    """Drop temporaries left by a killed writer (they are never read)."""
+    for tmp in Path(root).rglob(".*.tmp"):
+        tmp.unlink(missing_ok=True)
+
+
+def layer_table(tokens: pa.Table, activations, dtype: schema.Dtype) -> pa.Table:
+    """The `layer_<L>` table for `tokens` rows and their activations.
+
+    activations: (n_tokens, d_model) numpy array, any float dtype; cast to `dtype`.
+    Raises ValueError on a non-finite value (after the cast: float16 overflows count too).
+    """
+    import numpy as np
+
+    n, d_model = activations.shape
+    if n != tokens.num_rows:
+        raise ValueError(f"{n} activation rows for {tokens.num_rows} tokens")
+    values = np.ascontiguousarray(activations, dtype=dtype)
+    if not np.isfinite(values).all():
+        bad = int((~np.isfinite(values)).any(axis=1).sum())
+        raise ValueError(f"{bad} activation rows are not finite in {dtype}")
+    flat = pa.array(values.reshape(-1), type=schema.ARROW_FLOAT[dtype])
+    column = pa.FixedSizeListArray.from_arrays(flat, d_model)
+    columns = [tokens.column(name) for name in schema.KEY_LABEL_COLUMNS] + [column]
+    return pa.Table.from_arrays(columns, schema=schema.layer_schema(d_model, dtype))
+
+
+def finalize(root: Path, provenance: dict, repo_id: str | None = None) -> None:
+    """Write the provenance JSON, then the card: a folder with a card is a finished build."""
+    from turnphase.builders.card import render_card
+
+    provenance["counts"]["bytes"] = {
+        config: sum(f.stat().st_size for f in (Path(root) / config).glob(schema.SHARD_GLOB))
+        for config in provenance["counts"]["rows"]
+    }
+    atomic_write_json(Path(root) / schema.PROVENANCE_FILE, provenance)
+    atomic_write_bytes(Path(root) / schema.CARD_FILE, render_card(provenance, repo_id).encode())
