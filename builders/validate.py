@@ -137,7 +137,10 @@ def validate(root: Path) -> list[str]:
         problems.append(f"conversations: {n_conv} rows, provenance says {prov['counts']['conversations']}")
 
     token_files = _shards(root, schema.TOKENS, problems)
-    layer_files = {L: _shards(root, schema.layer_config(L), problems) for L in layers}
+    for L in layers:
+        layer_names = {p.name for p in _shards(root, schema.layer_config(L), problems)}
+        if layer_names != {p.name for p in token_files}:
+            problems.append(f"{schema.layer_config(L)}: shard files differ from tokens' shard files")
     n_tokens = 0
     layer_rows = dict.fromkeys(layers, 0)
     for path in token_files:
