@@ -72,7 +72,10 @@ def card_data(provenance: dict) -> DatasetCardData:
     return DatasetCardData(
         license=provenance.get("license", "other"),
         language=["en"],
-        task_categories=["text-generation"],
+        language_creators=["machine-generated"],
+        annotations_creators=["machine-generated"],
+        source_datasets=["original"],
+        task_categories=["feature-extraction", "text-generation"],
         size_categories=[size],
         pretty_name=f"turnphase: {provenance['model']['id']}",
         tags=["interpretability", "activations", "turn-taking", "synthetic", "turnphase"],
@@ -81,7 +84,8 @@ def card_data(provenance: dict) -> DatasetCardData:
     )
 
 
-def render_card(provenance: dict, repo_id: str | None = None) -> str:
+def render_card(provenance: dict, repo_id: str | None = None, revision: str | None = None) -> str:
+    """The card's Markdown; `repo_id` and `revision` (a branch) name the repo in its examples."""
     model = provenance["model"]
     gen = provenance["generation"]
     card = DatasetCard.from_template(
@@ -105,5 +109,7 @@ def render_card(provenance: dict, repo_id: str | None = None) -> str:
         generation_text=gen["description"],
         prompts_json=json.dumps(gen["prompts"], indent=2),
         repo_id=repo_id or f"YOUR_NAME/{variant_repo_name(model['id'])}",
+        variant_name=variant_repo_name(model["id"]),
+        revision_arg=f', revision="{revision}"' if revision and revision != "main" else "",
     )
     return str(card)

@@ -1,0 +1,103 @@
+"""Fixtures for Hub tests: a stand-in Hub that accepts pushes, and olah serving a local mirror.
+
+Servers bind 127.0.0.1 on a free port and stop with their fixture; every wait is bounded.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import pytest
+from standin_hub import StandinHub
+from synthetic import write_synthetic_dataset
+
+HERE = Path(__file__).parent
+SERVER_START_TIMEOUT_S = 60
+
+
+@pytest.fixture
+def standin_hub():
+    with StandinHub() as hub:
+        yield hub
+
+
+@pytest.fixture
+def dataset(tmp_path) -> Path:
+    """A small valid dataset folder: 12 conversations in 3 shards, layers 1 and 2."""
+    return write_synthetic_dataset(tmp_path / "ds", n_conversations=12, conversations_per_shard=5)
+
+
+# ---- olah ---------------------------------------------------------------------------------------
+
+OLAH_REPO_ID = "turnphase-test/turnphase-synthetic"
+
+
+def _git(cwd: Path, *args: str) -> None:
+    env = os.environ | {
+        "GIT_AUTHOR_NAME": "turnphase tests",
+        "GIT_AUTHOR_EMAIL": "tests@turnphase.invalid",
+        "GIT_COMMITTER_NAME": "turnphase tests",
+        "GIT_COMMITTER_EMAIL": "tests@turnphase.invalid",
+        "GIT_CONFIG_GLOBAL": os.devnull,
+        "GIT_CONFIG_NOSYSTEM": "1",
+    }
+    subprocess.run(["git", *args], cwd=cwd, env=env, check=True, capture_output=True, timeout=60)
+
+
+@pytest.fixture(scope="session")
+def olah_hub(tmp_path_factory):
+    """olah in offline mode serving one dataset repo from a local git mirror.
+
+    Yields (endpoint, repo_id, folder); `folder` is a checkout identical to the served repo.
+    """
+    pytest.importorskip("olah")
+    root = tmp_path_factory.mktemp("olah")
+    repo = root / "mirrors" / "datasets" / OLAH_REPO_ID
+    write_synthetic_dataset(repo, n_conversations=12, conversations_per_shard=5)
+    _git(repo, "init", "-q", "-b", "main")
+    _git(repo, "add", "-A")
+    _git(repo, "commit", "-q", "-m", "turnphase synthetic dataset")
+    config = root / "olah.toml"
+    config.write_text(
+        "[basic]\n"
+        'host = "127.0.0.1"\n'
+        f'repos-path = "{root / "cache"}"\n'
+        f'mirrors-path = ["{root / "mirrors"}"]\n'
+        "[accessibility]\n"
+        "offline = true\n"
+    )
+    log = open(root / "olah.log", "w")
+    server = subprocess.Popen(
+        [sys.executable, str(HERE / "olah_server.py"), str(config), str(root / "logs")],
+        stdout=subprocess.PIPE,
+        stderr=log,
+        text=True,
+        env=os.environ | {"OMP_NUM_THREADS": "1"},
+    )
+    try:
+        endpoint = _read_endpoint(server)
+        yield endpoint, OLAH_REPO_ID, repo
+    finally:
+        server.terminate()
+        try:
+            server.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            server.kill()
+            server.wait(timeout=10)
+        log.close()
+
+
+def _read_endpoint(server: subprocess.Popen) -> str:
+    """The launcher prints `http://127.0.0.1:PORT` once it listens; bounded by a timer."""
+    line: list[str] = []
+    reader = threading.Thread(target=lambda: line.append(server.stdout.readline()), daemon=True)
+    reader.start()
+    reader.join(SERVER_START_TIMEOUT_S)
+    if not line or not line[0].startswith("http://"):
+        server.kill()
+        raise RuntimeError(f"olah did not start within {SERVER_START_TIMEOUT_S}s: {line}")
+    return line[0].strip()
