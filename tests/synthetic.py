@@ -17,6 +17,7 @@ from typing import Literal
 
 import numpy as np
 import pyarrow as pa
+
 from turnphase.builders import provenance, schema, writer
 from turnphase.builders.phases import PHASE_START, ramp
 
@@ -79,6 +80,18 @@ def planted_activations(
     return x
 
 
+def planted_basis(d_model: int, seed: int = 0) -> np.ndarray:
+    """(3, d_model) orthonormal rows: cos and sin directions of the clock, then the line.
+
+    The same directions `write_synthetic_dataset(..., d_model=d_model, seed=seed)` plants.
+    """
+    return _basis(np.random.default_rng(seed), d_model)
+
+
+def _basis(rng: np.random.Generator, d_model: int) -> np.ndarray:
+    return np.linalg.qr(rng.normal(size=(d_model, 3)))[0].T  # 3 orthonormal directions
+
+
 def write_synthetic_dataset(
     root: Path,
     *,
@@ -93,7 +106,7 @@ def write_synthetic_dataset(
 ) -> Path:
     """Write a complete dataset folder (card and provenance included) and return it."""
     rng = np.random.default_rng(seed)
-    basis = np.linalg.qr(rng.normal(size=(d_model, 3)))[0].T  # 3 orthonormal directions
+    basis = _basis(rng, d_model)
     root = Path(root)
     convs = list(range(n_conversations))
     chunks = [

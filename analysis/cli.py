@@ -1,0 +1,82 @@
+"""`turnphase analyze SOURCE --out REPORT_DIR`: the study's probes, control, PCA/Fourier and figures.
+
+turnphase analyze data/smollm2 --out report                       # all layers, in memory
+turnphase analyze USER/turnphase-smollm2 --out report --streaming # a Hub dataset, streamed
+turnphase analyze data/smollm2 --out report --layers 13,17 --split token --seed 1
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from turnphase.analysis.config import AnalysisConfig
+from turnphase.builders.errors import TurnphaseError
+
+
+def _layers(text: str) -> list[int]:
+    try:
+        return sorted({int(part) for part in text.split(",") if part.strip()})
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"layers must be comma-separated integers, not {text!r}") from None
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    d = AnalysisConfig(source="")
+    p.add_argument("source", help="dataset folder written by `turnphase build`, or a Hub dataset id")
+    p.add_argument("--revision", help="Hub branch, tag or commit to read (Hub ids only)")
+    p.add_argument("--out", type=Path, required=True, help="report folder to write (refused if not empty)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing report folder")
+    p.add_argument(
+        "--layers", type=_layers, help="comma-separated layers (default: every layer in the dataset)"
+    )
+    p.add_argument("--streaming", action="store_true", help="stream shards; memory does not grow with tokens")
+    p.add_argument(
+        "--split",
+        choices=["conversation", "token"],
+        default=d.split,
+        help="hold out whole conversations (default) or random tokens, as the study did",
+    )
+    p.add_argument(
+        "--seed", type=int, default=d.seed, help="split, scrambled permutation, bootstrap (default 0)"
+    )
+    p.add_argument(
+        "--phase-scheme",
+        choices=["phase", "phase_round"],
+        default=d.phase_scheme,
+        help="phase per turn as in the study (default), or linear across the whole round",
+    )
+    p.add_argument("--exclude-template", action="store_true", help="leave chat-template markup tokens out")
+    p.add_argument("--n-pcs", type=int, default=d.n_pcs, help="principal components for the Fourier analysis")
+    p.add_argument(
+        "--bootstrap", type=int, default=d.n_bootstrap, help="bootstrap resamples for 95%% intervals"
+    )
+    p.add_argument(
+        "--batch-size", type=int, default=d.batch_size, help="activation rows per step (memory only)"
+    )
+
+
+def config_from(args: argparse.Namespace) -> AnalysisConfig:
+    try:
+        return AnalysisConfig(
+            source=args.source,
+            revision=args.revision,
+            layers=args.layers,
+            streaming=args.streaming,
+            split=args.split,
+            seed=args.seed,
+            phase_scheme=args.phase_scheme,
+            exclude_template=args.exclude_template,
+            n_pcs=args.n_pcs,
+            n_bootstrap=args.bootstrap,
+            batch_size=args.batch_size,
+        )
+    except ValueError as e:
+        raise TurnphaseError(str(e)) from e
+
+
+def run(args: argparse.Namespace) -> int:
+    from turnphase.analysis.report import analyze
+
+    analyze(config_from(args), args.out, overwrite=args.overwrite)
+    return 0

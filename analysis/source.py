@@ -1,0 +1,239 @@
+"""Reading a turnphase dataset, from a folder or a Hub id, in memory or streaming.
+
+    src = DatasetSource.open("data/smollm2", streaming=True)
+    labels = src.labels(config)                  # a few bytes per token, held in memory
+    for batch in src.layer(13, labels).batches():  # repeatable; re-streams shards each time
+        batch.x                                  # (rows, d_model) as stored (float16 or float32)
+
+Labels come from the `tokens` config without its text column. Layer rows are checked against them
+batch by batch (conversation_id and position), because everything downstream pairs activation row
+r with label row r.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from turnphase.analysis.config import AnalysisConfig
+from turnphase.builders import schema
+from turnphase.builders.errors import TurnphaseError
+from turnphase.builders.provenance import read_provenance
+
+_HUB_ID = re.compile(r"^[\w.-]+/[\w.-]+$")
+LABEL_BATCH = 65536
+
+
+@dataclass
+class Labels:
+    """Labels in dataset row order; `analysed` picks the turn tokens every analysis uses."""
+
+    conversation_id: np.ndarray  # (n_rows,) int32, every row, for alignment checks
+    position: np.ndarray  # (n_rows,) int32
+    analysed: np.ndarray  # (n_rows,) bool: turn tokens (phase not null), template kept or not
+    # One entry per analysed token, in row order:
+    conversation: np.ndarray  # (n,) int32
+    role: np.ndarray  # (n,) int8, index into schema.ROLES
+    round: np.ndarray  # (n,) int16
+    phase: np.ndarray  # (n,) float32, in the configured scheme
+    token_position: np.ndarray  # (n,) int32, absolute position in the conversation
+    index_in_turn: np.ndarray  # (n,) int32
+
+    @property
+    def n_rows(self) -> int:
+        return len(self.analysed)
+
+    @property
+    def n(self) -> int:
+        return len(self.phase)
+
+    def targets(self, idx: np.ndarray | slice) -> np.ndarray:
+        """Probe targets [phase, sin 2*pi*phase, cos 2*pi*phase] of analysed tokens `idx`: (len, 3)."""
+        p = self.phase[idx].astype(np.float64)
+        return np.stack([p, np.sin(2 * np.pi * p), np.cos(2 * np.pi * p)], axis=1)
+
+
+@dataclass
+class Batch:
+    start: int  # first dataset row of this batch
+    x: np.ndarray  # (rows, d_model), stored dtype
+
+
+class LayerData:
+    """One layer's activations; iterate `batches()` as often as needed (each pass re-reads in streaming)."""
+
+    def __init__(self, src: DatasetSource, layer: int, labels: Labels):
+        self.src, self.layer, self.labels = src, layer, labels
+        self.config = schema.layer_config(layer)
+        self._in_memory: np.ndarray | None = None
+        if not src.streaming:
+            self._in_memory = np.empty((labels.n_rows, src.d_model), dtype=src.dtype)  # (n_rows, d_model)
+            for b in self._read():
+                self._in_memory[b.start : b.start + len(b.x)] = b.x
+
+    def batches(self) -> Iterator[Batch]:
+        if self._in_memory is None:
+            yield from self._read()
+            return
+        step = self.src.batch_size
+        for start in range(0, self.labels.n_rows, step):
+            yield Batch(start, self._in_memory[start : start + step])
+
+    def _read(self) -> Iterator[Batch]:
+        d, start = self.src.d_model, 0
+        for table in self.src.tables(self.config, [*schema.KEY_LABEL_COLUMNS[:2], schema.ACTIVATION]):
+            n = table.num_rows
+            conv = table.column("conversation_id").to_numpy()
+            pos = table.column("position").to_numpy()
+            if start + n > self.labels.n_rows or not (
+                np.array_equal(conv, self.labels.conversation_id[start : start + n])
+                and np.array_equal(pos, self.labels.position[start : start + n])
+            ):
+                raise TurnphaseError(
+                    f"{self.config}: rows {start}..{start + n - 1} do not line up with the tokens config "
+                    "(conversation_id/position differ); run `turnphase validate` on the dataset"
+                )
+            flat = pc.list_flatten(table.column(schema.ACTIVATION)).to_numpy()
+            yield Batch(start, flat.reshape(n, d))  # (rows, d_model)
+            start += n
+        if start != self.labels.n_rows:
+            raise TurnphaseError(f"{self.config}: {start} rows for {self.labels.n_rows} tokens")
+
+
+class DatasetSource:
+    def __init__(
+        self, source: str, provenance: dict, streaming: bool, batch_size: int, revision: str | None = None
+    ):
+        self.source, self.provenance, self.streaming, self.batch_size = (
+            source,
+            provenance,
+            streaming,
+            batch_size,
+        )
+        self.revision = revision
+        try:
+            self.layers = [int(L) for L in provenance["layers"]]
+            self.d_model = int(provenance["model"]["d_model"])
+            self.dtype = np.dtype(provenance["dtype"])
+            self.model_id = str(provenance["model"]["id"])
+        except (KeyError, TypeError, ValueError) as e:
+            raise TurnphaseError(
+                f"{source}: {schema.PROVENANCE_FILE} lacks layers, model or dtype ({e})"
+            ) from e
+
+    @classmethod
+    def open(
+        cls, source: str, *, streaming: bool = False, batch_size: int = 4096, revision: str | None = None
+    ) -> DatasetSource:
+        path = Path(source)
+        if path.is_dir():
+            if revision:
+                raise TurnphaseError(f"{source}: --revision applies to Hub datasets, not folders")
+            try:
+                prov = read_provenance(path)
+            except (OSError, ValueError) as e:
+                raise TurnphaseError(
+                    f"{source}: not a turnphase dataset (no readable {schema.PROVENANCE_FILE})"
+                ) from e
+            return cls(str(path), prov, streaming, batch_size)
+        if path.exists() or not _HUB_ID.match(source):
+            raise TurnphaseError(f"{source}: no such dataset folder")
+        return cls(source, _hub_provenance(source, revision), streaming, batch_size, revision)
+
+    def tables(self, config: str, columns: list[str], batch_size: int | None = None) -> Iterator[pa.Table]:
+        """Arrow batches of `config`'s columns in dataset row order."""
+        import datasets
+
+        try:
+            ds = datasets.load_dataset(
+                self.source, config, split=schema.SPLIT, streaming=self.streaming, revision=self.revision
+            )
+            it = iter(ds.select_columns(columns).with_format("arrow").iter(batch_size or self.batch_size))
+        except Exception as e:  # datasets raises many types for missing configs, shards or schemas
+            raise TurnphaseError(
+                f"{self.source}: cannot open config {config} ({type(e).__name__}: {e})"
+            ) from e
+        while True:
+            try:
+                table = next(it)
+            except StopIteration:
+                return
+            except Exception as e:  # a corrupt or unreadable shard surfaces here, mid-stream
+                raise TurnphaseError(f"{self.source}: cannot read {config} ({type(e).__name__}: {e})") from e
+            yield table
+
+    def labels(self, config: AnalysisConfig) -> Labels:
+        cols = [*schema.KEY_LABEL_COLUMNS, "index_in_turn", "is_template"]
+        parts: dict[str, list[np.ndarray]] = {
+            k: [] for k in ("conv", "pos", "keep", "role", "round", "phase", "iit")
+        }
+        for t in self.tables(schema.TOKENS, cols, LABEL_BATCH):
+            phase = t.column(config.phase_scheme)
+            keep = pc.is_valid(phase).to_numpy(zero_copy_only=False)
+            if config.exclude_template:
+                keep &= ~t.column("is_template").to_numpy(zero_copy_only=False)
+            kept = t.filter(pa.array(keep))
+            roles = pc.index_in(kept.column("role"), value_set=pa.array(schema.ROLES))
+            if roles.null_count:
+                raise TurnphaseError(f"{self.source}: tokens config has roles outside {schema.ROLES}")
+            parts["conv"].append(t.column("conversation_id").to_numpy())
+            parts["pos"].append(t.column("position").to_numpy())
+            parts["keep"].append(keep)
+            parts["role"].append(roles.to_numpy().astype(np.int8))
+            parts["round"].append(kept.column("round").to_numpy().astype(np.int16))
+            parts["phase"].append(kept.column(config.phase_scheme).to_numpy().astype(np.float32))
+            parts["iit"].append(kept.column("index_in_turn").to_numpy())
+        if not parts["conv"]:
+            raise TurnphaseError(f"{self.source}: the tokens config is empty")
+        cat = {k: np.concatenate(v) for k, v in parts.items()}
+        labels = Labels(
+            conversation_id=cat["conv"].astype(np.int32),
+            position=cat["pos"].astype(np.int32),
+            analysed=cat["keep"],
+            conversation=cat["conv"][cat["keep"]].astype(np.int32),
+            role=cat["role"],
+            round=cat["round"],
+            phase=cat["phase"],
+            token_position=cat["pos"][cat["keep"]].astype(np.int32),
+            index_in_turn=cat["iit"].astype(np.int32),
+        )
+        if labels.n == 0:
+            raise TurnphaseError(f"{self.source}: no turn tokens to analyse")
+        return labels
+
+    def layer(self, layer: int, labels: Labels) -> LayerData:
+        if layer not in self.layers:
+            raise TurnphaseError(
+                f"layer {layer} is not in this dataset (layers: {', '.join(map(str, self.layers))})"
+            )
+        return LayerData(self, layer, labels)
+
+    def conversation_tokens(self, conversation_id: int) -> pa.Table:
+        """position, role, phase and token text of one conversation (for the HTML token view only)."""
+        cols = ["conversation_id", "position", "role", "phase", "token"]
+        found = [
+            t.filter(pc.equal(t.column("conversation_id"), conversation_id))
+            for t in self.tables(schema.TOKENS, cols, LABEL_BATCH)
+        ]
+        return pa.concat_tables(found)
+
+
+def _hub_provenance(repo_id: str, revision: str | None) -> dict:
+    import json
+
+    from huggingface_hub import hf_hub_download
+
+    try:
+        path = hf_hub_download(repo_id, schema.PROVENANCE_FILE, repo_type="dataset", revision=revision)
+        return json.loads(Path(path).read_text())
+    except Exception as e:  # offline, no such repo, or not a turnphase dataset: one line either way
+        raise TurnphaseError(
+            f"{repo_id}: not a local folder, and its {schema.PROVENANCE_FILE} cannot be fetched from the Hub "
+            f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})"
+        ) from e

@@ -1,0 +1,90 @@
+"""`turnphase analyze`: one clear line and exit 2 on bad input, nothing half-written."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+from synthetic import write_synthetic_dataset
+
+from turnphase.builders.cli import main
+
+
+def run(capsys, *args) -> tuple[int, str, str]:
+    rc = main(["analyze", *map(str, args)])
+    out, err = capsys.readouterr()
+    return rc, out, err
+
+
+def error_line(err: str) -> str:
+    lines = [line for line in err.splitlines() if "error:" in line]
+    assert len(lines) == 1, err
+    return lines[0]
+
+
+def test_missing_source(capsys, tmp_path):
+    rc, _, err = run(capsys, tmp_path / "nothing", "--out", tmp_path / "r")
+    assert rc == 2
+    assert "no such dataset folder" in error_line(err)
+    assert not (tmp_path / "r").exists()
+
+
+def test_folder_without_provenance(capsys, tmp_path):
+    (tmp_path / "empty").mkdir()
+    rc, _, err = run(capsys, tmp_path / "empty", "--out", tmp_path / "r")
+    assert rc == 2 and "not a turnphase dataset" in error_line(err)
+
+
+def test_existing_report_folder_is_refused(capsys, helix_dataset, tmp_path):
+    (tmp_path / "r").mkdir()
+    (tmp_path / "r" / "keep.txt").write_text("mine")
+    rc, _, err = run(capsys, helix_dataset, "--out", tmp_path / "r")
+    assert rc == 2 and "--overwrite" in error_line(err)
+    assert (tmp_path / "r" / "keep.txt").read_text() == "mine"
+
+
+def test_layer_not_in_dataset(capsys, helix_dataset, tmp_path):
+    rc, _, err = run(capsys, helix_dataset, "--out", tmp_path / "r", "--layers", "1,7")
+    assert rc == 2 and "layer 7 is not in this dataset (layers: 1, 2)" in error_line(err)
+
+
+def test_bad_layers_argument(capsys, helix_dataset, tmp_path):
+    with pytest.raises(SystemExit) as exit_info:
+        run(capsys, helix_dataset, "--out", tmp_path / "r", "--layers", "x")
+    assert exit_info.value.code == 2
+
+
+def test_corrupt_shard_leaves_nothing(capsys, tmp_path):
+    ds = write_synthetic_dataset(tmp_path / "ds")
+    (ds / "layer_2" / "train-00001-of-00003.parquet").write_bytes(b"not parquet")
+    rc, _, err = run(capsys, ds, "--out", tmp_path / "r", "--streaming")
+    assert rc == 2 and "layer_2" in error_line(err)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ds"]
+
+
+def test_misaligned_layer_rows_are_an_error(capsys, tmp_path):
+    ds = write_synthetic_dataset(tmp_path / "ds")
+    a, b = ds / "layer_1" / "train-00000-of-00003.parquet", ds / "layer_1" / "train-00001-of-00003.parquet"
+    shutil.move(a, tmp_path / "tmp.parquet")
+    shutil.move(b, a)
+    shutil.move(tmp_path / "tmp.parquet", b)
+    rc, _, err = run(capsys, ds, "--out", tmp_path / "r", "--streaming", "--layers", "1")
+    assert rc == 2 and "do not line up with the tokens config" in error_line(err)
+
+
+def test_options_reach_the_report_and_overwrite_replaces(capsys, helix_dataset, tmp_path):
+    args = [helix_dataset, "--out", tmp_path / "r", "--layers", "2", "--split", "token", "--seed", "3"]
+    args += ["--phase-scheme", "phase_round", "--bootstrap", "200"]
+    rc, out, _ = run(capsys, *args, "--exclude-template")
+    assert rc == 0
+    assert "helix R2" in out and "report.json" in out
+    report = json.loads((tmp_path / "r" / "report.json").read_text())
+    assert report["split"]["kind"] == "token" and report["split"]["seed"] == 3
+    assert report["phase_scheme"] == "phase_round" and report["config"]["exclude_template"] is True
+    assert list(report["layers"]) == ["2"]
+    assert report["layers"]["2"]["probes"]["helix"]["real"]["r2"] > 0.3  # phase_round is not what was planted
+
+    rc, _, _ = run(capsys, *args, "--overwrite")
+    assert rc == 0
+    assert json.loads((tmp_path / "r" / "report.json").read_text())["config"]["exclude_template"] is False

@@ -1,0 +1,81 @@
+"""The streaming Fourier machinery equals its direct definition."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import scipy.fft
+import scipy.stats
+
+from turnphase.analysis.config import AnalysisConfig
+from turnphase.analysis.fourier import AngleMoments, RoundGrid, interp_weights, round_starts, spectrum
+from turnphase.analysis.source import DatasetSource
+
+
+def test_interp_weights_are_np_interp():
+    rng = np.random.default_rng(0)
+    for m in (2, 3, 17, 90):
+        phase = np.sort(rng.uniform(0.05, 0.95, m))
+        phase[m // 2] = phase[m // 2 - 1]  # a repeated phase, as where a user turn ends and an answer starts
+        values = rng.normal(size=m)
+        tok, g, w = interp_weights(phase, 64)
+        got = np.bincount(g, weights=w * values[tok], minlength=64)
+        np.testing.assert_allclose(got, np.interp(np.arange(64) / 64, phase, values), atol=1e-12)
+
+
+def test_spectrum_of_a_pure_cosine():
+    grid, rounds, offset = 64, 5, 0.7
+    u = np.arange(grid) / grid
+    pc0 = 3 * np.cos(2 * np.pi * u + offset)
+    pc1 = np.random.default_rng(0).normal(size=(rounds, grid))  # a different noise every round
+    values = np.stack([np.tile(pc0, rounds), pc1.ravel()], axis=1)  # (rounds * grid, 2)
+    spec = spectrum(values, rounds, grid)
+    assert spec.coherence[0, 1] == pytest.approx(1.5)
+    assert spec.itpc[0, 1] == pytest.approx(1.0)
+    assert spec.angle[0, 1] == pytest.approx(offset)
+    assert spec.coherence[0, 2:].max() < 1e-12
+    assert spec.itpc[1, 1] < 0.9
+
+
+def test_round_grid_in_any_order_equals_direct_resampling(helix_dataset):
+    config = AnalysisConfig(source=str(helix_dataset))
+    labels = DatasetSource.open(config.source).labels(config)
+    grid = RoundGrid(labels, 16)
+    z = np.random.default_rng(1).normal(size=(labels.n, 3))
+    values = np.zeros((grid.n_rounds * 16, 3), dtype=np.float32)
+    order = np.random.default_rng(2).permutation(labels.n)
+    for chunk in np.array_split(order, 5):
+        grid.add(values, chunk, z[chunk])
+    starts = round_starts(labels)
+    expected = [
+        np.stack([np.interp(np.arange(16) / 16, labels.phase[s:e], z[s:e, k]) for k in range(3)], axis=1)
+        for s, e in zip(starts[:-1], starts[1:], strict=True)
+    ]
+    assert grid.n_rounds == len(expected)  # every synthetic round has both turns
+    np.testing.assert_allclose(values, np.concatenate(expected), atol=1e-5)
+    coef = scipy.fft.rfft(np.concatenate(expected).reshape(-1, 16, 3), axis=1) / 16
+    np.testing.assert_allclose(
+        spectrum(values, grid.n_rounds, 16).coherence, np.abs(coef.mean(0)).T, atol=1e-5
+    )
+
+
+def jammalamadaka_sengupta(a: np.ndarray, b: np.ndarray) -> float:
+    sa, sb = np.sin(a - scipy.stats.circmean(a)), np.sin(b - scipy.stats.circmean(b))
+    return float((sa * sb).sum() / np.sqrt((sa**2).sum() * (sb**2).sum()))
+
+
+@pytest.mark.parametrize("orientation", [1, -1])
+def test_angle_moments_give_the_circular_correlation(orientation):
+    rng = np.random.default_rng(3)
+    phase = rng.uniform(size=2000)
+    z = rng.normal(size=(2000, 4))
+    z[:, 1] += 2 * np.cos(2 * np.pi * phase)
+    z[:, 3] += 3 * np.sin(2 * np.pi * phase)
+    scale = z.std(axis=0)
+    moments = AngleMoments(scale)
+    for sl in np.array_split(np.arange(2000), 3):
+        moments.add(z[sl], phase[sl])
+    theta = np.arctan2(orientation * z[:, 3] / scale[3], z[:, 1] / scale[1])
+    expected = jammalamadaka_sengupta(theta, 2 * np.pi * phase)
+    assert moments.corr(1, 3, orientation) == pytest.approx(expected, abs=1e-10)
+    assert abs(expected) > 0.5
