@@ -9,6 +9,7 @@ from pathlib import Path
 
 import datasets
 from huggingface_hub import DatasetCard, DatasetCardData
+
 from turnphase.builders import schema
 
 TEMPLATE = "turnphase_dataset.md"

@@ -34,6 +34,7 @@ from pathlib import Path
 
 from huggingface_hub import HfApi, get_token
 from huggingface_hub.errors import HfHubHTTPError
+
 from turnphase.builders import card, schema, writer
 from turnphase.builders.errors import TurnphaseError
 from turnphase.builders.provenance import read_provenance, turnphase_version

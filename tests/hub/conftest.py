@@ -12,6 +12,7 @@ import threading
 from pathlib import Path
 
 import pytest
+from hub_clients import analyze, hub_env
 from standin_hub import StandinHub
 from synthetic import write_synthetic_dataset
 
@@ -25,10 +26,23 @@ def standin_hub():
         yield hub
 
 
+# Every dataset here is this one (the writer is seeded), so one folder analysis serves as reference.
+DATASET = {"n_conversations": 12, "conversations_per_shard": 5}
+
+
 @pytest.fixture
 def dataset(tmp_path) -> Path:
     """A small valid dataset folder: 12 conversations in 3 shards, layers 1 and 2."""
-    return write_synthetic_dataset(tmp_path / "ds", n_conversations=12, conversations_per_shard=5)
+    return write_synthetic_dataset(tmp_path / "ds", **DATASET)
+
+
+@pytest.fixture(scope="session")
+def folder_report(tmp_path_factory) -> dict:
+    """`turnphase analyze` of the DATASET folder: what analysing a pushed copy must reproduce."""
+    pytest.importorskip("turnphase.analysis.report", reason="the analysis package is not there yet")
+    root = tmp_path_factory.mktemp("reference")
+    folder = write_synthetic_dataset(root / "ds", **DATASET)
+    return analyze(str(folder), root / "report", hub_env("http://127.0.0.1:9", root))
 
 
 # ---- olah ---------------------------------------------------------------------------------------
@@ -57,7 +71,7 @@ def olah_hub(tmp_path_factory):
     pytest.importorskip("olah")
     root = tmp_path_factory.mktemp("olah")
     repo = root / "mirrors" / "datasets" / OLAH_REPO_ID
-    write_synthetic_dataset(repo, n_conversations=12, conversations_per_shard=5)
+    write_synthetic_dataset(repo, **DATASET)
     _git(repo, "init", "-q", "-b", "main")
     _git(repo, "add", "-A")
     _git(repo, "commit", "-q", "-m", "turnphase synthetic dataset")

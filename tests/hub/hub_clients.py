@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
+
 from turnphase.builders import schema
 
 HERE = Path(__file__).parent
@@ -90,3 +91,14 @@ def folder_files(folder: Path) -> dict[str, bytes]:
         if path.is_file() and not any(part.startswith(".") for part in rel.parts):
             out[rel.as_posix()] = path.read_bytes()
     return out
+
+
+ANALYZE_FAST = ["--layers", "1", "--bootstrap", "20"]
+
+
+def analyze(source: str, out: Path, env: dict[str, str], *extra: str) -> dict:
+    """`turnphase analyze SOURCE --out OUT` in a subprocess; returns report.json's numbers."""
+    done = run_cli(["analyze", source, "--out", str(out), *ANALYZE_FAST, *extra], env)
+    assert done.returncode == 0, done.stderr[-3000:]
+    report = json.loads((out / "report.json").read_text())
+    return {k: report[k] for k in ("tokens", "layers", "summary")}

@@ -5,6 +5,7 @@ from __future__ import annotations
 import datasets
 import yaml
 from huggingface_hub import DatasetCard
+
 from turnphase.builders import card, schema
 from turnphase.builders.provenance import read_provenance
 

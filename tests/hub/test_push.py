@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import shutil
 
-from hub_clients import folder_files, hub_env, read_repo, run_cli, summarize_folder
+from hub_clients import analyze, folder_files, hub_env, read_repo, run_cli, summarize_folder
 from synthetic import write_synthetic_dataset
+
 from turnphase.builders import schema
 
 TOKEN = "hf_standinTOKEN_0123456789abcdefXYZ"
@@ -37,6 +38,13 @@ def test_push_round_trip_equals_folder_and_loads(standin_hub, dataset, tmp_path)
     assert read_repo(REPO, "conversations", env, streaming=False) == summarize_folder(
         dataset, "conversations"
     )
+
+
+def test_build_push_analyze_private_repo_round_trip(standin_hub, dataset, folder_report, tmp_path):
+    """build (the synthetic writer) -> push -> `turnphase analyze REPO_ID --streaming` from the endpoint."""
+    assert _push(standin_hub, dataset, tmp_path, "--private").returncode == 0
+    env = hub_env(standin_hub.endpoint, tmp_path, token=TOKEN)
+    assert analyze(REPO, tmp_path / "report", env, "--streaming") == folder_report
 
 
 def test_card_goes_last(standin_hub, dataset, tmp_path):

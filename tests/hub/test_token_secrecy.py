@@ -13,6 +13,7 @@ from pathlib import Path
 import huggingface_hub.constants
 import pytest
 from hub_clients import hub_env, read_repo, run_cli
+
 from turnphase.builders.errors import TurnphaseError
 from turnphase.builders.push import push_folder
 
