@@ -89,6 +89,7 @@ def render_card(provenance: dict, repo_id: str | None = None, revision: str | No
     """The card's Markdown; `repo_id` and `revision` (a branch) name the repo in its examples."""
     model = provenance["model"]
     gen = provenance["generation"]
+    branch = revision if revision and revision != "main" else None
     card = DatasetCard.from_template(
         card_data(provenance),
         template_path=str(template_path()),
@@ -97,6 +98,7 @@ def render_card(provenance: dict, repo_id: str | None = None, revision: str | No
         model_id=model["id"],
         model_revision=model.get("revision") or "n/a",
         weights_sha256=model.get("weights_sha256") or "n/a",
+        chat_template_sha256=model.get("chat_template_sha256") or "n/a",
         n_layers=model["n_layers"],
         d_model=model["d_model"],
         layers=provenance["layers"],
@@ -111,6 +113,7 @@ def render_card(provenance: dict, repo_id: str | None = None, revision: str | No
         prompts_json=json.dumps(gen["prompts"], indent=2),
         repo_id=repo_id or f"YOUR_NAME/{variant_repo_name(model['id'])}",
         variant_name=variant_repo_name(model["id"]),
-        revision_arg=f', revision="{revision}"' if revision and revision != "main" else "",
+        revision_arg=f', revision="{revision}"' if branch else "",
+        revision_flag=f" --revision {branch}" if branch else "",
     )
     return str(card)

@@ -47,7 +47,7 @@ def test_card_body_documents_the_dataset(dataset):
         prov["generation"]["description"],
         'with_format("numpy")',
         'load_dataset("alice/turnphase-synthetic", "layer_1", split="train", streaming=True, revision="v2")',
-        "turnphase analyze alice/turnphase-synthetic --streaming",
+        "turnphase analyze alice/turnphase-synthetic --streaming --revision v2",
         "turnphase push",
         "turnphase-synthetic-helix",  # this variant's name under the naming scheme
         prov["model"]["id"],

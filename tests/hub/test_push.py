@@ -41,10 +41,10 @@ def test_push_round_trip_equals_folder_and_loads(standin_hub, dataset, tmp_path)
 
 
 def test_build_push_analyze_private_repo_round_trip(standin_hub, dataset, folder_report, tmp_path):
-    """build (the synthetic writer) -> push -> `turnphase analyze REPO_ID --streaming` from the endpoint."""
-    assert _push(standin_hub, dataset, tmp_path, "--private").returncode == 0
+    """build (the synthetic writer) -> push to a branch -> `turnphase analyze REPO_ID --streaming`."""
+    assert _push(standin_hub, dataset, tmp_path, "--private", "--revision", "v2").returncode == 0
     env = hub_env(standin_hub.endpoint, tmp_path, token=TOKEN)
-    assert analyze(REPO, tmp_path / "report", env, "--streaming") == folder_report
+    assert analyze(REPO, tmp_path / "report", env, "--streaming", "--revision", "v2") == folder_report
 
 
 def test_card_goes_last(standin_hub, dataset, tmp_path):
