@@ -23,6 +23,9 @@ def _push(hub, folder, tmp_path, *extra: str, token: str | None = TOKEN, **env_e
 
 
 def test_push_round_trip_equals_folder_and_loads(standin_hub, dataset, tmp_path):
+    (dataset / ".cache" / "huggingface").mkdir(parents=True)  # hidden files stay local
+    (dataset / ".cache" / "huggingface" / "state.json").write_text("{}")
+    shutil.copy(dataset / "tokens" / "train-00000-of-00003.parquet", dataset / "tokens" / ".partial.tmp")
     done = _push(standin_hub, dataset, tmp_path)
     assert done.returncode == 0, done.stderr
     assert f"{standin_hub.endpoint}/datasets/{REPO}" in done.stdout
@@ -30,6 +33,13 @@ def test_push_round_trip_equals_folder_and_loads(standin_hub, dataset, tmp_path)
     remote = standin_hub.files(REPO)
     assert remote.pop(".gitattributes")
     assert remote == folder_files(dataset)
+    # the card and provenance come in the last commit, after every shard
+    repo = standin_hub.repos[REPO]
+    last = repo.commits[repo.branches["main"]]
+    assert set(last.files) - set(repo.commits[last.parent].files) == {
+        schema.CARD_FILE,
+        schema.PROVENANCE_FILE,
+    }
     assert f'load_dataset("{REPO}", "tokens"' in remote[schema.CARD_FILE].decode()
     assert not standin_hub.repos[REPO].private
 
@@ -45,15 +55,6 @@ def test_build_push_analyze_private_repo_round_trip(standin_hub, dataset, folder
     assert _push(standin_hub, dataset, tmp_path, "--private", "--revision", "v2").returncode == 0
     env = hub_env(standin_hub.endpoint, tmp_path, token=TOKEN)
     assert analyze(REPO, tmp_path / "report", env, "--streaming", "--revision", "v2") == folder_report
-
-
-def test_card_goes_last(standin_hub, dataset, tmp_path):
-    assert _push(standin_hub, dataset, tmp_path).returncode == 0
-    commits = standin_hub.repos[REPO].commits
-    last = commits[standin_hub.repos[REPO].branches["main"]]
-    parent = commits[last.parent]
-    assert schema.CARD_FILE not in parent.files and schema.PROVENANCE_FILE not in parent.files
-    assert schema.CARD_FILE in last.files
 
 
 def test_push_refuses_invalid_folder_and_sends_nothing(standin_hub, dataset, tmp_path):
@@ -130,11 +131,3 @@ def test_repush_of_a_rebuilt_dataset_drops_stale_shards(standin_hub, dataset, tm
     remote = standin_hub.files(REPO)
     remote.pop(".gitattributes")
     assert remote == folder_files(rebuilt)
-
-
-def test_hidden_files_are_not_pushed(standin_hub, dataset, tmp_path):
-    (dataset / ".cache" / "huggingface").mkdir(parents=True)
-    (dataset / ".cache" / "huggingface" / "state.json").write_text("{}")
-    shutil.copy(dataset / "tokens" / "train-00000-of-00003.parquet", dataset / "tokens" / ".partial.tmp")
-    assert _push(standin_hub, dataset, tmp_path).returncode == 0
-    assert not any("/." in p or p.startswith(".c") for p in standin_hub.files(REPO))
