@@ -8,6 +8,7 @@ turnphase analyze data/smollm2 --out report --layers 13,17 --split token --seed 
 from __future__ import annotations
 
 import argparse
+import os
 from pathlib import Path
 
 from turnphase.analysis.config import AnalysisConfig
@@ -76,6 +77,9 @@ def config_from(args: argparse.Namespace) -> AnalysisConfig:
 
 
 def run(args: argparse.Namespace) -> int:
+    # datasets imports torch, when installed, as soon as it streams (to share a counter with
+    # DataLoader workers): seconds and a few hundred MB for nothing here. Set before datasets loads.
+    os.environ.setdefault("USE_TORCH", "0")
     from turnphase.analysis.report import analyze
 
     analyze(config_from(args), args.out, overwrite=args.overwrite)

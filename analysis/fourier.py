@@ -84,8 +84,10 @@ class RoundGrid:
 
     def add(self, values: np.ndarray, label_idx: np.ndarray, z: np.ndarray) -> None:
         """Add tokens `label_idx` carrying projections z (b, k) into values (rounds * grid, k)."""
-        sub = self.matrix[label_idx].tocoo()
-        np.add.at(values, sub.col, sub.data[:, None] * z[sub.row])
+        sub = self.matrix[label_idx].tocoo()  # (b, rounds * grid), about 2 * grid entries per round
+        points, where = np.unique(sub.col, return_inverse=True)
+        gather = scipy.sparse.csr_array((sub.data, (where, sub.row)), shape=(len(points), len(label_idx)))
+        values[points] += gather @ z  # (points, k)
 
 
 @dataclass
@@ -151,11 +153,13 @@ class AngleMoments:
         zi, zj = z[:, self.pi] / self.scale[self.pi], z[:, self.pj] / self.scale[self.pj]  # (b, pairs)
         r = np.hypot(zi, zj)
         r[r == 0] = 1.0
-        u = np.stack([zi / r, zj / r], axis=-1)  # (b, pairs, 2): cos, sin of the token's angle
+        cos, sin = zi / r, zj / r  # (b, pairs): the token's angle in each pair's plane
         v = np.stack([np.cos(2 * np.pi * phase), np.sin(2 * np.pi * phase)], axis=-1)  # (b, 2)
-        self.su += u.sum(axis=0)
-        self.suu += np.einsum("bpi,bpj->pij", u, u)
-        self.suv += np.einsum("bpi,bj->pij", u, v)
+        self.su += np.stack([cos.sum(0), sin.sum(0)], axis=-1)
+        cs = (cos * sin).sum(0)
+        cc, ss = (cos * cos).sum(0), (sin * sin).sum(0)
+        self.suu += np.stack([np.stack([cc, cs], -1), np.stack([cs, ss], -1)], axis=-2)
+        self.suv += np.stack([cos.T @ v, sin.T @ v], axis=-2)  # (pairs, 2, 2)
         self.sv += v.sum(axis=0)
         self.svv += v.T @ v
 

@@ -33,6 +33,7 @@ from turnphase.analysis.stats import PartStats, RidgeFit, RidgePath, cv_r2
 TARGETS = ("phase", "sin", "cos")
 PROBES: dict[str, list[int]] = {"linear": [0], "trig": [1, 2], "helix": [0, 1, 2]}
 HELIX_GRID = np.linspace(0.0, 1.0, 720, endpoint=False)  # half a degree of phase
+DECODE_ROWS = 2048  # rows per helix-decoding block: bounds the (rows, grid) distance matrix
 BOOTSTRAP_BATCH = 100  # resamples per vectorised call: bounds the (batch, conversations, sums) array
 
 
@@ -65,8 +66,13 @@ def read_phase(name: str, pred: np.ndarray) -> np.ndarray:
         return np.arctan2(pred[:, 0], pred[:, 1]) / (2 * np.pi) % 1.0
     angle = 2 * np.pi * HELIX_GRID
     curve = np.stack([HELIX_GRID, np.sin(angle), np.cos(angle)], axis=1)  # (grid, 3)
-    dist = (pred**2).sum(1)[:, None] - 2 * pred @ curve.T + (curve**2).sum(1)[None, :]  # (b, grid)
-    return HELIX_GRID[dist.argmin(axis=1)]
+    nearest = np.empty(len(pred), dtype=np.int64)
+    for i in range(0, len(pred), DECODE_ROWS):
+        block = pred[i : i + DECODE_ROWS]
+        nearest[i : i + DECODE_ROWS] = (-2 * block @ curve.T + (curve**2).sum(1)).argmin(
+            axis=1
+        )  # (rows, grid)
+    return HELIX_GRID[nearest]
 
 
 def circular_error(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -178,13 +184,15 @@ def position_baseline(labels: Labels, split: Split, config: AnalysisConfig) -> t
     spline = SplineTransformer(n_knots=8, degree=3, include_bias=False)
     spline.fit(feats[split.part != split.test_part])
     stats = PartStats(config.n_parts, spline.n_features_out_, len(TARGETS))
-    chunks = [slice(i, i + 65536) for i in range(0, labels.n, 65536)]
+    chunks = [slice(i, i + config.batch_size) for i in range(0, labels.n, config.batch_size)]
     for sl in chunks:
         stats.add(spline.transform(feats[sl]), labels.targets(sl), split.part[sl])
     probes = fit_probes(stats, split.train_parts, config.alphas)
     scores = TestScores(test_conversations(labels, split))
     for sl in chunks:
         test = split.part[sl] == split.test_part
+        if not test.any():
+            continue
         x = spline.transform(feats[sl][test])
         scores.add(labels.conversation[sl][test], labels.targets(sl)[test], probes.predict(x))
     return probes, scores

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import subprocess
+import sys
 
 import pytest
 from synthetic import write_synthetic_dataset
@@ -88,3 +91,18 @@ def test_options_reach_the_report_and_overwrite_replaces(capsys, helix_dataset, 
     rc, _, _ = run(capsys, *args, "--overwrite")
     assert rc == 0
     assert json.loads((tmp_path / "r" / "report.json").read_text())["config"]["exclude_template"] is False
+
+
+def test_analyze_never_loads_the_model_stack(helix_dataset, tmp_path):
+    """Neither mode may pull in torch, transformers or nnsight (datasets would import torch)."""
+    code = (
+        "import sys\n"
+        "from turnphase.builders.cli import main\n"
+        f"assert main(['analyze', {str(helix_dataset)!r}, '--out', {str(tmp_path / 'a')!r}, '--layers', '1']) == 0\n"
+        f"assert main(['analyze', {str(helix_dataset)!r}, '--out', {str(tmp_path / 'b')!r}, '--streaming']) == 0\n"
+        "print(sorted({m.split('.')[0] for m in sys.modules} & {'torch', 'transformers', 'nnsight'}))\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "USE_TORCH"} | {"TQDM_DISABLE": "1"}
+    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip().splitlines()[-1] == "[]"
