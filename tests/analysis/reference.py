@@ -47,3 +47,23 @@ def load_reference(root: Path, layer: int) -> Reference:
         position=col(tok_t, "position"),
         index_in_turn=col(tok_t, "index_in_turn"),
     )
+
+
+def assert_same(a, b, path: str = "report") -> None:
+    """Two reports (or parts) agree: same keys and strings, numbers to 1e-7 relative."""
+    if isinstance(a, dict):
+        assert a.keys() == b.keys(), path
+        for k in a:
+            assert_same(a[k], b[k], f"{path}.{k}")
+    elif isinstance(a, list) and a and isinstance(a[0], (dict, list)):
+        assert len(a) == len(b), path
+        for i, (x, y) in enumerate(zip(a, b, strict=True)):
+            assert_same(x, y, f"{path}[{i}]")
+    elif isinstance(a, list) and a and isinstance(a[0], str):
+        assert a == b, path
+    elif isinstance(a, (float, int, list)) and not isinstance(a, bool):
+        np.testing.assert_allclose(
+            np.asarray(a, dtype=float), np.asarray(b, dtype=float), rtol=1e-7, atol=1e-9, err_msg=path
+        )
+    else:
+        assert a == b, path

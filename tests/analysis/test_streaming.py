@@ -2,29 +2,10 @@
 
 from __future__ import annotations
 
-import numpy as np
+from reference import assert_same
 
 from turnphase.analysis.config import AnalysisConfig
 from turnphase.analysis.report import analyze
-
-
-def assert_same(a, b, path="report"):
-    if isinstance(a, dict):
-        assert a.keys() == b.keys(), path
-        for k in a:
-            assert_same(a[k], b[k], f"{path}.{k}")
-    elif isinstance(a, list) and a and isinstance(a[0], (dict, list)):
-        assert len(a) == len(b), path
-        for i, (x, y) in enumerate(zip(a, b, strict=True)):
-            assert_same(x, y, f"{path}[{i}]")
-    elif isinstance(a, list) and a and isinstance(a[0], str):
-        assert a == b, path
-    elif isinstance(a, (float, int, list)) and not isinstance(a, bool):
-        np.testing.assert_allclose(
-            np.asarray(a, dtype=float), np.asarray(b, dtype=float), rtol=1e-7, atol=1e-9, err_msg=path
-        )
-    else:
-        assert a == b, path
 
 
 def test_streaming_report_equals_in_memory(helix_dataset, helix_report, tmp_path):

@@ -1,0 +1,109 @@
+"""Analysing a Hub dataset id, streamed and in memory, over olah (a Hub-compatible server).
+
+The server is started through the documented command line of tests/hub/olah_server.py; the
+client runs in a subprocess because huggingface_hub reads HF_ENDPOINT when it is imported.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import pytest
+from reference import assert_same
+from synthetic import write_synthetic_dataset
+
+from turnphase.analysis.config import AnalysisConfig
+from turnphase.analysis.report import analyze
+
+OLAH_SERVER = Path(__file__).parents[1] / "hub" / "olah_server.py"
+REPO_ID = "turnphase-test/turnphase-analysis"
+TIMEOUT_S = 120
+
+
+def _git(cwd: Path, *args: str) -> None:
+    env = os.environ | {
+        "GIT_AUTHOR_NAME": "t",
+        "GIT_AUTHOR_EMAIL": "t@turnphase.invalid",
+        "GIT_COMMITTER_NAME": "t",
+        "GIT_COMMITTER_EMAIL": "t@turnphase.invalid",
+        "GIT_CONFIG_GLOBAL": os.devnull,
+        "GIT_CONFIG_NOSYSTEM": "1",
+    }
+    subprocess.run(["git", *args], cwd=cwd, env=env, check=True, capture_output=True, timeout=60)
+
+
+@pytest.fixture(scope="module")
+def hub(tmp_path_factory):
+    """(endpoint, local folder identical to the served repo)."""
+    pytest.importorskip("olah")
+    root = tmp_path_factory.mktemp("olah_analysis")
+    repo = write_synthetic_dataset(root / "mirrors" / "datasets" / REPO_ID)
+    _git(repo, "init", "-q", "-b", "main")
+    _git(repo, "add", "-A")
+    _git(repo, "commit", "-q", "-m", "data")
+    config = root / "olah.toml"
+    config.write_text(
+        f'[basic]\nhost = "127.0.0.1"\nrepos-path = "{root / "cache"}"\nmirrors-path = ["{root / "mirrors"}"]\n'
+        "[accessibility]\noffline = true\n"
+    )
+    with open(root / "olah.log", "w") as log:
+        server = subprocess.Popen(
+            [sys.executable, str(OLAH_SERVER), str(config), str(root / "logs")],
+            stdout=subprocess.PIPE,
+            stderr=log,
+            text=True,
+        )
+        line: list[str] = []
+        reader = threading.Thread(target=lambda: line.append(server.stdout.readline()), daemon=True)
+        reader.start()
+        reader.join(TIMEOUT_S)
+        try:
+            assert line and line[0].startswith("http://"), f"olah did not start: {line}"
+            yield line[0].strip(), repo
+        finally:
+            server.terminate()
+            server.wait(timeout=10)
+
+
+def run_analyze(endpoint: str, home: Path, *args: str) -> subprocess.CompletedProcess:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("HF_", "HUGGINGFACE_"))}
+    env |= {
+        "HF_ENDPOINT": endpoint,
+        "HF_HOME": str(home / "hf_home"),
+        "HF_DATASETS_CACHE": str(home / "datasets_cache"),
+        "HF_HUB_DISABLE_XET": "1",
+        "HF_HUB_DISABLE_TELEMETRY": "1",
+        "NO_PROXY": "127.0.0.1,localhost",
+        "no_proxy": "127.0.0.1,localhost",
+        "TQDM_DISABLE": "1",
+    }
+    cmd = [sys.executable, "-m", "turnphase.builders.cli", "analyze", *args]
+    return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+
+
+@pytest.mark.parametrize("mode", [["--streaming"], []], ids=["streaming", "in-memory"])
+def test_hub_id_gives_the_folder_report(hub, tmp_path, mode):
+    endpoint, folder = hub
+    done = run_analyze(endpoint, tmp_path, REPO_ID, "--out", str(tmp_path / "r"), "--layers", "1", *mode)
+    assert done.returncode == 0, done.stderr[-3000:]
+    got = json.loads((tmp_path / "r" / "report.json").read_text())
+    local = analyze(
+        AnalysisConfig(str(folder), layers=[1], streaming=bool(mode)), tmp_path / "local", verbose=False
+    )
+    assert got.pop("source") == REPO_ID
+    assert got["config"].pop("source") == REPO_ID
+    local.pop("source"), local["config"].pop("source")
+    assert_same(got, local)
+
+
+def test_unknown_hub_id_is_one_line(hub, tmp_path):
+    endpoint, _ = hub
+    done = run_analyze(endpoint, tmp_path, "turnphase-test/absent", "--out", str(tmp_path / "r"))
+    assert done.returncode == 2
+    assert "turnphase-test/absent: not a local folder" in done.stderr
+    assert not (tmp_path / "r").exists()
