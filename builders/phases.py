@@ -17,6 +17,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import pyarrow as pa
+
 from turnphase.builders import schema
 
 PHASE_START = {"user": 0.0, "assistant": 0.5}

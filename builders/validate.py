@@ -16,6 +16,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from huggingface_hub import DatasetCard
+
 from turnphase.builders import schema
 
 PHASE_TOL = 1e-6

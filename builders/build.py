@@ -1,0 +1,327 @@
+"""`turnphase build`: topics -> conversations -> tokens with phases -> activations -> dataset.
+
+    turnphase build --out data/smollm2                       # the study's 50 topics x 5 rounds
+    turnphase build --out data/small -n 4 --rounds 2 --layers 13,24
+    turnphase build --out data/llama --model meta-llama/Llama-3.2-1B-Instruct
+
+Safe and resumable: every shard is written under a temporary name and renamed; generation is
+checkpointed after each batched step in `OUT/.turnphase_build/`; rerunning the same command
+continues from what was complete and gives the same data (same model, seed and options).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import time
+from dataclasses import fields
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+from tqdm.auto import tqdm
+
+from turnphase.builders import conversations as conv
+from turnphase.builders import provenance, schema, writer
+from turnphase.builders.config import BuildConfig
+from turnphase.builders.errors import TurnphaseError
+
+STATE_DIR = ".turnphase_build"
+
+
+def _prepare_out(out: Path, fingerprint: str) -> str:
+    """'new', 'resume' or 'complete'; raises if `out` holds anything else."""
+    if not out.exists():
+        return "new"
+    if not out.is_dir():
+        raise TurnphaseError(f"--out {out} exists and is not a folder")
+    state = out / STATE_DIR / "options.json"
+    if state.exists():
+        if json.loads(state.read_text())["fingerprint"] != fingerprint:
+            raise TurnphaseError(
+                f"--out {out} holds an unfinished build with other options; use another folder"
+            )
+        return "resume"
+    if (out / schema.PROVENANCE_FILE).exists():
+        done = provenance.read_provenance(out).get("build_options", {}).get("fingerprint")
+        if done != fingerprint:
+            raise TurnphaseError(f"--out {out} holds a different build; use another folder")
+        return "complete"
+    if any(out.iterdir()):
+        raise TurnphaseError(f"--out {out} is not empty and holds no turnphase build; use another folder")
+    return "new"
+
+
+def _generate(
+    cfg: BuildConfig, loaded, strategy: str, state_dir: Path
+) -> tuple[list[conv.Conversation], dict]:
+    prompts = conv.load_prompts(strategy)
+    settings = conv.GenerationSettings(
+        strategy=strategy,
+        rounds=cfg.rounds,
+        max_attempts=cfg.max_attempts,
+        user_max_new_tokens=cfg.user_max_new_tokens,
+        assistant_max_new_tokens=cfg.assistant_max_new_tokens,
+        temperature=cfg.temperature,
+        top_p=cfg.top_p,
+        batch_size=cfg.batch_size,
+        seed=cfg.seed,
+    )
+    checkpoint = state_dir / "generation.json"
+    if checkpoint.exists():
+        saved = json.loads(checkpoint.read_text())
+        convs, start, timing = conv.from_json(saved["conversations"]), saved["steps_done"], saved["timing"]
+    else:
+        convs, start, timing = (
+            conv.new_conversations(cfg.n_conversations, prompts),
+            0,
+            {"seconds": 0.0, "new_tokens": 0},
+        )
+    chat = conv.BatchedChat(loaded.model, loaded.tokenizer, settings)
+    base_seconds, base_tokens, t0 = timing["seconds"], timing["new_tokens"], time.perf_counter()
+
+    def save(steps_done: int, convs: list[conv.Conversation]) -> None:
+        timing["seconds"] = base_seconds + time.perf_counter() - t0
+        timing["new_tokens"] = base_tokens + chat.new_tokens
+        snapshot = {"steps_done": steps_done, "conversations": conv.to_json(convs), "timing": timing}
+        writer.atomic_write_json(checkpoint, snapshot)
+
+    conv.generate_conversations(convs, chat, prompts, settings, start_step=start, on_step=save)
+    generation = {
+        "strategy": strategy,
+        "rounds": cfg.rounds,
+        "description": prompts["description"],
+        "prompts": {k: v for k, v in prompts.items() if k != "description"},
+        "settings": {f.name: getattr(settings, f.name) for f in fields(settings)},
+        "timing": timing,
+    }
+    return convs, generation
+
+
+def _conversations_table(kept: list[conv.Conversation], model_id: str) -> pa.Table:
+    rows = [
+        {
+            "conversation_id": c.conversation_id,
+            "topic": c.topic,
+            "messages": c.messages,
+            "attempts": c.attempts,
+            "model": model_id,
+        }
+        for c in kept
+    ]
+    return pa.Table.from_pylist(rows, schema=schema.CONVERSATIONS_SCHEMA)
+
+
+def _extract(cfg: BuildConfig, loaded, layers: list[int], kept: list[conv.Conversation], out: Path) -> dict:
+    """Write tokens and layer shards, `conversations_per_shard` conversations per shard."""
+    from turnphase.builders.activations import LayerReader
+    from turnphase.builders.phases import label_tokens
+
+    chunks = [
+        kept[i : i + cfg.conversations_per_shard] for i in range(0, len(kept), cfg.conversations_per_shard)
+    ]
+    n_shards = len(chunks)
+    configs = [schema.TOKENS] + [schema.layer_config(L) for L in layers]
+    done = set.intersection(*(writer.complete_shards(out, c, n_shards) for c in configs))
+    reader = LayerReader(loaded.model, loaded.tokenizer, layers)
+    t0, n_forward = time.perf_counter(), 0
+    bar = tqdm(total=len(kept), desc="activations", unit="conv")
+    for index, chunk in enumerate(chunks):
+        if index in done:
+            bar.update(len(chunk))
+            continue
+        tables, acts = [], {L: [] for L in layers}
+        for c in chunk:
+            tokens = label_tokens(c.conversation_id, loaded.tokenizer, c.messages)
+            per_layer = reader(tokens.column("token_id").to_pylist())
+            n_forward += tokens.num_rows
+            tables.append(tokens)
+            for L in layers:
+                acts[L].append(per_layer[L])
+            bar.update(1)
+        tokens = pa.concat_tables(tables)
+        for L in layers:
+            try:
+                table = writer.layer_table(tokens, np.concatenate(acts[L]), cfg.dtype)
+            except ValueError as e:
+                raise TurnphaseError(f"layer {L}, shard {index}: {e}") from None
+            writer.write_shard(out, schema.layer_config(L), index, n_shards, table)
+        writer.write_shard(out, schema.TOKENS, index, n_shards, tokens)
+    bar.close()
+    return {"seconds": time.perf_counter() - t0, "tokens_forwarded": n_forward, "shards": n_shards}
+
+
+def _counts(out: Path, convs: list[conv.Conversation], layers: list[int]) -> dict:
+    import pyarrow.parquet as pq
+
+    kept = [c for c in convs if c.dropped is None]
+    files = sorted((out / schema.TOKENS).glob(schema.SHARD_GLOB))
+    tokens = pa.concat_tables(
+        [pq.read_table(f, columns=["role", "turn_length", "index_in_turn"]) for f in files]
+    )
+    role = np.asarray(tokens.column("role").to_pylist())
+    first = tokens.column("index_in_turn").to_numpy() == 0
+    lengths = tokens.column("turn_length").to_numpy()
+    per_turn = {}
+    for r in ("user", "assistant"):
+        n = lengths[first & (role == r)]
+        per_turn[r] = {
+            "turns": int(len(n)),
+            "mean": float(n.mean()),
+            "median": float(np.median(n)),
+            "min": int(n.min()),
+            "max": int(n.max()),
+        }
+    attempts = [a for c in kept for a in c.attempts]
+    n_tokens = tokens.num_rows
+    return {
+        "conversations": len(kept),
+        "dropped": [
+            {"conversation_id": c.conversation_id, "topic": c.topic, "reason": c.dropped}
+            for c in convs
+            if c.dropped
+        ],
+        "tokens": n_tokens,
+        "tokens_by_role": {r: int((role == r).sum()) for r in schema.ROLES},
+        "tokens_per_turn": per_turn,
+        "turns": len(attempts),
+        "retries": int(sum(attempts) - len(attempts)),
+        "non_question_user_turns": int(sum(c.non_question_user_turns for c in kept)),
+        "rows": {schema.CONVERSATIONS: len(kept), schema.TOKENS: n_tokens}
+        | {schema.layer_config(L): n_tokens for L in layers},
+        "shards": {schema.TOKENS: len(files)},
+    }
+
+
+def summary(out: Path, prov: dict) -> str:
+    c = prov["counts"]
+    lines = [
+        f"conversations: {c['conversations']} kept, {len(c['dropped'])} dropped; {c['turns']} turns, "
+        f"{c['retries']} retries, {c['non_question_user_turns']} user turns kept without a question",
+    ]
+    lines += [f"  dropped #{d['conversation_id']} ({d['topic']}): {d['reason']}" for d in c["dropped"]]
+    for role, s in c["tokens_per_turn"].items():
+        lines.append(
+            f"tokens per {role} turn: mean {s['mean']:.1f}, median {s['median']:.0f}, range {s['min']}..{s['max']}"
+        )
+    lines.append(f"tokens: {c['tokens']} ({', '.join(f'{r} {n}' for r, n in c['tokens_by_role'].items())})")
+    lines.append(
+        f"layers: {', '.join(map(str, prov['layers']))} ({prov['dtype']}, d_model {prov['model']['d_model']})"
+    )
+    lines.append(f"dataset: {out}  (check with: turnphase validate {out})")
+    return "\n".join(lines)
+
+
+def build(cfg: BuildConfig) -> dict:
+    """Run (or resume) a build; returns the provenance dict."""
+    options = cfg.data_options()
+    fingerprint = provenance.fingerprint(options)
+    out = cfg.out
+    status = _prepare_out(out, fingerprint)
+    if status == "complete":
+        prov = provenance.read_provenance(out)
+        print(f"{out} already holds this build (nothing to do)")
+        return prov
+
+    from turnphase.builders.model import load_model
+
+    loaded = load_model(
+        cfg.model,
+        layers=cfg.layers,
+        revision=cfg.revision,
+        trust_remote_code=cfg.trust_remote_code,
+        device=cfg.device,
+    )
+    layers = loaded.layers
+    strategy = cfg.resolve_strategy(loaded.n_params)
+
+    created = status == "new"
+    state_dir = out / STATE_DIR
+    writer.atomic_write_json(state_dir / "options.json", {"fingerprint": fingerprint, "options": options})
+    writer.remove_temp_files(out)
+    try:
+        convs, generation = _generate(cfg, loaded, strategy, state_dir)
+        kept = [c for c in convs if c.dropped is None]
+        if not kept:
+            raise TurnphaseError(
+                "every conversation failed generation; nothing to write (see --max-attempts)"
+            )
+        writer.write_shard(out, schema.CONVERSATIONS, 0, 1, _conversations_table(kept, loaded.id))
+        extraction = _extract(cfg, loaded, layers, kept, out)
+    except TurnphaseError:
+        if created:
+            shutil.rmtree(out, ignore_errors=True)
+        raise
+    generation["timing"]["extraction"] = extraction
+    prov = provenance.make_provenance(
+        model=loaded.describe(),
+        layers=layers,
+        dtype=cfg.dtype,
+        seed=cfg.seed,
+        generation=generation,
+        counts=_counts(out, convs, layers),
+        license=cfg.license,
+        build_options={"fingerprint": fingerprint, **options},
+    )
+    writer.finalize(out, prov, repo_id=cfg.push_to_hub)
+    shutil.rmtree(state_dir)
+    return prov
+
+
+# ---- CLI -------------------------------------------------------------------------------------
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--out", type=Path, required=True, help="dataset folder to create (or resume)")
+    p.add_argument(
+        "--model",
+        default=None,
+        help="Hugging Face id, local folder or .gguf file (default: embedded SmolLM2-135M-Instruct)",
+    )
+    p.add_argument("--revision", default=None, help="model revision on the Hub")
+    p.add_argument(
+        "--trust-remote-code", action="store_true", help="allow the model's own code (off unless asked)"
+    )
+    p.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda")
+    p.add_argument(
+        "-n", "--n-conversations", type=int, default=50, help="conversations (topics cycle past 50)"
+    )
+    p.add_argument("--rounds", type=int, default=5, help="user+assistant rounds per conversation")
+    p.add_argument(
+        "--strategy",
+        choices=["auto", "study", "reply"],
+        default="auto",
+        help="prompting: the study's dual-role prompts, or ask for the user's question as a reply "
+        "(auto: reply below 1B parameters)",
+    )
+    p.add_argument(
+        "--max-attempts", type=int, default=3, help="attempts per turn before a conversation is dropped"
+    )
+    p.add_argument("--user-max-new-tokens", type=int, default=64)
+    p.add_argument("--assistant-max-new-tokens", type=int, default=256)
+    p.add_argument("--temperature", type=float, default=0.7)
+    p.add_argument("--top-p", type=float, default=0.9)
+    p.add_argument("--batch-size", type=int, default=50, help="conversations per batched generate call")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--layers", default="auto", help="auto (relative depth 0.44-0.81), all, 13-24 or 13,17,24")
+    p.add_argument("--dtype", choices=["float16", "float32"], default="float16")
+    p.add_argument("--conversations-per-shard", type=int, default=10)
+    p.add_argument("--license", default="apache-2.0", help="license for the dataset card")
+    p.add_argument(
+        "--push-to-hub", metavar="REPO_ID", default=None, help="push the finished folder to this dataset repo"
+    )
+    p.add_argument("--private", action="store_true", help="create the Hub repo as private")
+    p.add_argument("--hub-revision", default=None, help="branch to push to (created if missing)")
+
+
+def run(args: argparse.Namespace) -> int:
+    names = {f.name for f in fields(BuildConfig)}
+    cfg = BuildConfig(**{k: v for k, v in vars(args).items() if k in names})
+    prov = build(cfg)
+    print(summary(cfg.out, prov))
+    if cfg.push_to_hub:
+        from turnphase.builders.push import push_folder
+
+        push_folder(cfg.out, cfg.push_to_hub, private=cfg.private, revision=cfg.hub_revision)
+    return 0

@@ -1,0 +1,262 @@
+"""Conversations: the model plays both roles, batched across conversations.
+
+For every round, all live conversations get their user turn in one batched `generate` call, then
+their assistant turn in another. A broken turn (a "User:"/"Assistant:" role label, an empty turn,
+a turn cut off at the token limit) is retried, only for the conversations that need it, up to
+`max_attempts` times; a conversation whose turn still fails is dropped and reported. A user turn
+that is not a question is retried too, but kept after the last attempt, and counted.
+
+Two prompting strategies (prompts live in `prompts/*.json`):
+- `study`: the study's exact procedure (dual-role system prompt, a temporary "act as the User"
+  system message before each user turn, removed afterwards).
+- `reply`: for small models that cannot play the user from those instructions, the user's
+  question is asked for as an ordinary reply in a separate short chat and extracted from it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from importlib import resources
+from typing import Literal
+
+from tqdm.auto import tqdm
+
+Strategy = Literal["study", "reply"]
+ROLE_LABEL = re.compile(r"(?im)^\W*(user|assistant)\W*:")
+# Wrappers a small model puts around the question it was asked for:
+#   One skeptical follow-up question is: "Why ...?"   /   **Question:** Why ...?
+QUOTED_QUESTION = re.compile(r"[\"“]([^\"”]{3,}?\?)\s*[\"”]")
+ECHO = re.compile(r"(?i)follow-up question|act as the user|reply with the question|question that a curious")
+LEADING_LABEL = re.compile(r"(?i)^.{0,60}?\bquestion\b[^:?]{0,40}:\s*")
+
+
+def load_topics() -> list[str]:
+    text = (resources.files("turnphase.builders") / "prompts" / "topics.txt").read_text()
+    return [line.strip() for line in text.splitlines() if line.strip()]
+
+
+def load_prompts(strategy: Strategy) -> dict:
+    return json.loads((resources.files("turnphase.builders") / "prompts" / f"{strategy}.json").read_text())
+
+
+def extract_question(text: str) -> str | None:
+    """The question inside a reply, without quotes or labels; None if there is none."""
+    text = text.strip()
+    if m := QUOTED_QUESTION.search(text):
+        return m.group(1).strip()
+    for line in text.splitlines():
+        line = LEADING_LABEL.sub("", line.strip().strip("*#>- ")).strip().strip("\"'*“”")
+        if not line:
+            continue
+        sentences = re.split(r"(?<=[.!?])\s+", line)
+        for s in sentences:
+            # "One question a student would ask: Why ...?" -> "Why ...?"
+            s = s.rsplit(": ", 1)[-1].strip().strip("\"'*“”")
+            if s.endswith("?") and len(s) > 3:
+                return s
+    return None
+
+
+def turn_problem(text: str, finished: bool) -> str | None:
+    """Why a generated turn cannot be kept, or None."""
+    if ECHO.search(text):
+        return "repeats the instruction"
+    if not finished:
+        return "cut off at the token limit"
+    if not text.strip():
+        return "empty"
+    if ROLE_LABEL.search(text):
+        return "role label (User:/Assistant:)"
+    return None
+
+
+@dataclass
+class Conversation:
+    conversation_id: int
+    topic: str
+    messages: list[dict]  # the final conversation: system prompt, then user/assistant turns
+    attempts: list[int] = field(default_factory=list)  # per non-system message
+    non_question_user_turns: int = 0
+    dropped: str | None = None  # why the conversation was left out
+
+    @property
+    def last_answer(self) -> str:
+        return next(m["content"] for m in reversed(self.messages) if m["role"] == "assistant")
+
+
+@dataclass
+class GenerationSettings:
+    strategy: Strategy = "reply"
+    rounds: int = 5
+    max_attempts: int = 3
+    user_max_new_tokens: int = 64
+    assistant_max_new_tokens: int = 256
+    temperature: float = 0.7
+    top_p: float = 0.9
+    batch_size: int = 50
+    seed: int = 0
+
+
+def step_seed(seed: int, *parts: int) -> int:
+    """A seed per (step, attempt, batch): a resumed build replays each call with the same RNG."""
+    return int.from_bytes(hashlib.sha256(repr((seed, *parts)).encode()).digest()[:4], "little")
+
+
+class BatchedChat:
+    """Batched sampling from a chat model with left padding."""
+
+    def __init__(self, model, tokenizer, settings: GenerationSettings):
+        self.model, self.tokenizer, self.settings = model, tokenizer, settings
+        tokenizer.padding_side = "left"
+        eos = model.generation_config.eos_token_id
+        eos = list(eos) if isinstance(eos, list | tuple) else [eos]
+        self.eos_ids = sorted({e for e in [*eos, tokenizer.eos_token_id] if e is not None})
+        self.new_tokens = 0
+
+    def __call__(self, chats: list[list[dict]], max_new_tokens: int, seed: int) -> list[tuple[str, bool]]:
+        """Reply to each chat; returns (text, finished) with finished=False when cut off."""
+        import torch
+
+        prompts = [
+            self.tokenizer.apply_chat_template(c, tokenize=False, add_generation_prompt=True) for c in chats
+        ]
+        batch = self.tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False)
+        batch = batch.to(self.model.device)
+        torch.manual_seed(seed)
+        with torch.inference_mode():
+            out = self.model.generate(
+                **batch,
+                max_new_tokens=max_new_tokens,
+                do_sample=True,
+                temperature=self.settings.temperature,
+                top_p=self.settings.top_p,
+                eos_token_id=self.eos_ids,
+                pad_token_id=self.tokenizer.pad_token_id,
+            )
+        replies = []
+        for row in out[:, batch["input_ids"].shape[1] :].tolist():
+            end = next((i for i, t in enumerate(row) if t in self.eos_ids), None)
+            self.new_tokens += len(row) if end is None else end + 1
+            text = self.tokenizer.decode(row[:end], skip_special_tokens=True)
+            replies.append((text.strip(), end is not None))
+        return replies
+
+
+def _user_chat(conv: Conversation, prompts: dict, strategy: Strategy, first: bool) -> list[dict]:
+    key = "first_user" if first else "followup_user"
+    if strategy == "study":
+        instruction = prompts[key].format(topic=conv.topic)
+        return [*conv.messages, {"role": "system", "content": instruction}]
+    text = prompts[key].format(topic=conv.topic, last_answer="" if first else conv.last_answer)
+    return [{"role": "user", "content": text}]
+
+
+def _accept_user(text: str, strategy: Strategy) -> tuple[str, bool]:
+    """(user turn to keep, is it a question)."""
+    if strategy == "reply":
+        question = extract_question(text)
+        return (question, True) if question else (text, False)
+    return text, "?" in text
+
+
+def generate_conversations(
+    conversations: list[Conversation],
+    chat: BatchedChat,
+    prompts: dict,
+    settings: GenerationSettings,
+    *,
+    start_step: int = 0,
+    on_step: Callable[[int, list[Conversation]], None] | None = None,
+) -> list[Conversation]:
+    """Run the turn-taking for every conversation, from `start_step` (2 steps per round: user,
+    assistant) on. `on_step(steps_done, conversations)` is called after each step, for
+    checkpointing. Returns the same list, with `dropped` set on the conversations left out."""
+    total = 2 * settings.rounds
+    bar = tqdm(
+        total=total * len(conversations), initial=start_step * len(conversations), desc="turns", unit="turn"
+    )
+    for step in range(start_step, total):
+        rnd, role = divmod(step, 2)
+        role_name = "user" if role == 0 else "assistant"
+        live = [c for c in conversations if c.dropped is None]
+        bar.update(len(conversations) - len(live))
+        pending = list(live)
+        attempts = {c.conversation_id: 0 for c in live}
+        fallback: dict[
+            int, str
+        ] = {}  # a sound user turn that is not a question, kept if nothing better comes
+        for attempt in range(settings.max_attempts):
+            last = attempt == settings.max_attempts - 1
+            retry = []
+            for b in range(0, len(pending), settings.batch_size):
+                group = pending[b : b + settings.batch_size]
+                if role_name == "user":
+                    chats = [_user_chat(c, prompts, settings.strategy, rnd == 0) for c in group]
+                    max_new = settings.user_max_new_tokens
+                else:
+                    chats = [c.messages for c in group]
+                    max_new = settings.assistant_max_new_tokens
+                replies = chat(chats, max_new, step_seed(settings.seed, step, attempt, b))
+                for conv, (text, finished) in zip(group, replies, strict=True):
+                    cid = conv.conversation_id
+                    attempts[cid] += 1
+                    is_question = True
+                    if (
+                        role_name == "user"
+                        and settings.strategy == "reply"
+                        and (question := extract_question(text))
+                    ):
+                        # The reply only carries the question: a question found in it is the turn,
+                        # even when the reply around it ran on past the token limit.
+                        text, problem = question, turn_problem(question, True)
+                    else:
+                        problem = turn_problem(text, finished)
+                        if problem is None and role_name == "user":
+                            text, is_question = _accept_user(text, settings.strategy)
+                    if problem is None and not is_question:
+                        fallback.setdefault(cid, text)
+                    if problem is None and is_question:
+                        conv.messages.append({"role": role_name, "content": text})
+                    elif last and cid in fallback:
+                        conv.messages.append({"role": role_name, "content": fallback[cid]})
+                        conv.non_question_user_turns += 1
+                    elif last:
+                        conv.dropped = f"round {rnd} {role_name} turn: {problem} after {attempt + 1} attempts"
+                        bar.update(1)
+                        continue
+                    else:
+                        retry.append(conv)
+                        continue
+                    conv.attempts.append(attempts[cid])
+                    bar.update(1)
+            pending = retry
+            if not pending:
+                break
+        if on_step:
+            on_step(step + 1, conversations)
+    bar.close()
+    return conversations
+
+
+def new_conversations(n: int, prompts: dict) -> list[Conversation]:
+    topics = load_topics()
+    return [
+        Conversation(
+            i,
+            topics[i % len(topics)],
+            [{"role": "system", "content": prompts["system"].format(topic=topics[i % len(topics)])}],
+        )
+        for i in range(n)
+    ]
+
+
+def to_json(conversations: list[Conversation]) -> list[dict]:
+    return [asdict(c) for c in conversations]
+
+
+def from_json(rows: list[dict]) -> list[Conversation]:
+    return [Conversation(**r) for r in rows]

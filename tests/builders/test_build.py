@@ -1,0 +1,159 @@
+import json
+
+import datasets
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+import torch
+from conftest import TINY_ARGS
+
+from turnphase.builders import activations, schema
+from turnphase.builders.cli import main
+from turnphase.builders.validate import validate
+
+
+def read_config(root, config):
+    return pq.read_table(sorted((root / config).glob(schema.SHARD_GLOB)))
+
+
+def test_build_is_valid_and_loads_with_datasets(tiny_build):
+    assert validate(tiny_build) == []
+    prov = json.loads((tiny_build / schema.PROVENANCE_FILE).read_text())
+    assert prov["layers"] == [1, 3]
+    assert prov["model"]["d_model"] == 32 and prov["model"]["weights_sha256"]
+    assert prov["generation"]["strategy"] == "reply"  # auto picks reply for a small model
+    assert not (tiny_build / ".turnphase_build").exists()
+    for config in ["conversations", "tokens", "layer_1", "layer_3"]:
+        ds = datasets.load_dataset(str(tiny_build), config, split="train")
+        assert ds.num_rows == prov["counts"]["rows"][config]
+        streamed = datasets.load_dataset(str(tiny_build), config, split="train", streaming=True)
+        assert sum(1 for _ in streamed) == ds.num_rows
+    acts = datasets.load_dataset(str(tiny_build), "layer_3", split="train").with_format("numpy")[:][
+        "activation"
+    ]
+    assert acts.shape == (prov["counts"]["tokens"], 32)
+
+
+def test_conversations_follow_the_turn_structure(tiny_build):
+    prov = json.loads((tiny_build / schema.PROVENANCE_FILE).read_text())
+    rows = read_config(tiny_build, "conversations").to_pylist()
+    assert len(rows) + len(prov["counts"]["dropped"]) == 4
+    for row in rows:
+        roles = [m["role"] for m in row["messages"]]
+        assert roles == ["system"] + ["user", "assistant"] * 2
+        assert len(row["attempts"]) == 4 and all(1 <= a <= 3 for a in row["attempts"])
+        assert "act as the User" not in json.dumps(row["messages"])  # temporary instructions are gone
+
+
+def test_stored_activations_equal_plain_forward_hidden_states(tiny_build, tiny_model_dir):
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir).eval()
+    tokens = read_config(tiny_build, "tokens")
+    layers = {L: read_config(tiny_build, f"layer_{L}") for L in (1, 3)}
+    conv = tokens.column("conversation_id").to_numpy()
+    first = conv[0]
+    ids = torch.from_numpy(tokens.column("token_id").to_numpy()[conv == first].astype(np.int64))[None]
+    with torch.no_grad():
+        hidden = model(ids, output_hidden_states=True).hidden_states
+    for L, table in layers.items():
+        if L == model.config.num_hidden_layers - 1:
+            continue  # transformers applies the final norm to hidden_states[-1]; we store the block output
+        stored = np.stack(table.column("activation").to_numpy(zero_copy_only=False)[conv == first]).astype(
+            np.float32
+        )
+        np.testing.assert_allclose(stored, hidden[L + 1][0].numpy(), rtol=1e-3, atol=1e-3)
+
+
+def test_layer_reader_matches_hidden_states(tiny_model_dir):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir).eval()
+    reader = activations.LayerReader(model, AutoTokenizer.from_pretrained(tiny_model_dir), [0, 2])
+    ids = list(range(5, 60))
+    got = reader(ids)
+    with torch.no_grad():
+        hidden = model(torch.tensor([ids]), output_hidden_states=True).hidden_states
+    for L in (0, 2):
+        np.testing.assert_array_equal(got[L], hidden[L + 1][0].numpy())
+
+
+def test_same_seed_same_data_and_rerun_is_a_no_op(tiny_build, tiny_model_dir, tmp_path, capsys):
+    again = tmp_path / "again"
+    assert main(["build", "--out", str(again), "--model", str(tiny_model_dir), *TINY_ARGS]) == 0
+    for config in ["conversations", "tokens", "layer_1", "layer_3"]:
+        assert read_config(again, config).equals(read_config(tiny_build, config)), config
+    before = {p: p.stat().st_mtime_ns for p in again.rglob("*")}
+    assert main(["build", "--out", str(again), "--model", str(tiny_model_dir), *TINY_ARGS]) == 0
+    assert "already holds this build" in capsys.readouterr().out
+    assert {p: p.stat().st_mtime_ns for p in again.rglob("*")} == before
+
+
+@pytest.mark.parametrize("stage", ["generation", "extraction"])
+def test_interrupted_build_resumes_to_the_same_data(stage, tiny_build, tiny_model_dir, tmp_path, monkeypatch):
+    out = tmp_path / "resumed"
+    calls = {"n": 0}
+    if stage == "generation":
+        from turnphase.builders import conversations
+
+        real = conversations.BatchedChat.__call__
+
+        def flaky(self, *a, **kw):
+            calls["n"] += 1
+            if calls["n"] == 5:
+                raise KeyboardInterrupt
+            return real(self, *a, **kw)
+
+        monkeypatch.setattr(conversations.BatchedChat, "__call__", flaky)
+    else:
+        real = activations.LayerReader.__call__
+
+        def flaky(self, ids):
+            calls["n"] += 1
+            if calls["n"] == 3:  # one shard (2 conversations) is complete, the second is not
+                raise KeyboardInterrupt
+            return real(self, ids)
+
+        monkeypatch.setattr(activations.LayerReader, "__call__", flaky)
+    assert main(["build", "--out", str(out), "--model", str(tiny_model_dir), *TINY_ARGS]) == 130
+    assert (out / ".turnphase_build").exists() and not (out / schema.CARD_FILE).exists()
+    if stage == "extraction":
+        assert len(list((out / "layer_1").glob(schema.SHARD_GLOB))) == 1
+    monkeypatch.undo()
+    assert main(["build", "--out", str(out), "--model", str(tiny_model_dir), *TINY_ARGS]) == 0
+    assert validate(out) == []
+    for config in ["conversations", "tokens", "layer_1", "layer_3"]:
+        assert read_config(out, config).equals(read_config(tiny_build, config)), config
+
+
+def _fails_cleanly(args, capsys, out):
+    capsys.readouterr()
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("turnphase build: error:")
+    return err[0]
+
+
+def test_bad_inputs_fail_with_one_line_and_write_nothing(tiny_model_dir, tiny_build, tmp_path, capsys):
+    from tiny_model import save_tiny_chat_model
+
+    out = tmp_path / "out"
+    base = ["build", "--out", str(out)]
+    assert "cannot load model" in _fails_cleanly(base + ["--model", str(tmp_path / "nope")], capsys, out)
+    no_template = save_tiny_chat_model(tmp_path / "no-template", chat_template=None)
+    assert "no chat template" in _fails_cleanly(base + ["--model", str(no_template)], capsys, out)
+    assert "out of range" in _fails_cleanly(
+        base + ["--model", str(tiny_model_dir), "--layers", "2-9"], capsys, out
+    )
+    assert "at least 1" in _fails_cleanly(base + ["--model", str(tiny_model_dir), "-n", "0"], capsys, out)
+    assert not out.exists()
+    other = ["build", "--out", str(tiny_build), "--model", str(tiny_model_dir), *TINY_ARGS, "--rounds", "3"]
+    assert "different build" in _fails_cleanly(other, capsys, tiny_build)
+    assert validate(tiny_build) == []
+    stray = tmp_path / "stray"
+    stray.mkdir()
+    (stray / "notes.txt").write_text("mine")
+    assert "not empty" in _fails_cleanly(
+        ["build", "--out", str(stray), "--model", str(tiny_model_dir)], capsys, stray
+    )
+    assert [p.name for p in stray.iterdir()] == ["notes.txt"]
