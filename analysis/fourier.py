@@ -130,10 +130,16 @@ def spectrum(values: np.ndarray, n_rounds: int, grid: int) -> Spectrum:
 
 
 class AngleMoments:
-    """One-pass sums that give, for every PC pair, the circular correlation (Jammalamadaka and
-    SenGupta) between a token's angle in the pair's plane and 2*pi*phase. The best pair is only
-    known after the pass, so all pairs are tracked; scipy.stats has circmean but no
-    circular-circular correlation.
+    """One-pass sums that give, for every PC pair, how a token's angle in the pair's plane follows
+    2*pi*phase. The best pair is only known after the pass, so all pairs are tracked.
+
+    `corr` is the Fisher-Lee circular correlation (1983): sum over token pairs of
+    sin(a_i - a_j) sin(b_i - b_j), normalised; +1 when the angle equals the phase up to a fixed
+    rotation, -1 when it runs backwards, about 0 when unrelated. Unlike Jammalamadaka-SenGupta it
+    needs no circular means, which are arbitrary when phases are near uniform on the circle (the
+    phase_round scheme): there JS gave -0.77 for a monotone one-cycle relation, Fisher-Lee +0.65.
+    It reduces to the sums below; scipy.stats has circmean but no circular-circular correlation.
+    `locking` is |mean of exp(i(angle - 2*pi*phase))|, 1 when the angle is the phase plus a constant.
 
     Angles are taken on PCs scaled to unit variance, so an elliptical wheel counts as a circle.
     """
@@ -142,11 +148,10 @@ class AngleMoments:
         self.scale = scale  # (k,) standard deviation of each PC
         self.pi, self.pj = np.triu_indices(len(scale), 1)
         n_pairs = len(self.pi)
-        self.su = np.zeros((n_pairs, 2))
-        self.suu = np.zeros((n_pairs, 2, 2))
-        self.suv = np.zeros((n_pairs, 2, 2))
-        self.sv = np.zeros(2)
-        self.svv = np.zeros((2, 2))
+        self.n = 0
+        self.cross = np.zeros((n_pairs, 2, 2))  # sum of [cos a, sin a]^T [cos b, sin b]
+        self.double = np.zeros((n_pairs, 2))  # sum of [cos 2a, sin 2a]
+        self.phase_double = np.zeros(2)  # sum of [cos 2b, sin 2b]
 
     def add(self, z: np.ndarray, phase: np.ndarray) -> None:
         """z: (b, k) projections, phase: (b,) in 0..1."""
@@ -154,25 +159,30 @@ class AngleMoments:
         r = np.hypot(zi, zj)
         r[r == 0] = 1.0
         cos, sin = zi / r, zj / r  # (b, pairs): the token's angle in each pair's plane
-        v = np.stack([np.cos(2 * np.pi * phase), np.sin(2 * np.pi * phase)], axis=-1)  # (b, 2)
-        self.su += np.stack([cos.sum(0), sin.sum(0)], axis=-1)
-        cs = (cos * sin).sum(0)
-        cc, ss = (cos * cos).sum(0), (sin * sin).sum(0)
-        self.suu += np.stack([np.stack([cc, cs], -1), np.stack([cs, ss], -1)], axis=-2)
-        self.suv += np.stack([cos.T @ v, sin.T @ v], axis=-2)  # (pairs, 2, 2)
-        self.sv += v.sum(axis=0)
-        self.svv += v.T @ v
+        b = 2 * np.pi * phase
+        v = np.stack([np.cos(b), np.sin(b)], axis=-1)  # (b, 2)
+        self.n += len(z)
+        self.cross += np.stack([cos.T @ v, sin.T @ v], axis=-2)  # (pairs, 2, 2)
+        self.double += np.stack([(cos * cos - sin * sin).sum(0), 2 * (cos * sin).sum(0)], axis=-1)
+        self.phase_double += [np.cos(2 * b).sum(), np.sin(2 * b).sum()]
+
+    def _sums(self, i: int, j: int, orientation: int) -> tuple[np.ndarray, np.ndarray]:
+        p = int(np.flatnonzero((self.pi == i) & (self.pj == j))[0])
+        flip = np.array([1.0, float(orientation)])  # angle -> -angle flips every sin a
+        return flip[:, None] * self.cross[p], flip * self.double[p]
 
     def corr(self, i: int, j: int, orientation: int) -> float:
-        """Circular correlation of atan2(orientation * z_j, z_i) with 2*pi*phase."""
-        p = int(np.flatnonzero((self.pi == i) & (self.pj == j))[0])
-        flip = np.array([1.0, float(orientation)])
-        su, suu, suv = flip * self.su[p], np.outer(flip, flip) * self.suu[p], flip[:, None] * self.suv[p]
-        mean_u, mean_v = np.arctan2(su[1], su[0]), np.arctan2(self.sv[1], self.sv[0])
-        a = np.array([-np.sin(mean_u), np.cos(mean_u)])  # sin(x - mean) = [cos x, sin x] . a
-        b = np.array([-np.sin(mean_v), np.cos(mean_v)])
-        den = np.sqrt((a @ suu @ a) * (b @ self.svv @ b))
-        return float(a @ suv @ b / den) if den > 0 else 0.0
+        """Fisher-Lee correlation of atan2(orientation * z_j, z_i) with 2*pi*phase."""
+        cross, double = self._sums(i, j, orientation)
+        (cc, cs), (sc, ss) = cross
+        n2 = float(self.n) ** 2
+        den = (n2 - double @ double) * (n2 - self.phase_double @ self.phase_double)
+        return float(4 * (cc * ss - cs * sc) / np.sqrt(den)) if den > 0 else 0.0
+
+    def locking(self, i: int, j: int, orientation: int) -> float:
+        """|mean exp(i(angle - 2*pi*phase))| for atan2(orientation * z_j, z_i)."""
+        (cc, cs), (sc, ss) = self._sums(i, j, orientation)[0]
+        return float(np.hypot(cc + ss, sc - cs) / max(self.n, 1))
 
 
 def wheel_phase(z: np.ndarray, spec: Spectrum, scale: np.ndarray) -> np.ndarray:
@@ -190,6 +200,7 @@ def fourier_summary(spec: Spectrum, moments: AngleMoments, n_rounds: int, top: i
         "best_pair": [i, j],
         "pair_score": float(spec.pair_score[i, j]),
         "angle_phase_circcorr": moments.corr(i, j, spec.orientation),
+        "angle_phase_locking": moments.locking(i, j, spec.orientation),
         "orientation": spec.orientation,
         "phase_offset": float(spec.angle[i, 1] / (2 * np.pi) % 1.0),
         "coherence_k1": spec.coherence[:, 1].tolist(),

@@ -81,10 +81,6 @@ class LayerResult:
     pairings: dict[str, PairingResult]
     view_z: np.ndarray  # (len(samples.view), n_pcs), real pairing
 
-    @property
-    def scale(self) -> np.ndarray:
-        return np.sqrt(np.maximum(self.pca.explained_variance, np.finfo(float).tiny))
-
 
 def analysed_batches(data: LayerData, labels: Labels, desc: str) -> Iterator[tuple[np.ndarray, np.ndarray]]:
     """(analysed-token indices, their activations as float64 (b, d_model)) batch by batch."""
@@ -119,11 +115,10 @@ def analyze_layer(
     del stats
 
     k = len(pca.components)
-    scale = np.sqrt(np.maximum(pca.explained_variance, np.finfo(float).tiny))
     tests = test_conversations(labels, split)
     scores = {p.name: TestScores(tests) for p in pairs}
     values = {p.name: np.zeros((grid.n_rounds * grid.grid, k), dtype=np.float32) for p in pairs}
-    moments = {p.name: AngleMoments(scale) for p in pairs}
+    moments = {p.name: AngleMoments(pca.std) for p in pairs}
     scatter = {p.name: Capture(samples.scatter, k) for p in pairs}
     test_pred = {p.name: Capture(samples.test, 6) for p in pairs}
     view = Capture(samples.view, k)

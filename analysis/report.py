@@ -81,7 +81,7 @@ def analyze(config: AnalysisConfig, out: Path, *, overwrite: bool = False, verbo
                 layer=layer,
                 tokens=view_tokens,
                 analysed_positions=labels.token_position[samples.view],
-                estimate=wheel_phase(res.view_z, res.pairings["real"].spectrum, res.scale),
+                estimate=wheel_phase(res.view_z, res.pairings["real"].spectrum, res.pca.std),
                 pair=res.pairings["real"].spectrum.best_pair,
                 corr=entry["fourier"]["real"]["angle_phase_circcorr"],
                 excluded_template=config.exclude_template,
@@ -197,7 +197,7 @@ def layer_figures(res: LayerResult, labels: Labels, samples: Samples, out: Path)
             x0=0,
             mark=best,
         ),
-        figures.color_wheel(L, z, phase, best, res.scale, corr, out / f"layer{L}_color_wheel.png"),
+        figures.color_wheel(L, z, phase, best, res.pca.std, corr, out / f"layer{L}_color_wheel.png"),
     ]
 
 

@@ -36,9 +36,6 @@ class Split:
     def train_parts(self) -> list[int]:
         return list(range(self.test_part))
 
-    def is_test(self, labels_idx: np.ndarray | slice) -> np.ndarray:
-        return self.part[labels_idx] == self.test_part
-
     def summary(self, labels: Labels) -> dict:
         test = self.part == self.test_part
         return {

@@ -132,6 +132,11 @@ class PCA:
     explained_variance: np.ndarray  # (k,) variance along each component
     explained_variance_ratio: np.ndarray  # (k,)
 
+    @property
+    def std(self) -> np.ndarray:
+        """(k,) standard deviation along each component (never exactly 0, it divides)."""
+        return np.sqrt(np.maximum(self.explained_variance, np.finfo(float).tiny))
+
     def transform(self, x: np.ndarray) -> np.ndarray:
         return (x - self.mean) @ self.components.T  # (b, k)
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import scipy.fft
-import scipy.stats
 
 from turnphase.analysis.config import AnalysisConfig
 from turnphase.analysis.fourier import AngleMoments, RoundGrid, interp_weights, round_starts, spectrum
@@ -59,23 +58,38 @@ def test_round_grid_in_any_order_equals_direct_resampling(helix_dataset):
     )
 
 
-def jammalamadaka_sengupta(a: np.ndarray, b: np.ndarray) -> float:
-    sa, sb = np.sin(a - scipy.stats.circmean(a)), np.sin(b - scipy.stats.circmean(b))
+def fisher_lee(a: np.ndarray, b: np.ndarray) -> float:
+    """The definition, over all pairs of tokens."""
+    i, j = np.triu_indices(len(a), 1)
+    sa, sb = np.sin(a[i] - a[j]), np.sin(b[i] - b[j])
     return float((sa * sb).sum() / np.sqrt((sa**2).sum() * (sb**2).sum()))
 
 
 @pytest.mark.parametrize("orientation", [1, -1])
 def test_angle_moments_give_the_circular_correlation(orientation):
     rng = np.random.default_rng(3)
-    phase = rng.uniform(size=2000)
-    z = rng.normal(size=(2000, 4))
+    phase = rng.uniform(size=600)
+    z = rng.normal(size=(600, 4))
     z[:, 1] += 2 * np.cos(2 * np.pi * phase)
     z[:, 3] += 3 * np.sin(2 * np.pi * phase)
     scale = z.std(axis=0)
     moments = AngleMoments(scale)
-    for sl in np.array_split(np.arange(2000), 3):
+    for sl in np.array_split(np.arange(600), 3):
         moments.add(z[sl], phase[sl])
     theta = np.arctan2(orientation * z[:, 3] / scale[3], z[:, 1] / scale[1])
-    expected = jammalamadaka_sengupta(theta, 2 * np.pi * phase)
+    expected = fisher_lee(theta, 2 * np.pi * phase)
     assert moments.corr(1, 3, orientation) == pytest.approx(expected, abs=1e-10)
-    assert abs(expected) > 0.5
+    assert np.sign(expected) == orientation and abs(expected) > 0.4
+    locking = np.abs(np.exp(1j * (theta - 2 * np.pi * phase)).mean())
+    assert moments.locking(1, 3, orientation) == pytest.approx(locking, abs=1e-10)
+
+
+def test_a_monotone_one_cycle_relation_correlates_positively(helix_dataset):
+    """The angle is the study's phase, scored against phase_round (nearly uniform on the circle)."""
+    config = AnalysisConfig(source=str(helix_dataset), phase_scheme="phase_round")
+    labels = DatasetSource.open(config.source).labels(config)
+    phase = DatasetSource.open(config.source).labels(AnalysisConfig(source=config.source)).phase
+    z = np.stack([np.cos(2 * np.pi * phase), np.sin(2 * np.pi * phase)], axis=1)
+    moments = AngleMoments(np.ones(2))
+    moments.add(z, labels.phase)
+    assert moments.corr(0, 1, 1) > 0.5
