@@ -17,6 +17,19 @@ CHATML = (
     "{{'<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n'}}"
     "{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
 )
+# A small build with the tiny model: 4 conversations x 2 rounds, layers 1 and 3, 2 shards.
+TINY_BUILD_ARGS = ["-n", "4", "--rounds", "2", "--layers", "1,3", "--conversations-per-shard", "2"]
+TINY_BUILD_ARGS += [
+    "--batch-size",
+    "3",
+    "--user-max-new-tokens",
+    "24",
+    "--assistant-max-new-tokens",
+    "24",
+    "--seed",
+    "7",
+]
+
 CORPUS = [
     "Why is the sky blue? Because air scatters short wavelengths of light more than long ones.",
     "How did jazz shape the twentieth century? It carried new rhythms into dance, film and protest.",

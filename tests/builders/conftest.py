@@ -1,21 +1,10 @@
 import pytest
+from tiny_model import TINY_BUILD_ARGS as TINY_ARGS
 from tiny_model import save_tiny_chat_model
 
 from turnphase.builders.cli import main
 
-TINY_ARGS = [
-    "-n",
-    "4",
-    "--rounds",
-    "2",
-    "--layers",
-    "1,3",
-    "--conversations-per-shard",
-    "2",
-    "--batch-size",
-    "3",
-]
-TINY_ARGS += ["--user-max-new-tokens", "24", "--assistant-max-new-tokens", "24", "--seed", "7"]
+__all__ = ["TINY_ARGS"]
 
 
 @pytest.fixture(scope="session")

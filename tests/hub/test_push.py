@@ -131,3 +131,20 @@ def test_repush_of_a_rebuilt_dataset_drops_stale_shards(standin_hub, dataset, tm
     remote = standin_hub.files(REPO)
     remote.pop(".gitattributes")
     assert remote == folder_files(rebuilt)
+
+
+def test_build_push_to_hub_publishes_the_finished_folder(standin_hub, tmp_path):
+    from tiny_model import TINY_BUILD_ARGS, save_tiny_chat_model
+
+    model = save_tiny_chat_model(tmp_path / "tiny-chat")
+    out = tmp_path / "built"
+    env = hub_env(standin_hub.endpoint, tmp_path, token=TOKEN)
+    done = run_cli(
+        ["build", "--out", str(out), "--model", str(model), *TINY_BUILD_ARGS, "--push-to-hub", REPO], env
+    )
+    assert done.returncode == 0, done.stderr
+    remote = standin_hub.files(REPO)
+    remote.pop(".gitattributes")
+    assert remote == folder_files(out)
+    assert f'load_dataset("{REPO}"' in (out / schema.CARD_FILE).read_text()
+    assert TOKEN not in done.stdout + done.stderr

