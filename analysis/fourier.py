@@ -27,6 +27,7 @@ import scipy.sparse
 from turnphase.analysis.source import Labels
 from turnphase.builders import schema
 
+PHASE_ROLES = ("user", "assistant")
 ROUND_CHUNK = 1024  # rounds per FFT call: bounds the complex (rounds, freqs, pcs) temporary
 
 
@@ -36,49 +37,50 @@ def round_starts(labels: Labels) -> np.ndarray:
     return np.concatenate([[0], np.flatnonzero(change) + 1, [labels.n]])
 
 
-def interp_weights(phase: np.ndarray, grid: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """np.interp(arange(grid) / grid, phase, values) as (token, grid point, weight) triples.
-
-    phase: (m,) non-decreasing. Points outside [phase[0], phase[-1]] take the end values.
-    """
-    u = np.arange(grid) / grid
-    m = len(phase)
-    k = np.searchsorted(phase, u, side="right") - 1  # last token at or before u; phase[k+1] > phase[k]
-    inside = (k >= 0) & (k < m - 1)
-    a = np.clip(k, 0, m - 1)
-    b = np.minimum(a + 1, m - 1)
-    t = np.zeros(grid)
-    t[inside] = (u[inside] - phase[a[inside]]) / (phase[b[inside]] - phase[a[inside]])
-    g = np.arange(grid)
-    return np.concatenate([a, b[inside]]), np.concatenate([g, g[inside]]), np.concatenate([1 - t, t[inside]])
-
-
 class RoundGrid:
-    """The sparse map from analysed tokens to (round, grid point), for rounds with both turns."""
+    """The sparse map from analysed tokens to (round, grid point), for rounds with both turns.
+
+    Row t, column r * grid + g holds token t's weight in np.interp(g / grid, phases of round r,
+    values of round r): the two tokens around each grid point share it linearly, and points
+    outside a round's first and last phase take the end values, as np.interp does.
+    """
 
     def __init__(self, labels: Labels, grid: int):
         self.grid = grid
-        starts = round_starts(labels)
-        user, assistant = schema.ROLES.index("user"), schema.ROLES.index("assistant")
-        tokens, cols, weights = [], [], []
-        n_rounds = 0
-        for s, e in zip(starts[:-1], starts[1:], strict=True):
-            roles = labels.role[s:e]
-            # A round without both turns does not span a cycle; resampling it would invent one.
-            if e - s < 2 or not ((roles == user).any() and (roles == assistant).any()):
-                continue
-            order = np.argsort(labels.phase[s:e], kind="stable")
-            tok, g, w = interp_weights(labels.phase[s:e][order].astype(np.float64), grid)
-            tokens.append(s + order[tok])
-            cols.append(n_rounds * grid + g)
-            weights.append(w)
-            n_rounds += 1
-        self.n_rounds = n_rounds
+        lengths = np.diff(round_starts(labels))
+        round_of = np.repeat(np.arange(len(lengths), dtype=np.int32), lengths)  # (n,)
+        has = [
+            np.bincount(round_of, labels.role == schema.ROLES.index(r), len(lengths)) > 0 for r in PHASE_ROLES
+        ]
+        # A round without both turns does not span a cycle; resampling it would invent one.
+        valid = has[0] & has[1] & (lengths >= 2)
+        self.n_rounds = n_rounds = int(valid.sum())
         if n_rounds == 0:
             self.matrix = scipy.sparse.csr_array((labels.n, 0))
             return
+        # One sorted key for all rounds, round r's phases in [2r, 2r + 1], so a single
+        # searchsorted finds every grid point's neighbours.
+        tokens = np.flatnonzero(valid[round_of])
+        key = 2.0 * (np.cumsum(valid) - 1)[round_of[tokens]] + labels.phase[tokens]
+        order = np.argsort(key, kind="stable")
+        tokens, key = tokens[order], key[order]
+        bounds = np.searchsorted(key, 2.0 * np.arange(n_rounds + 1) - 0.5)
+        first, last = bounds[:-1, None], bounds[1:, None] - 1  # (rounds, 1) first/last sorted token
+        query = 2.0 * np.arange(n_rounds)[:, None] + np.arange(grid) / grid  # (rounds, grid)
+        k = np.searchsorted(key, query, side="right") - 1  # last token at or before the point
+        inside = (k >= first) & (k < last)
+        a = np.clip(k, first, last)
+        b = np.minimum(a + 1, last)
+        t = np.where(inside, (query - key[a]) / np.where(inside, key[b] - key[a], 1.0), 0.0)
+        col = np.arange(n_rounds * grid).reshape(n_rounds, grid)
         self.matrix = scipy.sparse.csr_array(
-            (np.concatenate(weights), (np.concatenate(tokens), np.concatenate(cols))),
+            (
+                np.concatenate([(1 - t).ravel(), t[inside]]),
+                (
+                    np.concatenate([tokens[a].ravel(), tokens[b][inside]]),
+                    np.concatenate([col.ravel(), col[inside]]),
+                ),
+            ),
             shape=(labels.n, n_rounds * grid),
         )  # (n_tokens, rounds * grid)
 

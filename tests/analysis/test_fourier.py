@@ -7,19 +7,8 @@ import pytest
 import scipy.fft
 
 from turnphase.analysis.config import AnalysisConfig
-from turnphase.analysis.fourier import AngleMoments, RoundGrid, interp_weights, round_starts, spectrum
-from turnphase.analysis.source import DatasetSource
-
-
-def test_interp_weights_are_np_interp():
-    rng = np.random.default_rng(0)
-    for m in (2, 3, 17, 90):
-        phase = np.sort(rng.uniform(0.05, 0.95, m))
-        phase[m // 2] = phase[m // 2 - 1]  # a repeated phase, as where a user turn ends and an answer starts
-        values = rng.normal(size=m)
-        tok, g, w = interp_weights(phase, 64)
-        got = np.bincount(g, weights=w * values[tok], minlength=64)
-        np.testing.assert_allclose(got, np.interp(np.arange(64) / 64, phase, values), atol=1e-12)
+from turnphase.analysis.fourier import AngleMoments, RoundGrid, round_starts, spectrum
+from turnphase.analysis.source import DatasetSource, Labels
 
 
 def test_spectrum_of_a_pure_cosine():
@@ -93,3 +82,41 @@ def test_a_monotone_one_cycle_relation_correlates_positively(helix_dataset):
     moments = AngleMoments(np.ones(2))
     moments.add(z, labels.phase)
     assert moments.corr(0, 1, 1) > 0.5
+
+
+def test_round_grid_edge_cases_match_np_interp():
+    """Tiny rounds, repeated phases, end extrapolation, and a round without an answer (skipped)."""
+    rounds = [  # (conversation, round, roles, phases)
+        (0, 0, [1, 1, 2, 2], [0.0, 0.5, 0.5, 1.0]),
+        (0, 1, [1, 1, 1], [0.0, 0.25, 0.5]),
+        (1, 0, [1, 2, 2, 2], [0.0, 0.5, 0.7, 0.9]),
+        (2, 0, [1, 2], [0.1, 0.6]),
+    ]
+
+    def cat(i: int) -> np.ndarray:
+        return np.concatenate([np.asarray(r[i]) if i > 1 else np.full(len(r[2]), r[i]) for r in rounds])
+
+    n = len(cat(2))
+    labels = Labels(
+        conversation_id=cat(0).astype(np.int32),
+        position=np.arange(n, dtype=np.int32),
+        analysed=np.ones(n, bool),
+        conversation=cat(0).astype(np.int32),
+        role=cat(2).astype(np.int8),
+        round=cat(1).astype(np.int16),
+        phase=cat(3).astype(np.float32),
+        token_position=np.arange(n, dtype=np.int32),
+        index_in_turn=np.zeros(n, dtype=np.int32),
+    )
+    grid = RoundGrid(labels, 8)
+    assert grid.n_rounds == 3
+    z = np.random.default_rng(4).normal(size=(n, 2))
+    values = np.zeros((3 * 8, 2), dtype=np.float32)
+    grid.add(values, np.arange(n)[::-1].copy(), z[::-1].copy())
+    starts = round_starts(labels)
+    expected = [
+        np.stack([np.interp(np.arange(8) / 8, labels.phase[s:e], z[s:e, k]) for k in range(2)], axis=1)
+        for s, e in zip(starts[:-1], starts[1:], strict=True)
+        if e - s != 3
+    ]
+    np.testing.assert_allclose(values, np.concatenate(expected), atol=1e-6)
