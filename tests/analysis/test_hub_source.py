@@ -1,4 +1,5 @@
-"""Analysing a Hub dataset id, streamed and in memory, over olah (a Hub-compatible server).
+"""Analysing a Hub dataset id in memory, and an unknown id, over olah (a Hub-compatible server).
+(tests/hub/test_olah_read.py covers the streamed read of a Hub id.)
 
 The server is started through the documented command line of tests/hub/olah_server.py; the
 client runs in a subprocess because huggingface_hub reads HF_ENDPOINT when it is imported.
@@ -86,15 +87,12 @@ def run_analyze(endpoint: str, home: Path, *args: str) -> subprocess.CompletedPr
     return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
 
 
-@pytest.mark.parametrize("mode", [["--streaming"], []], ids=["streaming", "in-memory"])
-def test_hub_id_gives_the_folder_report(hub, tmp_path, mode):
+def test_hub_id_in_memory_gives_the_folder_report(hub, tmp_path):
     endpoint, folder = hub
-    done = run_analyze(endpoint, tmp_path, REPO_ID, "--out", str(tmp_path / "r"), "--layers", "1", *mode)
+    done = run_analyze(endpoint, tmp_path, REPO_ID, "--out", str(tmp_path / "r"), "--layers", "1")
     assert done.returncode == 0, done.stderr[-3000:]
     got = json.loads((tmp_path / "r" / "report.json").read_text())
-    local = analyze(
-        AnalysisConfig(str(folder), layers=[1], streaming=bool(mode)), tmp_path / "local", verbose=False
-    )
+    local = analyze(AnalysisConfig(str(folder), layers=[1]), tmp_path / "local", verbose=False)
     assert got.pop("source") == REPO_ID
     assert got["config"].pop("source") == REPO_ID
     local.pop("source"), local["config"].pop("source")
