@@ -160,7 +160,7 @@ def full_build() -> dict:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--skip-full-build", action="store_true")
-    p.add_argument("--new-tokens", type=int, default=32)
+    p.add_argument("--new-tokens", type=int, default=128, help="per sequence; about a mean assistant turn")
     p.add_argument("--sequential", type=int, default=5, help="conversations generated one at a time")
     p.add_argument(
         "--extract-tokens", type=int, default=1200, help="tokens per forward (a conversation's length)"
