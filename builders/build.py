@@ -296,7 +296,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "(auto: reply below 1B parameters)",
     )
     p.add_argument(
-        "--max-attempts", type=int, default=3, help="attempts per turn before a conversation is dropped"
+        "--max-attempts", type=int, default=4, help="attempts per turn before a conversation is dropped"
     )
     p.add_argument("--user-max-new-tokens", type=int, default=64)
     p.add_argument("--assistant-max-new-tokens", type=int, default=256)

@@ -27,7 +27,7 @@ class BuildConfig:
     n_conversations: int = 50  # topics cycle when there are more than the study's 50
     rounds: int = 5  # a round is one user turn then one assistant turn
     strategy: Literal["auto", "study", "reply"] = "auto"
-    max_attempts: int = 3  # per turn, before a conversation is dropped
+    max_attempts: int = 4  # per turn, before a conversation is dropped
     user_max_new_tokens: int = 64
     assistant_max_new_tokens: int = 256
     temperature: float = 0.7

@@ -92,7 +92,7 @@ class Conversation:
 class GenerationSettings:
     strategy: Strategy = "reply"
     rounds: int = 5
-    max_attempts: int = 3
+    max_attempts: int = 4
     user_max_new_tokens: int = 64
     assistant_max_new_tokens: int = 256
     temperature: float = 0.7
@@ -118,32 +118,53 @@ class BatchedChat:
         self.new_tokens = 0
 
     def __call__(self, chats: list[list[dict]], max_new_tokens: int, seed: int) -> list[tuple[str, bool]]:
-        """Reply to each chat; returns (text, finished) with finished=False when cut off."""
+        """Reply to each chat; returns (text, finished) with finished=False when cut off.
+
+        A batched `generate` keeps computing every row until the longest one stops, so one
+        runaway reply would make the whole batch pay for the token limit. The budget is spent in
+        shrinking chunks instead (256 -> 128, 64, 32, 32): after each chunk only the unfinished
+        rows go on, re-reading their prompt plus what they wrote so far.
+        """
         import torch
 
-        prompts = [
+        ids = [
             self.tokenizer.apply_chat_template(c, tokenize=False, add_generation_prompt=True) for c in chats
         ]
-        batch = self.tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False)
-        batch = batch.to(self.model.device)
+        ids = [self.tokenizer(p, add_special_tokens=False)["input_ids"] for p in ids]
+        written: list[list[int]] = [[] for _ in chats]
+        finished = [False] * len(chats)
+        pending, budget = list(range(len(chats))), max_new_tokens
         torch.manual_seed(seed)
-        with torch.inference_mode():
-            out = self.model.generate(
-                **batch,
-                max_new_tokens=max_new_tokens,
-                do_sample=True,
-                temperature=self.settings.temperature,
-                top_p=self.settings.top_p,
-                eos_token_id=self.eos_ids,
-                pad_token_id=self.tokenizer.pad_token_id,
+        while pending and budget > 0:
+            chunk = budget if budget <= 32 else max(32, budget // 2)
+            batch = self.tokenizer.pad(
+                {"input_ids": [ids[i] + written[i] for i in pending]}, return_tensors="pt"
             )
-        replies = []
-        for row in out[:, batch["input_ids"].shape[1] :].tolist():
-            end = next((i for i, t in enumerate(row) if t in self.eos_ids), None)
-            self.new_tokens += len(row) if end is None else end + 1
-            text = self.tokenizer.decode(row[:end], skip_special_tokens=True)
-            replies.append((text.strip(), end is not None))
-        return replies
+            batch = batch.to(self.model.device)
+            with torch.inference_mode():
+                out = self.model.generate(
+                    **batch,
+                    max_new_tokens=chunk,
+                    do_sample=True,
+                    temperature=self.settings.temperature,
+                    top_p=self.settings.top_p,
+                    eos_token_id=self.eos_ids,
+                    pad_token_id=self.tokenizer.pad_token_id,
+                )
+            still = []
+            for i, row in zip(pending, out[:, batch["input_ids"].shape[1] :].tolist(), strict=True):
+                end = next((k for k, t in enumerate(row) if t in self.eos_ids), None)
+                written[i] += row if end is None else row[:end]
+                self.new_tokens += len(row) if end is None else end + 1
+                if end is None:
+                    still.append(i)
+                else:
+                    finished[i] = True
+            pending, budget = still, budget - chunk
+        return [
+            (self.tokenizer.decode(w, skip_special_tokens=True).strip(), f)
+            for w, f in zip(written, finished, strict=True)
+        ]
 
 
 def _user_chat(conv: Conversation, prompts: dict, strategy: Strategy, first: bool) -> list[dict]:

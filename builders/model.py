@@ -4,6 +4,7 @@ Hugging Face id or local folder. Layer count, width and chat template always com
 
 from __future__ import annotations
 
+import hashlib
 import importlib.util
 import os
 from dataclasses import dataclass
@@ -44,8 +45,6 @@ class LoadedModel:
     layers: list[int]  # the decoder blocks to read, resolved from the --layers spec
 
     def describe(self) -> dict:
-        import hashlib
-
         template = self.tokenizer.chat_template or ""
         return {
             "id": self.id,
@@ -64,8 +63,6 @@ def _weights_hash(folder: Path) -> str | None:
         return None
     if len(files) == 1:
         return sha256_file(files[0])
-    import hashlib
-
     return hashlib.sha256("".join(sha256_file(f) for f in files).encode()).hexdigest()
 
 
