@@ -15,6 +15,7 @@ import threading
 from pathlib import Path
 
 import pytest
+from git_mirror import commit_folder
 from reference import assert_same
 from synthetic import write_synthetic_dataset
 
@@ -26,27 +27,13 @@ REPO_ID = "turnphase-test/turnphase-analysis"
 TIMEOUT_S = 120
 
 
-def _git(cwd: Path, *args: str) -> None:
-    env = os.environ | {
-        "GIT_AUTHOR_NAME": "t",
-        "GIT_AUTHOR_EMAIL": "t@turnphase.invalid",
-        "GIT_COMMITTER_NAME": "t",
-        "GIT_COMMITTER_EMAIL": "t@turnphase.invalid",
-        "GIT_CONFIG_GLOBAL": os.devnull,
-        "GIT_CONFIG_NOSYSTEM": "1",
-    }
-    subprocess.run(["git", *args], cwd=cwd, env=env, check=True, capture_output=True, timeout=60)
-
-
 @pytest.fixture(scope="module")
 def hub(tmp_path_factory):
     """(endpoint, local folder identical to the served repo)."""
     pytest.importorskip("olah")
     root = tmp_path_factory.mktemp("olah_analysis")
     repo = write_synthetic_dataset(root / "mirrors" / "datasets" / REPO_ID)
-    _git(repo, "init", "-q", "-b", "main")
-    _git(repo, "add", "-A")
-    _git(repo, "commit", "-q", "-m", "data")
+    commit_folder(repo, "data")
     config = root / "olah.toml"
     config.write_text(
         f'[basic]\nhost = "127.0.0.1"\nrepos-path = "{root / "cache"}"\nmirrors-path = ["{root / "mirrors"}"]\n'

@@ -12,6 +12,7 @@ import threading
 from pathlib import Path
 
 import pytest
+from git_mirror import commit_folder
 from hub_clients import analyze, hub_env
 from standin_hub import StandinHub
 from synthetic import write_synthetic_dataset
@@ -50,18 +51,6 @@ def folder_report(tmp_path_factory) -> dict:
 OLAH_REPO_ID = "turnphase-test/turnphase-synthetic"
 
 
-def _git(cwd: Path, *args: str) -> None:
-    env = os.environ | {
-        "GIT_AUTHOR_NAME": "turnphase tests",
-        "GIT_AUTHOR_EMAIL": "tests@turnphase.invalid",
-        "GIT_COMMITTER_NAME": "turnphase tests",
-        "GIT_COMMITTER_EMAIL": "tests@turnphase.invalid",
-        "GIT_CONFIG_GLOBAL": os.devnull,
-        "GIT_CONFIG_NOSYSTEM": "1",
-    }
-    subprocess.run(["git", *args], cwd=cwd, env=env, check=True, capture_output=True, timeout=60)
-
-
 @pytest.fixture(scope="session")
 def olah_hub(tmp_path_factory):
     """olah in offline mode serving one dataset repo from a local git mirror.
@@ -72,9 +61,7 @@ def olah_hub(tmp_path_factory):
     root = tmp_path_factory.mktemp("olah")
     repo = root / "mirrors" / "datasets" / OLAH_REPO_ID
     write_synthetic_dataset(repo, **DATASET)
-    _git(repo, "init", "-q", "-b", "main")
-    _git(repo, "add", "-A")
-    _git(repo, "commit", "-q", "-m", "turnphase synthetic dataset")
+    commit_folder(repo, "turnphase synthetic dataset")
     config = root / "olah.toml"
     config.write_text(
         "[basic]\n"
