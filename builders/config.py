@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Literal
 
@@ -46,8 +46,6 @@ class BuildConfig:
     private: bool = False
     hub_revision: str | None = None
 
-    extra: dict = field(default_factory=dict, repr=False)
-
     def __post_init__(self):
         self.out = Path(self.out)
         positive = ("n_conversations", "rounds", "max_attempts", "user_max_new_tokens")
@@ -66,7 +64,7 @@ class BuildConfig:
 
     def data_options(self) -> dict:
         """The options that determine the data; a resumed build must match them exactly."""
-        skip = {"out", "push_to_hub", "private", "hub_revision", "extra", "device", "license"}
+        skip = {"out", "push_to_hub", "private", "hub_revision", "device", "license"}
         return {k: v for k, v in asdict(self).items() if k not in skip}
 
     def resolve_strategy(self, n_params: int) -> Literal["study", "reply"]:
