@@ -176,14 +176,6 @@ def _user_chat(conv: Conversation, prompts: dict, strategy: Strategy, first: boo
     return [{"role": "user", "content": text}]
 
 
-def _accept_user(text: str, strategy: Strategy) -> tuple[str, bool]:
-    """(user turn to keep, is it a question)."""
-    if strategy == "reply":
-        question = extract_question(text)
-        return (question, True) if question else (text, False)
-    return text, "?" in text
-
-
 def generate_conversations(
     conversations: list[Conversation],
     chat: BatchedChat,
@@ -236,8 +228,9 @@ def generate_conversations(
                         text, problem = question, turn_problem(question, True)
                     else:
                         problem = turn_problem(text, finished)
-                        if problem is None and role_name == "user":
-                            text, is_question = _accept_user(text, settings.strategy)
+                        if role_name == "user":
+                            # reply: no question was found above; study: the turn is the reply
+                            is_question = settings.strategy == "study" and "?" in text
                     if problem is None and not is_question:
                         fallback.setdefault(cid, text)
                     if problem is None and is_question:
