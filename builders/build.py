@@ -76,18 +76,31 @@ def _generate(
         convs, start, timing = (
             conv.new_conversations(cfg.n_conversations, prompts),
             0,
-            {"seconds": 0.0, "new_tokens": 0},
+            {"seconds": 0.0, "new_tokens": 0, "prompt_tokens_fed": 0, "prompt_tokens_reused": 0},
         )
     chat = conv.BatchedChat(loaded.model, loaded.tokenizer, settings)
-    base_seconds, base_tokens, t0 = timing["seconds"], timing["new_tokens"], time.perf_counter()
+    # The conversations' KV caches are checkpointed with them: a resumed build then computes
+    # exactly what the uninterrupted one did (a fresh prefill would differ in the last bits).
+    kv_file = state_dir / f"kv_cache_{start}.pt"
+    if start and kv_file.exists():
+        chat.cache.load(kv_file)
+    base, t0 = dict(timing), time.perf_counter()
 
     def save(steps_done: int, convs: list[conv.Conversation]) -> None:
-        timing["seconds"] = base_seconds + time.perf_counter() - t0
-        timing["new_tokens"] = base_tokens + chat.new_tokens
+        timing["seconds"] = base["seconds"] + time.perf_counter() - t0
+        timing["new_tokens"] = base["new_tokens"] + chat.new_tokens
+        timing["prompt_tokens_fed"] = base.get("prompt_tokens_fed", 0) + chat.cache.fed_tokens
+        timing["prompt_tokens_reused"] = base.get("prompt_tokens_reused", 0) + chat.cache.reused_tokens
+        if steps_done < 2 * cfg.rounds:
+            chat.cache.save(state_dir / f"kv_cache_{steps_done}.pt")
         snapshot = {"steps_done": steps_done, "conversations": conv.to_json(convs), "timing": timing}
         writer.atomic_write_json(checkpoint, snapshot)
+        for old in state_dir.glob("kv_cache_*.pt"):
+            if old.name != f"kv_cache_{steps_done}.pt":
+                old.unlink()
 
     conv.generate_conversations(convs, chat, prompts, settings, start_step=start, on_step=save)
+    chat.cache.keep(())
     generation = {
         "strategy": strategy,
         "rounds": cfg.rounds,

@@ -18,7 +18,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Hashable
 from dataclasses import asdict, dataclass, field
 from importlib import resources
 from typing import Literal
@@ -107,23 +107,36 @@ def step_seed(seed: int, *parts: int) -> int:
 
 
 class BatchedChat:
-    """Batched sampling from a chat model with left padding."""
+    """Batched sampling from a chat model with left padding, reusing each conversation's KV
+    cache from one call to the next (see `prefix_cache`)."""
 
-    def __init__(self, model, tokenizer, settings: GenerationSettings):
+    def __init__(self, model, tokenizer, settings: GenerationSettings, *, reuse_cache: bool = True):
+        from turnphase.builders.prefix_cache import PrefixCache  # imports torch
+
         self.model, self.tokenizer, self.settings = model, tokenizer, settings
-        tokenizer.padding_side = "left"
         eos = model.generation_config.eos_token_id
         eos = list(eos) if isinstance(eos, list | tuple) else [eos]
         self.eos_ids = sorted({e for e in [*eos, tokenizer.eos_token_id] if e is not None})
+        self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else self.eos_ids[0]
+        self.cache = PrefixCache(model.config, reuse=reuse_cache)
         self.new_tokens = 0
 
-    def __call__(self, chats: list[list[dict]], max_new_tokens: int, seed: int) -> list[tuple[str, bool]]:
+    def __call__(
+        self,
+        chats: list[list[dict]],
+        max_new_tokens: int,
+        seed: int,
+        keys: list[Hashable] | None = None,
+    ) -> list[tuple[str, bool]]:
         """Reply to each chat; returns (text, finished) with finished=False when cut off.
+
+        `keys` name the chats whose cache is kept for later calls (a conversation id); chats
+        without a key keep theirs for this call only.
 
         A batched `generate` keeps computing every row until the longest one stops, so one
         runaway reply would make the whole batch pay for the token limit. The budget is spent in
-        shrinking chunks instead (256 -> 128, 64, 32, 32): after each chunk only the unfinished
-        rows go on, re-reading their prompt plus what they wrote so far.
+        chunks instead (256 -> 4 x 64, 64 -> 2 x 32): after each chunk only the unfinished rows go
+        on, from their cache plus what they wrote so far.
         """
         import torch
 
@@ -131,40 +144,53 @@ class BatchedChat:
             self.tokenizer.apply_chat_template(c, tokenize=False, add_generation_prompt=True) for c in chats
         ]
         ids = [self.tokenizer(p, add_special_tokens=False)["input_ids"] for p in ids]
+        keys = list(keys) if keys is not None else [None] * len(chats)
+        # Chats without a key still reuse their cache between chunks, under a key of this call.
+        call_keys = [k if k is not None else ("call", i) for i, k in enumerate(keys)]
         written: list[list[int]] = [[] for _ in chats]
         finished = [False] * len(chats)
         pending, budget = list(range(len(chats))), max_new_tokens
         torch.manual_seed(seed)
         while pending and budget > 0:
-            chunk = budget if budget <= 32 else max(32, budget // 2)
-            batch = self.tokenizer.pad(
-                {"input_ids": [ids[i] + written[i] for i in pending]}, return_tensors="pt"
-            )
-            batch = batch.to(self.model.device)
+            chunk = min(budget, max(32, max_new_tokens // 4))
+            rows = [ids[i] + written[i] for i in pending]
+            row_keys = [call_keys[i] for i in pending]
+            input_ids, mask, cache = self.cache.batch(row_keys, rows, self.pad_id, chunk)
             with torch.inference_mode():
                 out = self.model.generate(
-                    **batch,
+                    input_ids=input_ids.to(self.model.device),
+                    attention_mask=mask.to(self.model.device),
+                    cache=cache,
                     max_new_tokens=chunk,
                     do_sample=True,
                     temperature=self.settings.temperature,
                     top_p=self.settings.top_p,
                     eos_token_id=self.eos_ids,
-                    pad_token_id=self.tokenizer.pad_token_id,
+                    pad_token_id=self.pad_id,
+                    return_dict_in_generate=True,
                 )
-            still = []
-            for i, row in zip(pending, out[:, batch["input_ids"].shape[1] :].tolist(), strict=True):
+            still, generated = [], []
+            for i, row in zip(pending, out.sequences[:, input_ids.shape[1] :].tolist(), strict=True):
                 end = next((k for k, t in enumerate(row) if t in self.eos_ids), None)
-                written[i] += row if end is None else row[:end]
+                new = row if end is None else row[:end]
+                written[i] += new
+                generated.append(new)
                 self.new_tokens += len(row) if end is None else end + 1
                 if end is None:
                     still.append(i)
                 else:
                     finished[i] = True
+            self.cache.store(row_keys, rows, mask, out.cache, generated)
             pending, budget = still, budget - chunk
+        self.cache.forget(k for k, given in zip(call_keys, keys, strict=True) if given is None)
         return [
             (self.tokenizer.decode(w, skip_special_tokens=True).strip(), f)
             for w, f in zip(written, finished, strict=True)
         ]
+
+    def keep_cache(self, keys: list[Hashable]) -> None:
+        """Forget every cached conversation but these."""
+        self.cache.keep(keys)
 
 
 def _user_chat(conv: Conversation, prompts: dict, strategy: Strategy, first: bool) -> list[dict]:
@@ -207,13 +233,17 @@ def generate_conversations(
             retry = []
             for b in range(0, len(pending), settings.batch_size):
                 group = pending[b : b + settings.batch_size]
+                # Chats that continue the conversation reuse its KV cache; the `reply` strategy's
+                # separate user chats are new text each round.
+                keys = [c.conversation_id for c in group]
                 if role_name == "user":
                     chats = [_user_chat(c, prompts, settings.strategy, rnd == 0) for c in group]
                     max_new = settings.user_max_new_tokens
+                    keys = keys if settings.strategy == "study" else None
                 else:
                     chats = [c.messages for c in group]
                     max_new = settings.assistant_max_new_tokens
-                replies = chat(chats, max_new, step_seed(settings.seed, step, attempt, b))
+                replies = chat(chats, max_new, step_seed(settings.seed, step, attempt, b), keys)
                 for conv, (text, finished) in zip(group, replies, strict=True):
                     cid = conv.conversation_id
                     attempts[cid] += 1
@@ -250,6 +280,7 @@ def generate_conversations(
             pending = retry
             if not pending:
                 break
+        chat.keep_cache([c.conversation_id for c in conversations if c.dropped is None])
         if on_step:
             on_step(step + 1, conversations)
     bar.close()

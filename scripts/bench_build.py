@@ -5,11 +5,14 @@
 
 1. batched generation (50 conversations) vs one conversation at a time: same prompts, same token
    budget (every sequence generates exactly --new-tokens tokens). Target: >= 8x tokens/s.
-2. nnsight extraction of the default layers vs a plain transformers forward with
+2. the build's turn-taking (50 conversations x --kv-rounds rounds) with each conversation's KV
+   cache reused across turns vs every call re-reading its whole prompt: wall-time ratio, prompt
+   tokens fed, and how many conversations come out identical (float noise can flip a sample).
+3. nnsight extraction of the default layers vs a plain transformers forward with
    output_hidden_states=True, on the same conversation-length token sequences. Target: >= 0.95.
-3. Parquet write throughput of layer shards, and bytes per token per layer on disk vs the raw
+4. Parquet write throughput of layer shards, and bytes per token per layer on disk vs the raw
    d_model x dtype bytes.
-4. Wall time of the default full build (`turnphase build`, 50 topics x 5 rounds). Target: <= 15 min.
+5. Wall time of the default full build (`turnphase build`, 50 topics x 5 rounds). Target: <= 15 min.
 """
 
 from __future__ import annotations
@@ -71,6 +74,35 @@ def generation(loaded, n_batched: int, n_sequential: int, new_tokens: int) -> di
         "batched_vs_sequential": (n_bat / t_bat) / (n_seq / t_seq),
         "batch": n_batched,
         "new_tokens_per_sequence": new_tokens,
+    }
+
+
+def kv_reuse(loaded, n: int, rounds: int) -> dict:
+    """The build's own turn-taking (`generate_conversations`, same seeds) with each conversation's
+    KV cache reused across turns, and with every call re-reading its whole prompt."""
+    prompts = conv.load_prompts("reply")
+    out = {}
+    for name, reuse in (("reuse", True), ("re-read", False)):
+        settings = conv.GenerationSettings(rounds=rounds, batch_size=n)
+        chat = conv.BatchedChat(loaded.model, loaded.tokenizer, settings, reuse_cache=reuse)
+        convs = conv.new_conversations(n, prompts)
+        t0 = time.perf_counter()
+        conv.generate_conversations(convs, chat, prompts, settings)
+        out[name] = {
+            "seconds": time.perf_counter() - t0,
+            "prompt_tokens_fed": chat.cache.fed_tokens,
+            "new_tokens": chat.new_tokens,
+            "messages": [c.messages for c in convs],
+        }
+    same = sum(
+        a == b for a, b in zip(out["reuse"].pop("messages"), out["re-read"].pop("messages"), strict=True)
+    )
+    return {
+        **out,
+        "speedup": out["re-read"]["seconds"] / out["reuse"]["seconds"],
+        "identical_conversations": same,
+        "conversations": n,
+        "rounds": rounds,
     }
 
 
@@ -162,6 +194,7 @@ def main() -> None:
     p.add_argument("--skip-full-build", action="store_true")
     p.add_argument("--new-tokens", type=int, default=128, help="per sequence; about a mean assistant turn")
     p.add_argument("--sequential", type=int, default=5, help="conversations generated one at a time")
+    p.add_argument("--kv-rounds", type=int, default=2, help="rounds of the KV-reuse comparison")
     p.add_argument(
         "--extract-tokens", type=int, default=1200, help="tokens per forward (a conversation's length)"
     )
@@ -170,6 +203,7 @@ def main() -> None:
     loaded = load_model(None)
     results = {
         "generation": generation(loaded, 50, args.sequential, args.new_tokens),
+        "kv_reuse": kv_reuse(loaded, 50, args.kv_rounds),
         "extraction": extraction(loaded, loaded.layers, args.extract_tokens, repeats=5),
         "parquet": parquet(loaded.d_model, 20_000, "float16"),
     }
@@ -181,6 +215,13 @@ def main() -> None:
     print(
         f"batched generation vs sequential: {g['batched_vs_sequential']:.1f}x "
         f"({g['batched_tokens_per_s']:.0f} vs {g['sequential_tokens_per_s']:.1f} tokens/s; target >= 8x)"
+    )
+    k = results["kv_reuse"]
+    print(
+        f"KV cache reuse vs re-reading every prompt ({k['conversations']} conversations x {k['rounds']} rounds): "
+        f"{k['speedup']:.1f}x ({k['reuse']['seconds']:.0f} vs {k['re-read']['seconds']:.0f} s; prompt tokens fed "
+        f"{k['reuse']['prompt_tokens_fed']} vs {k['re-read']['prompt_tokens_fed']}); "
+        f"{k['identical_conversations']}/{k['conversations']} conversations identical"
     )
     print(
         f"nnsight extraction vs plain forward: {e['nnsight_vs_plain']:.3f} "

@@ -100,8 +100,9 @@ def test_interrupted_build_resumes_to_the_same_data(stage, tiny_build, tiny_mode
         real = conversations.BatchedChat.__call__
 
         def flaky(self, *a, **kw):
-            calls["n"] += 1
-            if calls["n"] == 5:
+            checkpoint = out / ".turnphase_build" / "generation.json"
+            # interrupted in round 1, after its user step, so the resume starts from a cache
+            if checkpoint.exists() and json.loads(checkpoint.read_text())["steps_done"] == 3:
                 raise KeyboardInterrupt
             return real(self, *a, **kw)
 
@@ -120,6 +121,8 @@ def test_interrupted_build_resumes_to_the_same_data(stage, tiny_build, tiny_mode
     assert (out / ".turnphase_build").exists() and not (out / schema.CARD_FILE).exists()
     if stage == "extraction":
         assert len(list((out / "layer_1").glob(schema.SHARD_GLOB))) == 1
+    else:  # the conversations' KV caches were checkpointed with them, and the resume reuses them
+        assert len(list((out / ".turnphase_build").glob("kv_cache_*.pt"))) == 1
     monkeypatch.undo()
     assert main(["build", "--out", str(out), "--model", str(tiny_model_dir), *TINY_ARGS]) == 0
     assert validate(out) == []

@@ -45,10 +45,16 @@ class ScriptedChat:
     def __init__(self, scripts):
         self.scripts = {cid: list(replies) for cid, replies in scripts.items()}
         self.calls = []
+        self.keys = []  # the cache keys each call passed
+        self.kept = []  # the conversations kept in the cache after each step
 
-    def __call__(self, chats, max_new_tokens, seed):
+    def __call__(self, chats, max_new_tokens, seed, keys=None):
         self.calls.append(len(chats))
+        self.keys.append(keys)
         return [self.scripts[self._id(chat)].pop(0) for chat in chats]
+
+    def keep_cache(self, keys):
+        self.kept.append(sorted(keys))
 
     @staticmethod
     def _id(chat):
@@ -88,6 +94,10 @@ def test_retries_drops_and_non_questions_are_recorded():
     assert convs[2].messages[1] == {"role": "user", "content": "No question here."}
     # user turn: 3 in batches of 2+1, then retries for 2, then 1; assistant turn: 2+1
     assert chat.calls == [2, 1, 2, 1, 2, 1]
+    # the reply strategy's user chats are separate text: only assistant turns reuse the
+    # conversation's cache, under its id
+    assert chat.keys == [None, None, None, None, [0, 1], [2]]
+    assert chat.kept == [[0, 1, 2], [0, 1, 2]]
 
 
 def test_a_turn_that_keeps_failing_drops_the_conversation():
@@ -99,18 +109,27 @@ def test_a_turn_that_keeps_failing_drops_the_conversation():
     assert convs[0].dropped is None
     assert convs[1].dropped == "round 0 assistant turn: cut off at the token limit after 3 attempts"
     assert [m["role"] for m in convs[1].messages] == ["system", "user"]
+    assert chat.kept == [[0, 1], [0]]  # a dropped conversation's cache is let go
 
 
 def test_study_strategy_uses_a_temporary_instruction_and_removes_it():
     convs, _ = _convs(1)
     prompts = conv.load_prompts("study")
-    seen = []
+    seen, keys = [], []
 
-    def chat(chats, max_new_tokens, seed):
-        seen.append(chats[0])
-        return [("Why does it matter?", True) if chats[0][-1]["role"] == "system" else ("It matters.", True)]
+    class Chat:
+        def __call__(self, chats, max_new_tokens, seed, keys_=None):
+            seen.append(chats[0])
+            keys.append(keys_)
+            return [
+                ("Why does it matter?", True) if chats[0][-1]["role"] == "system" else ("It matters.", True)
+            ]
 
-    conv.generate_conversations(convs, chat, prompts, conv.GenerationSettings(strategy="study", rounds=2))
+        def keep_cache(self, keys_):
+            pass
+
+    conv.generate_conversations(convs, Chat(), prompts, conv.GenerationSettings(strategy="study", rounds=2))
+    assert keys == [[0]] * 4  # every chat continues the conversation, so every call reuses its cache
     assert seen[0][-1]["content"].startswith("Now, act as the User. Write an initial question")
     assert seen[2][-1]["content"].startswith("Now, act as the User. Write a skeptical follow-up")
     assert [m["role"] for m in convs[0].messages] == ["system", "user", "assistant", "user", "assistant"]
