@@ -5,8 +5,9 @@
     turnphase build --out data/llama --model meta-llama/Llama-3.2-1B-Instruct
 
 Safe and resumable: every shard is written under a temporary name and renamed; generation is
-checkpointed after each batched step in `OUT/.turnphase_build/`; rerunning the same command
-continues from what was complete and gives the same data (same model, seed and options).
+checkpointed after each batched step in `OUT/.turnphase_build/`, with the conversations' KV
+caches; rerunning the same command continues from what was complete and gives the same data
+(same model, seed and options).
 """
 
 from __future__ import annotations
