@@ -2,17 +2,20 @@
 
     .venv/bin/python scripts/bench_build.py                 # everything, ~20 min on 2 cores
     .venv/bin/python scripts/bench_build.py --skip-full-build
+    .venv/bin/python scripts/bench_build.py --only decode_step,extraction
 
 1. batched generation (50 conversations) vs one conversation at a time: same prompts, same token
    budget (every sequence generates exactly --new-tokens tokens). Target: >= 8x tokens/s.
 2. the build's turn-taking (50 conversations x --kv-rounds rounds) with each conversation's KV
    cache reused across turns vs every call re-reading its whole prompt: wall-time ratio, prompt
    tokens fed, and how many conversations come out identical (float noise can flip a sample).
-3. nnsight extraction of the default layers vs a plain transformers forward with
+3. One decoding step (45 rows, 1000 cached tokens) with transformers' DynamicLayer, which grows
+   by torch.cat, vs the build's preallocated BufferLayer.
+4. nnsight extraction of the default layers vs a plain transformers forward with
    output_hidden_states=True, on the same conversation-length token sequences. Target: >= 0.95.
-4. Parquet write throughput of layer shards, and bytes per token per layer on disk vs the raw
+5. Parquet write throughput of layer shards, and bytes per token per layer on disk vs the raw
    d_model x dtype bytes.
-5. Wall time of the default full build (`turnphase build`, 50 topics x 5 rounds). Target: <= 15 min.
+6. Wall time of the default full build (`turnphase build`, 50 topics x 5 rounds). Target: <= 15 min.
 """
 
 from __future__ import annotations
@@ -106,6 +109,44 @@ def kv_reuse(loaded, n: int, rounds: int) -> dict:
     }
 
 
+def decode_step(loaded, rows: int, cached: int, steps: int = 8) -> dict:
+    """One decoding step over `rows` rows of `cached` cached tokens: transformers' DynamicLayer
+    (grows by torch.cat, copying the cache every step) vs the build's preallocated BufferLayer."""
+    from transformers import DynamicCache
+
+    from turnphase.builders.prefix_cache import BufferLayer
+
+    model, cfg = loaded.model, loaded.model.config
+    shape = (rows, cfg.num_key_value_heads, cached, cfg.hidden_size // cfg.num_attention_heads)
+
+    def cache(kind):
+        c = DynamicCache(config=cfg)
+        if kind == "buffer":
+            c.layers = [BufferLayer(cached + steps) for _ in c.layers]
+        for layer in c.layers:
+            layer.update(torch.randn(shape), torch.randn(shape))
+        return c
+
+    medians = {}
+    for kind in ("dynamic", "buffer", "dynamic", "buffer"):  # interleaved against a noisy neighbour
+        c, mask = cache(kind), torch.ones(rows, cached, dtype=torch.long)
+        tok, times = torch.randint(100, 4000, (rows, 1)), []
+        with torch.inference_mode():
+            for step in range(steps):
+                mask = torch.cat([mask, torch.ones(rows, 1, dtype=torch.long)], 1)
+                t0 = time.perf_counter()
+                model(
+                    input_ids=tok,
+                    attention_mask=mask,
+                    cache=c,
+                    position_ids=torch.full((rows, 1), cached + step),
+                )
+                times.append(time.perf_counter() - t0)
+        medians.setdefault(kind, []).append(statistics.median(times))
+    dyn, buf = min(medians["dynamic"]), min(medians["buffer"])
+    return {"dynamic_s": dyn, "buffer_s": buf, "speedup": dyn / buf, "rows": rows, "cached_tokens": cached}
+
+
 def extraction(loaded, layers: list[int], n_tokens: int, repeats: int) -> dict:
     rng = np.random.default_rng(0)
     ids = rng.integers(100, loaded.tokenizer.vocab_size - 100, n_tokens).tolist()
@@ -186,11 +227,27 @@ def full_build() -> dict:
         "dropped": len(prov["counts"]["dropped"]),
         "tokens": prov["counts"]["tokens"],
         "dataset_MB": size / 1e6,
+        "prompt_tokens_fed": timing["prompt_tokens_fed"],
+        "prompt_tokens_reused": timing["prompt_tokens_reused"],
     }
+
+
+def in_process(only: set[str], args) -> dict:
+    loaded = load_model(None)
+    measures = {
+        "generation": lambda: generation(loaded, 50, args.sequential, args.new_tokens),
+        "kv_reuse": lambda: kv_reuse(loaded, 50, args.kv_rounds),
+        "decode_step": lambda: decode_step(loaded, rows=45, cached=1000),
+        "extraction": lambda: extraction(loaded, loaded.layers, args.extract_tokens, repeats=5),
+        "parquet": lambda: parquet(loaded.d_model, 20_000, "float16"),
+    }
+    return {name: measure() for name, measure in measures.items() if name in only}
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parts = ["generation", "kv_reuse", "decode_step", "extraction", "parquet", "full_build"]
+    p.add_argument("--only", default=",".join(parts), help=f"comma-separated parts: {','.join(parts)}")
     p.add_argument("--skip-full-build", action="store_true")
     p.add_argument("--new-tokens", type=int, default=128, help="per sequence; about a mean assistant turn")
     p.add_argument("--sequential", type=int, default=5, help="conversations generated one at a time")
@@ -200,45 +257,47 @@ def main() -> None:
     )
     args = p.parse_args()
     print(f"torch threads: {torch.get_num_threads()}")
-    loaded = load_model(None)
-    results = {
-        "generation": generation(loaded, 50, args.sequential, args.new_tokens),
-        "kv_reuse": kv_reuse(loaded, 50, args.kv_rounds),
-        "extraction": extraction(loaded, loaded.layers, args.extract_tokens, repeats=5),
-        "parquet": parquet(loaded.d_model, 20_000, "float16"),
-    }
-    del loaded
-    if not args.skip_full_build:
+    only = set(args.only.split(",")) - ({"full_build"} if args.skip_full_build else set())
+    if unknown := only - set(parts):
+        p.error(f"unknown parts: {', '.join(sorted(unknown))}")
+    results = in_process(only, args)  # the model is let go before the full build's subprocess
+    if "full_build" in only:
         results["full_build"] = full_build()
     print(json.dumps(results, indent=2))
-    g, e, q = results["generation"], results["extraction"], results["parquet"]
-    print(
+    for name, result in results.items():
+        print(SUMMARY[name](result))
+
+
+SUMMARY = {  # one line per part
+    "generation": lambda g: (
         f"batched generation vs sequential: {g['batched_vs_sequential']:.1f}x "
         f"({g['batched_tokens_per_s']:.0f} vs {g['sequential_tokens_per_s']:.1f} tokens/s; target >= 8x)"
-    )
-    k = results["kv_reuse"]
-    print(
-        f"KV cache reuse vs re-reading every prompt ({k['conversations']} conversations x {k['rounds']} rounds): "
-        f"{k['speedup']:.1f}x ({k['reuse']['seconds']:.0f} vs {k['re-read']['seconds']:.0f} s; prompt tokens fed "
-        f"{k['reuse']['prompt_tokens_fed']} vs {k['re-read']['prompt_tokens_fed']}); "
+    ),
+    "kv_reuse": lambda k: (
+        f"KV cache reuse vs re-reading every prompt ({k['conversations']} conversations x {k['rounds']} "
+        f"rounds): {k['speedup']:.1f}x ({k['reuse']['seconds']:.0f} vs {k['re-read']['seconds']:.0f} s; "
+        f"prompt tokens fed {k['reuse']['prompt_tokens_fed']} vs {k['re-read']['prompt_tokens_fed']}); "
         f"{k['identical_conversations']}/{k['conversations']} conversations identical"
-    )
-    print(
+    ),
+    "decode_step": lambda d: (
+        f"decoding step, {d['rows']} rows x {d['cached_tokens']} cached tokens: BufferLayer {d['buffer_s']:.3f} s "
+        f"vs DynamicLayer {d['dynamic_s']:.3f} s ({d['speedup']:.1f}x)"
+    ),
+    "extraction": lambda e: (
         f"nnsight extraction vs plain forward: {e['nnsight_vs_plain']:.3f} "
         f"({e['nnsight_tokens_per_s']:.0f} vs {e['plain_tokens_per_s']:.0f} tokens/s, {e['layers']} layers; "
         "target >= 0.95)"
-    )
-    print(
+    ),
+    "parquet": lambda q: (
         f"parquet: {q['write_MB_per_s']:.0f} MB/s, {q['bytes_per_token_per_layer']:.0f} B/token/layer on disk "
         f"= {q['on_disk_vs_raw']:.2f} x raw {q['raw_bytes_per_token_per_layer']} B"
-    )
-    if "full_build" in results:
-        f = results["full_build"]
-        print(
-            f"default full build (50 x 5): {f['wall_minutes']:.1f} min wall (target <= 15), "
-            f"{f['conversations']} conversations, {f['dropped']} dropped, {f['tokens']} tokens, "
-            f"{f['dataset_MB']:.0f} MB"
-        )
+    ),
+    "full_build": lambda f: (
+        f"default full build (50 x 5): {f['wall_minutes']:.1f} min wall (target <= 15), "
+        f"{f['conversations']} conversations, {f['dropped']} dropped, {f['tokens']} tokens, "
+        f"{f['dataset_MB']:.0f} MB; prompt tokens fed {f['prompt_tokens_fed']}, reused {f['prompt_tokens_reused']}"
+    ),
+}
 
 
 if __name__ == "__main__":
