@@ -18,9 +18,9 @@ the batch is laid out as two left-padded regions, the cached one and the new one
 
 with the attention mask zero on every pad. `generate` derives position ids from the mask's
 cumulative sum, so each row's positions run on without gaps, exactly as when its cache was
-written. Only models whose every layer keeps a plain growing cache (full attention) reuse
-prefixes; for others (sliding windows, linear attention) `supported` is False and every call
-starts from scratch.
+written. Only models whose every layer keeps a plain growing cache (full attention) get the
+buffers and reuse prefixes; for others (sliding windows, linear attention) `supported` is False
+and every call starts from scratch with transformers' own cache.
 """
 
 from __future__ import annotations
@@ -145,8 +145,8 @@ class PrefixCache:
             if key is None:
                 continue
             n = min(len(new), held)
-            where = torch.cat([mask[b].nonzero().flatten(), torch.arange(width, width + n)])
             first = cache.layers[0].keys
+            where = torch.cat([mask[b].nonzero().flatten(), torch.arange(width, width + n)]).to(first.device)
             kv = first.new_empty((len(cache.layers), 2, first.shape[1], len(where), first.shape[3]))
             for i, layer in enumerate(cache.layers):
                 torch.index_select(layer.keys[b], 1, where, out=kv[i, 0])

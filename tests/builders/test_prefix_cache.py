@@ -123,3 +123,29 @@ def test_reuse_stops_at_the_first_different_token(tiny):
     assert chat.cache.reusable(0, tokens) == len(tokens) - 1
     assert chat.cache.reusable(1, tokens) == 0
     assert common_prefix([1, 2, 3], [1, 2]) == 2 and common_prefix([], [1]) == 0
+
+
+def test_sliding_window_models_generate_without_reuse(tiny):
+    """A sliding-window cache cannot be laid out as buffers: such models keep transformers' own
+    cache, start every call from scratch, and still generate."""
+    from transformers import MistralConfig, MistralForCausalLM
+
+    _, tokenizer = tiny
+    config = MistralConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        sliding_window=16,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    torch.manual_seed(0)
+    model = MistralForCausalLM(config).eval()
+    chat = conv.BatchedChat(model, tokenizer, conv.GenerationSettings())
+    assert not chat.cache.supported and not chat.cache.reuse
+    first, second = _two_turns(chat, _chats())
+    assert len(first) == len(second) == 2
+    assert chat.cache.entries == {} and chat.cache.reused_tokens == 0
