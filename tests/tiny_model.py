@@ -38,6 +38,21 @@ CORPUS = [
 ]
 
 
+def tiny_config_kwargs(tokenizer) -> dict:
+    """The tiny sizes and the tokenizer's ids, for any decoder config class."""
+    return dict(
+        vocab_size=len(tokenizer),
+        hidden_size=32,
+        intermediate_size=64,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=2048,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+
+
 def save_tiny_chat_model(
     folder: Path, *, chat_template: str | None = CHATML, eos_bias: float = 0.25, seed: int = 0
 ) -> Path:
@@ -64,18 +79,7 @@ def save_tiny_chat_model(
         tokenizer.chat_template = chat_template
 
     torch.manual_seed(seed)
-    config = LlamaConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=4,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=2048,
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id,
-    )
+    config = LlamaConfig(**tiny_config_kwargs(tokenizer), num_hidden_layers=4)
     model = LlamaForCausalLM(config)
     with torch.no_grad():
         model.model.embed_tokens.weight[:, 0] = 3.0  # a feature every position carries

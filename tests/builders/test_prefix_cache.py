@@ -1,6 +1,7 @@
 """Reusing each conversation's KV cache between generate calls gives what a full re-read gives."""
 
 import pytest
+from tiny_model import tiny_config_kwargs
 
 from turnphase.builders import conversations as conv
 from turnphase.builders.prefix_cache import common_prefix
@@ -131,17 +132,7 @@ def test_sliding_window_models_generate_without_reuse(tiny):
     from transformers import MistralConfig, MistralForCausalLM
 
     _, tokenizer = tiny
-    config = MistralConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        sliding_window=16,
-        eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id,
-    )
+    config = MistralConfig(**tiny_config_kwargs(tokenizer), num_hidden_layers=2, sliding_window=16)
     torch.manual_seed(0)
     model = MistralForCausalLM(config).eval()
     chat = conv.BatchedChat(model, tokenizer, conv.GenerationSettings())
