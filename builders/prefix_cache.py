@@ -139,13 +139,12 @@ class PrefixCache:
         (the last sampled token was never fed back, so its keys and values do not exist)."""
         if not self.reuse or cache is None:
             return
-        width = mask.shape[1]
+        width, first = mask.shape[1], cache.layers[0].keys
         held = cache.get_seq_length() - width
         for b, (key, row, new) in enumerate(zip(keys, rows, generated, strict=True)):
             if key is None:
                 continue
             n = min(len(new), held)
-            first = cache.layers[0].keys
             where = torch.cat([mask[b].nonzero().flatten(), torch.arange(width, width + n)]).to(first.device)
             kv = first.new_empty((len(cache.layers), 2, first.shape[1], len(where), first.shape[3]))
             for i, layer in enumerate(cache.layers):
