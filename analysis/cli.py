@@ -1,4 +1,5 @@
-"""`turnphase analyze SOURCE --out REPORT_DIR`: the study's probes, control, PCA/Fourier and figures.
+"""`turnphase analyze SOURCE --out REPORT_DIR`: the study's probes, PCA/Fourier and figures, against
+a structure baseline and three nulls, with the tests that tell a clock from a switch.
 
 turnphase analyze data/smollm2 --out report                       # all layers, in memory
 turnphase analyze USER/turnphase-smollm2 --out report --streaming # a Hub dataset, streamed
@@ -36,19 +37,33 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "--split",
         choices=["conversation", "token"],
         default=d.split,
-        help="hold out whole conversations (default) or random tokens, as the study did",
+        help="folds of whole conversations (default) or of random tokens, as the study did",
     )
-    p.add_argument(
-        "--seed", type=int, default=d.seed, help="split, scrambled permutation, bootstrap (default 0)"
-    )
+    p.add_argument("--seed", type=int, default=d.seed, help="folds, null permutations, bootstrap (default 0)")
     p.add_argument(
         "--phase-scheme",
         choices=["phase", "phase_round"],
         default=d.phase_scheme,
-        help="phase per turn as in the study (default), or linear across the whole round",
+        help="primary label scheme: per turn as in the study (default), or linear across the round; "
+        "the other is reported beside it",
     )
-    p.add_argument("--exclude-template", action="store_true", help="leave chat-template markup tokens out")
-    p.add_argument("--n-pcs", type=int, default=d.n_pcs, help="principal components for the Fourier analysis")
+    p.add_argument(
+        "--include-template",
+        action="store_true",
+        help="analyse chat-template markup tokens too (default: left out and counted; they sit at the phase extremes)",
+    )
+    p.add_argument(
+        "--folds", type=int, default=d.folds, help="cross-fitting folds, each held out once (default 5)"
+    )
+    p.add_argument(
+        "--n-pcs", type=int, default=d.n_pcs, help="top PCs searched for the study's best pair (default 16)"
+    )
+    p.add_argument(
+        "--fourier-pcs",
+        type=int,
+        default=d.fourier_pcs,
+        help="whitened PCs the once-per-round Fourier plane spans (default 64)",
+    )
     p.add_argument(
         "--bootstrap", type=int, default=d.n_bootstrap, help="bootstrap resamples for 95%% intervals"
     )
@@ -67,8 +82,10 @@ def config_from(args: argparse.Namespace) -> AnalysisConfig:
             split=args.split,
             seed=args.seed,
             phase_scheme=args.phase_scheme,
-            exclude_template=args.exclude_template,
+            exclude_template=not args.include_template,
+            folds=args.folds,
             n_pcs=args.n_pcs,
+            fourier_pcs=args.fourier_pcs,
             n_bootstrap=args.bootstrap,
             batch_size=args.batch_size,
         )

@@ -13,6 +13,7 @@ import numpy as np
 
 SplitKind = Literal["conversation", "token"]
 PhaseScheme = Literal["phase", "phase_round"]
+PHASE_SCHEMES: tuple[PhaseScheme, ...] = ("phase", "phase_round")
 
 
 def default_alphas() -> list[float]:
@@ -29,20 +30,21 @@ class AnalysisConfig:
     streaming: bool = False  # stream shards instead of loading the layer into memory
 
     # Which tokens and labels
-    phase_scheme: PhaseScheme = "phase"  # the study's per-turn scheme, or linear across the round
-    exclude_template: bool = False  # drop chat-template markup tokens from every analysis
+    phase_scheme: PhaseScheme = "phase"  # the primary scheme; the other is reported beside it
+    exclude_template: bool = True  # chat-template markup sits at the phase extremes: counted, not analysed
 
-    # Split and control
-    split: SplitKind = "conversation"  # held-out unit: whole conversations, or tokens as the study did
-    test_fraction: float = 0.2
-    cv_folds: int = 5  # folds of the training part, for choosing the ridge penalty
-    seed: int = 0  # split, scrambled permutation, bootstrap and figure subsamples
+    # Cross-fitting and nulls
+    split: SplitKind = "conversation"  # fold unit: whole conversations, or tokens as the study did
+    folds: int = 5  # every fold is held out once; penalties are chosen by CV on the other folds
+    seed: int = 0  # folds, null permutations, bootstrap and figure subsamples
     alphas: list[float] = field(default_factory=default_alphas)
-    n_bootstrap: int = 1000  # resamples of test conversations for the 95% intervals
+    n_bootstrap: int = 1000  # resamples of conversations for the 95% intervals
 
     # PCA + Fourier
-    n_pcs: int = 16  # principal components kept for the Fourier analysis
+    n_pcs: int = 16  # top principal components searched for the study's best pair
+    fourier_pcs: int = 64  # whitened principal components the once-per-round Fourier plane spans
     grid: int = 64  # uniform phase points each round is resampled onto
+    continuity_window: int = 3  # tokens each side of a cut, for the turn-boundary continuity test
 
     # Output
     batch_size: int = 4096  # activation rows per accumulation step: bounds memory, not results
@@ -51,29 +53,24 @@ class AnalysisConfig:
     def __post_init__(self) -> None:
         if self.split not in ("conversation", "token"):
             raise ValueError(f"split must be 'conversation' or 'token', not {self.split!r}")
-        if self.phase_scheme not in ("phase", "phase_round"):
+        if self.phase_scheme not in PHASE_SCHEMES:
             raise ValueError(f"phase scheme must be 'phase' or 'phase_round', not {self.phase_scheme!r}")
-        if not 0 < self.test_fraction < 1:
-            raise ValueError("test fraction must lie strictly between 0 and 1")
-        if self.cv_folds < 2:
-            raise ValueError("at least 2 cross-validation folds are needed to choose a ridge penalty")
-        if self.n_pcs < 2:
-            raise ValueError("at least 2 principal components are needed for a pair")
-        if self.grid < 4 or self.grid % 2:
-            raise ValueError("the phase grid needs an even number of at least 4 points")
+        if self.folds < 3:
+            raise ValueError("at least 3 folds are needed: one held out, two to choose the ridge penalty on")
+        if self.n_pcs < 2 or self.fourier_pcs < 2:
+            raise ValueError("at least 2 principal components are needed for a plane")
+        if self.grid < 8 or self.grid % 2:
+            raise ValueError("the phase grid needs an even number of at least 8 points")
         if not self.alphas or min(self.alphas) <= 0:
             raise ValueError("ridge penalties must be positive")
+        if self.continuity_window < 1:
+            raise ValueError("the continuity window needs at least 1 token")
         if self.batch_size < 1 or self.n_bootstrap < 1 or self.max_scatter < 1:
             raise ValueError("batch size, bootstrap resamples and scatter size must be positive")
 
     @property
-    def n_parts(self) -> int:
-        """CV folds of the training part, then the test part."""
-        return self.cv_folds + 1
-
-    @property
-    def test_part(self) -> int:
-        return self.cv_folds
+    def other_scheme(self) -> PhaseScheme:
+        return PHASE_SCHEMES[1 - PHASE_SCHEMES.index(self.phase_scheme)]
 
     def rng(self, purpose: str) -> np.random.Generator:
         """An independent seeded stream per purpose, so adding one draw never shifts another."""

@@ -41,31 +41,99 @@ def token_counts(rounds: np.ndarray, roles: np.ndarray, n_excluded: int, path: P
     return _save(fig, path)
 
 
-def probe_r2_by_layer(layers: list[int], probes: dict[str, dict[str, list[dict]]], path: Path) -> str:
-    """probes[probe][pairing] is one result dict ({r2, ci95}) per layer; pairing in real,
-    scrambled, position."""
-    names = list(probes)
-    fig = Figure(figsize=(4.2 * len(names), 4), layout="constrained")
+NULL_STYLES = {
+    "scrambled": {"color": "tab:gray", "marker": "s"},
+    "within_role": {"color": "tab:purple", "marker": "^"},
+    "within_turn": {"color": "tab:red", "marker": "v"},
+}
+
+
+def _errorbar(ax, x: np.ndarray, results: list[dict], key: str = "r2", **style) -> None:
+    v = np.array([r[key] for r in results])
+    ci = np.array([r.get("ci95") or [r[key], r[key]] for r in results])
+    ax.errorbar(x, v, yerr=[v - ci[:, 0], ci[:, 1] - v], capsize=3, **style)
+
+
+def probe_r2_by_layer(layers: list[int], per_layer: dict, path: Path) -> str:
+    """Held-out R^2 per layer and probe (configured scheme): real, the three nulls, the baselines."""
+    scheme = next(iter(per_layer[str(layers[0])]["probes"]))
+    names = list(per_layer[str(layers[0])]["probes"][scheme])
+    fig = Figure(figsize=(4.4 * len(names), 4.2), layout="constrained")
     axes = fig.subplots(1, len(names), sharey=True, squeeze=False)[0]
     x = np.asarray(layers)
-    styles = {
-        "real": {"color": "tab:blue", "marker": "o", "label": "real activations"},
-        "scrambled": {"color": "tab:gray", "marker": "s", "label": "scrambled control"},
-        "position": {"color": "tab:green", "marker": "", "ls": "--", "label": "position-only baseline"},
-    }
     for ax, name in zip(axes, names, strict=True):
-        for pairing, style in styles.items():
-            rows = probes[name][pairing]
-            r2 = np.array([r["r2"] for r in rows])
-            ci = np.array([r["ci95"] or [r["r2"], r["r2"]] for r in rows])
-            ax.errorbar(x, r2, yerr=[r2 - ci[:, 0], ci[:, 1] - r2], capsize=3, **style)
+        entries = [per_layer[str(L)]["probes"][scheme][name] for L in layers]
+        _errorbar(
+            ax,
+            x,
+            [e["acts"]["real"] for e in entries],
+            color="tab:blue",
+            marker="o",
+            label="real activations",
+        )
+        for null, style in NULL_STYLES.items():
+            _errorbar(ax, x, [e["acts"][null] for e in entries], label=f"null: {null}", **style)
+        for model, ls in (("structure", "--"), ("position", ":")):
+            ax.plot(
+                x,
+                [e[model]["r2"] for e in entries],
+                color="tab:green",
+                ls=ls,
+                label=f"{model} baseline (labels only)",
+            )
         ax.axhline(0, color="black", lw=0.6)
         ax.set_title(f"{name} probe")
         ax.set_xlabel("layer (decoder block output, 0-based)")
         ax.set_xticks(x)
-    axes[0].set_ylabel("R² on held-out test set (0 = mean baseline)")
-    axes[0].legend(fontsize=8)
-    fig.suptitle("Probe R² by layer, 95% bootstrap intervals over test conversations")
+    axes[0].set_ylabel("R² on held-out conversations (0 = mean baseline)")
+    axes[0].legend(fontsize=7)
+    fig.suptitle(f"Probe R² by layer ({scheme}), cross-fitted, 95% bootstrap intervals over conversations")
+    return _save(fig, path)
+
+
+def evidence_by_layer(layers: list[int], per_layer: dict, path: Path) -> str:
+    """The evidence that separates the hypotheses, per layer, real against the three nulls."""
+    x = np.asarray(layers)
+    entries = [per_layer[str(L)] for L in layers]
+    scheme = next(iter(entries[0]["probes"]))
+    fig = Figure(figsize=(16, 4.2), layout="constrained")
+    axes = fig.subplots(1, 4)
+    panels = [
+        (
+            "what activations add over the structure baseline\n(partial R², trig probe)",
+            lambda e, n: e["probes"][scheme]["trig"]["partial_r2_over_structure"][n],
+            "value",
+        ),
+        (
+            "cross-role transfer of the sin/cos readout\n(Pearson r; a rotation gives > 0)",
+            lambda e, n: e["rotation"]["transfer"][n]["mean"],
+            "value",
+        ),
+        (
+            "held-out colour wheel, Fourier plane\n(Fisher-Lee r)",
+            lambda e, n: e["planes"]["fourier"][n]["circcorr"],
+            "value",
+        ),
+        (
+            "jump of the trig readout at user->assistant boundaries\n(beyond mid-turn cuts; a switch gives > 0)",
+            lambda e, n: e["rotation"]["continuity"][n]["user_to_assistant"],
+            "value",
+        ),
+    ]
+    for ax, (title, get, key) in zip(axes, panels, strict=True):
+        _errorbar(ax, x, [get(e, "real") for e in entries], key, color="tab:blue", marker="o", label="real")
+        for null, style in NULL_STYLES.items():
+            _errorbar(ax, x, [get(e, null) for e in entries], key, label=f"null: {null}", **style)
+        ax.axhline(0, color="black", lw=0.6)
+        ax.set_title(title, fontsize=9)
+        ax.set_xticks(x)
+        ax.set_xlabel("layer")
+    for e, L in zip(entries, x, strict=True):
+        axes[0].annotate(
+            e["verdict"]["verdict"], (L, 0), rotation=90, fontsize=7, ha="center", va="bottom", color="0.3"
+        )
+    axes[0].legend(fontsize=7)
+    fig.suptitle("What tells a clock from a switch, by layer (verdict written along the first panel's axis)")
     return _save(fig, path)
 
 
@@ -92,24 +160,16 @@ def _phase_scatter(ax, x: np.ndarray, y: np.ndarray, phase: np.ndarray):
     return ax.scatter(x, y, c=phase, cmap=PHASE_CMAP, vmin=0, vmax=1, s=4, alpha=0.7)
 
 
-def pc_scatter(
-    layer: int,
-    z: dict[str, np.ndarray],
-    phase: np.ndarray,
-    pcs: dict[str, tuple[int, int]],
-    path: Path,
-    what: str,
-) -> str:
-    """Tokens projected on a PC pair, hue = true phase. z[pairing]: (n, n_pcs); pcs[pairing]: (i, j)."""
-    fig = Figure(figsize=(10.5, 4.8), layout="constrained")
-    axes = fig.subplots(1, 2)
+def pc_scatter(layer: int, z: dict[str, np.ndarray], phase: np.ndarray, path: Path, what: str) -> str:
+    """Tokens projected on two PCs, hue = true phase. z[name]: (n, 2)."""
+    fig = Figure(figsize=(5.6 * len(z), 4.8), layout="constrained")
+    axes = fig.subplots(1, len(z), squeeze=False)[0]
     points = None
-    for ax, (pairing, values) in zip(axes, z.items(), strict=True):
-        i, j = pcs[pairing]
-        points = _phase_scatter(ax, values[:, i], values[:, j], phase)
-        ax.set_xlabel(f"PC{i} projection (activation units)")
-        ax.set_ylabel(f"PC{j} projection (activation units)")
-        ax.set_title(f"layer {layer}, {pairing}")
+    for ax, (name, values) in zip(axes, z.items(), strict=True):
+        points = _phase_scatter(ax, values[:, 0], values[:, 1], phase)
+        ax.set_xlabel("PC0 projection (activation units)")
+        ax.set_ylabel("PC1 projection (activation units)")
+        ax.set_title(f"layer {layer}, {name}")
     fig.colorbar(points, ax=list(axes), label=PHASE_LABEL)
     fig.suptitle(what)
     return _save(fig, path)
@@ -118,9 +178,9 @@ def pc_scatter(
 def heatmaps(
     layer: int, maps: dict[str, np.ndarray], path: Path, *, what: str, xlabel: str, x0: int, mark=None
 ) -> str:
-    """PC-by-something heatmaps, real | scrambled, on the real data's colour scale."""
-    fig = Figure(figsize=(11, 4.8), layout="constrained")
-    axes = fig.subplots(1, 2)
+    """PC-by-something heatmaps, real and each null, on one colour scale (PCA of all tokens)."""
+    fig = Figure(figsize=(4.6 * len(maps), 4.4), layout="constrained")
+    axes = fig.subplots(1, len(maps))
     vmax = max(float(np.max(m)) for m in maps.values()) or 1.0
     image = None
     for ax, (pairing, values) in zip(axes, maps.items(), strict=True):
@@ -146,26 +206,33 @@ def heatmaps(
     return _save(fig, path)
 
 
-def color_wheel(
-    layer: int,
-    z: dict[str, np.ndarray],
-    phase: np.ndarray,
-    pcs: dict[str, tuple[int, int]],
-    scale: np.ndarray,
-    corr: dict[str, float],
-    path: Path,
+def color_wheels(
+    layer: int, scatter: dict[str, np.ndarray], phase: np.ndarray, planes: dict, path: Path
 ) -> str:
-    """Tokens in each pairing's best Fourier plane, PCs scaled to unit variance; hue = true phase."""
-    fig = Figure(figsize=(10.5, 4.8), layout="constrained")
-    axes = fig.subplots(1, 2)
+    """Held-out tokens in each colour-wheel plane (rows: pairings; columns: planes), hue = true phase.
+    scatter[pairing]: (n, 9) layer.SCATTER_COLUMNS; planes: the report's planes entry."""
+    names = ("pair", "fourier", "trig")
+    titles = {
+        "pair": "study's best PC pair",
+        "fourier": "once-per-round Fourier plane",
+        "trig": "supervised (trig probe)",
+    }
+    fig = Figure(figsize=(14, 4.4 * len(scatter)), layout="constrained")
+    axes = fig.subplots(len(scatter), len(names), squeeze=False)
     points = None
-    for ax, (pairing, values) in zip(axes, z.items(), strict=True):
-        i, j = pcs[pairing]
-        points = _phase_scatter(ax, values[:, i] / scale[i], values[:, j] / scale[j], phase)
-        ax.set_aspect("equal", adjustable="datalim")
-        ax.set_xlabel(f"PC{i} / its std")
-        ax.set_ylabel(f"PC{j} / its std")
-        ax.set_title(f"layer {layer}, {pairing}\nbest pair PC{i}, PC{j}: angle-phase r = {corr[pairing]:.2f}")
-    fig.colorbar(points, ax=list(axes), label=PHASE_LABEL)
-    fig.suptitle("Colour wheel: the PC pair turning once per round a quarter cycle apart")
+    for row, (pairing, values) in zip(axes, scatter.items(), strict=True):
+        for ax, (k, name) in zip(row, enumerate(names), strict=True):
+            u = values[:, 3 + 2 * k : 5 + 2 * k]
+            scale = np.nanstd(u, axis=0)
+            scale[~(scale > 0)] = 1.0
+            points = _phase_scatter(ax, u[:, 0] / scale[0], u[:, 1] / scale[1], phase)
+            ax.set_aspect("equal", adjustable="datalim")
+            r = planes[name][pairing]["circcorr"]
+            ax.set_title(f"{pairing}: {titles[name]}\nheld-out r = {r['value']:.2f}", fontsize=9)
+            ax.set_xlabel("cos-like coordinate / its std")
+            ax.set_ylabel("sin-like coordinate / its std")
+    fig.colorbar(points, ax=axes.ravel().tolist(), label=PHASE_LABEL)
+    fig.suptitle(
+        f"Colour wheels of layer {layer}: planes fitted on training folds, tokens from the held-out fold"
+    )
     return _save(fig, path)

@@ -10,6 +10,9 @@ For every round (one user turn and the assistant's answer), each PC's values are
 A cos(2*pi*phase + a) component has C[k=1] = e^{ia} / 2, so two PCs turning a quarter cycle
 apart make a plane in which a token's angle tracks its phase. Pair score at k = 1:
 coherence_i * coherence_j * sin^2(angle_i - angle_j); the best pair is the study's colour wheel.
+Here this runs on the PCA of all analysed tokens, for the study's figures (coherence and pair-score
+heatmaps); the colour wheels that are scored are fitted on training folds only (planes.py), from
+the same resampling written as one complex weight per token (`token_weights`).
 
 Streaming: resampling and the FFT are linear in the values, so each round's grid is a sparse
 weighted sum of its tokens' projections and can be filled in any token order (the scrambled
@@ -24,6 +27,7 @@ import numpy as np
 import scipy.fft
 import scipy.sparse
 
+from turnphase.analysis.planes import pair_scores
 from turnphase.analysis.source import Labels
 from turnphase.builders import schema
 
@@ -84,6 +88,18 @@ class RoundGrid:
             shape=(labels.n, n_rounds * grid),
         )  # (n_tokens, rounds * grid)
 
+    def token_weights(self, ks: tuple[int, ...]) -> np.ndarray:
+        """(n_tokens, 2 * len(ks)) real and imaginary parts of each token's weight in the mean over
+        rounds of the rfft coefficient at k cycles per round: sum_t w_t x_t is that mean coefficient
+        of any linear read-out x. Tokens of rounds without both turns weigh 0."""
+        g = np.arange(self.grid)
+        cols = []
+        for k in ks:
+            twiddle = np.tile(np.exp(-2j * np.pi * k * g / self.grid) / self.grid, self.n_rounds)
+            w = self.matrix @ twiddle / max(self.n_rounds, 1)  # (n_tokens,) complex
+            cols += [w.real, w.imag]
+        return np.stack(cols, axis=1)
+
     def add(self, values: np.ndarray, label_idx: np.ndarray, z: np.ndarray) -> None:
         """Add tokens `label_idx` carrying projections z (b, k) into values (rounds * grid, k)."""
         sub = self.matrix[label_idx].tocoo()  # (b, rounds * grid), about 2 * grid entries per round
@@ -125,91 +141,4 @@ def spectrum(values: np.ndarray, n_rounds: int, grid: int) -> Spectrum:
     mean = (total / max(n_rounds, 1)).T  # (k, freqs)
     coherence = np.abs(mean)
     angle = np.angle(mean)
-    c1, a1 = coherence[:, 1], angle[:, 1]
-    pair = np.outer(c1, c1) * np.sin(a1[:, None] - a1[None, :]) ** 2
-    np.fill_diagonal(pair, 0.0)
-    return Spectrum(coherence, np.abs(unit / max(n_rounds, 1)).T, angle, pair)
-
-
-class AngleMoments:
-    """One-pass sums that give, for every PC pair, how a token's angle in the pair's plane follows
-    2*pi*phase. The best pair is only known after the pass, so all pairs are tracked.
-
-    `corr` is the Fisher-Lee circular correlation (1983): sum over token pairs of
-    sin(a_i - a_j) sin(b_i - b_j), normalised; +1 when the angle equals the phase up to a fixed
-    rotation, -1 when it runs backwards, about 0 when unrelated. Unlike Jammalamadaka-SenGupta it
-    needs no circular means, which are arbitrary when phases are near uniform on the circle (the
-    phase_round scheme): there JS gave -0.77 for a monotone one-cycle relation, Fisher-Lee +0.65.
-    It reduces to the sums below; scipy.stats has circmean but no circular-circular correlation.
-    `locking` is |mean of exp(i(angle - 2*pi*phase))|, 1 when the angle is the phase plus a constant.
-
-    Angles are taken on PCs scaled to unit variance, so an elliptical wheel counts as a circle.
-    """
-
-    def __init__(self, scale: np.ndarray):
-        self.scale = scale  # (k,) standard deviation of each PC
-        self.pi, self.pj = np.triu_indices(len(scale), 1)
-        n_pairs = len(self.pi)
-        self.n = 0
-        self.cross = np.zeros((n_pairs, 2, 2))  # sum of [cos a, sin a]^T [cos b, sin b]
-        self.double = np.zeros((n_pairs, 2))  # sum of [cos 2a, sin 2a]
-        self.phase_double = np.zeros(2)  # sum of [cos 2b, sin 2b]
-
-    def add(self, z: np.ndarray, phase: np.ndarray) -> None:
-        """z: (b, k) projections, phase: (b,) in 0..1."""
-        zi, zj = z[:, self.pi] / self.scale[self.pi], z[:, self.pj] / self.scale[self.pj]  # (b, pairs)
-        r = np.hypot(zi, zj)
-        r[r == 0] = 1.0
-        cos, sin = zi / r, zj / r  # (b, pairs): the token's angle in each pair's plane
-        b = 2 * np.pi * phase
-        v = np.stack([np.cos(b), np.sin(b)], axis=-1)  # (b, 2)
-        self.n += len(z)
-        self.cross += np.stack([cos.T @ v, sin.T @ v], axis=-2)  # (pairs, 2, 2)
-        self.double += np.stack([(cos * cos - sin * sin).sum(0), 2 * (cos * sin).sum(0)], axis=-1)
-        self.phase_double += [np.cos(2 * b).sum(), np.sin(2 * b).sum()]
-
-    def _sums(self, i: int, j: int, orientation: int) -> tuple[np.ndarray, np.ndarray]:
-        p = int(np.flatnonzero((self.pi == i) & (self.pj == j))[0])
-        flip = np.array([1.0, float(orientation)])  # angle -> -angle flips every sin a
-        return flip[:, None] * self.cross[p], flip * self.double[p]
-
-    def corr(self, i: int, j: int, orientation: int) -> float:
-        """Fisher-Lee correlation of atan2(orientation * z_j, z_i) with 2*pi*phase."""
-        cross, double = self._sums(i, j, orientation)
-        (cc, cs), (sc, ss) = cross
-        n2 = float(self.n) ** 2
-        den = (n2 - double @ double) * (n2 - self.phase_double @ self.phase_double)
-        return float(4 * (cc * ss - cs * sc) / np.sqrt(den)) if den > 0 else 0.0
-
-    def locking(self, i: int, j: int, orientation: int) -> float:
-        """|mean exp(i(angle - 2*pi*phase))| for atan2(orientation * z_j, z_i)."""
-        (cc, cs), (sc, ss) = self._sums(i, j, orientation)[0]
-        return float(np.hypot(cc + ss, sc - cs) / max(self.n, 1))
-
-
-def wheel_phase(z: np.ndarray, spec: Spectrum, scale: np.ndarray) -> np.ndarray:
-    """Each token's phase estimate (0..1) from its angle in the best plane: (b,)."""
-    i, j = spec.best_pair
-    theta = np.arctan2(spec.orientation * z[:, j] / scale[j], z[:, i] / scale[i])
-    return (theta - spec.angle[i, 1]) / (2 * np.pi) % 1.0
-
-
-def fourier_summary(spec: Spectrum, moments: AngleMoments, n_rounds: int, top: int = 5) -> dict:
-    i, j = spec.best_pair
-    coh = spec.coherence[:, 1:]  # frequency 0 is each PC's mean, not a rhythm
-    order = np.argsort(coh, axis=None)[::-1][:top]
-    return {
-        "best_pair": [i, j],
-        "pair_score": float(spec.pair_score[i, j]),
-        "angle_phase_circcorr": moments.corr(i, j, spec.orientation),
-        "angle_phase_locking": moments.locking(i, j, spec.orientation),
-        "orientation": spec.orientation,
-        "phase_offset": float(spec.angle[i, 1] / (2 * np.pi) % 1.0),
-        "coherence_k1": spec.coherence[:, 1].tolist(),
-        "itpc_k1": spec.itpc[:, 1].tolist(),
-        "top_coherence": [
-            {"pc": int(pc), "k": int(k) + 1, "coherence": float(coh[pc, k])}
-            for pc, k in zip(*np.unravel_index(order, coh.shape), strict=True)
-        ],
-        "n_rounds": n_rounds,
-    }
+    return Spectrum(coherence, np.abs(unit / max(n_rounds, 1)).T, angle, pair_scores(mean[:, 1]))

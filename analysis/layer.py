@@ -1,13 +1,15 @@
-"""One layer, two passes over its activation rows, for the real data and its scrambled control.
+"""One layer, two passes over its activation rows, for the real data and its three nulls.
 
-    pass 1  sums per part of the split        -> PCA, ridge penalties by CV, probes
-    pass 2  project onto the top PCs, predict -> test scores per conversation, per-round phase grids
-                                                 for the Fourier analysis, angle moments, and the
-                                                 few tokens the figures draw
+    pass 1  sums per part (fold x role) -> per held-out fold: PCA, penalties by nested CV, probes,
+                                           joint and baseline fits, colour-wheel planes, one-role
+                                           readouts for the cross-role test
+    pass 2  each fold's rows through the  -> per-conversation sums of errors, angle terms and
+            readouts fitted without it       correlations; a PCA spectrum per round for the figures;
+                                             the few tokens the figures and the continuity test need
 
-Both pairings see each activation batch once per pass: the scrambled one just looks up other
-labels (split.Pairing). Memory: the sums (parts * d_model^2), the round grids and the labels;
-never more than one batch of activations, in streaming mode.
+Every pairing sees each activation batch once per pass: a null just looks up other labels
+(split.Pairing). Memory: the sums (parts * d_model^2), the round grids and the labels; never more
+than one batch of activations, in streaming mode.
 """
 
 from __future__ import annotations
@@ -18,34 +20,75 @@ from dataclasses import dataclass
 import numpy as np
 from tqdm.auto import tqdm
 
+from turnphase.analysis import planes, rotation
+from turnphase.analysis.baseline import ASSISTANT, USER, BaselineFeatures
 from turnphase.analysis.config import AnalysisConfig
-from turnphase.analysis.fourier import AngleMoments, RoundGrid, Spectrum, spectrum
-from turnphase.analysis.probes import TARGETS, Probes, TestScores, fit_probes, test_conversations
+from turnphase.analysis.fourier import RoundGrid, Spectrum, spectrum
+from turnphase.analysis.probes import (
+    PROBES,
+    SCHEME_COLUMNS,
+    TARGETS,
+    EigCache,
+    LinearFit,
+    Readout,
+    activation_fits,
+    circular_error,
+    label_fits,
+    role_fit,
+)
+from turnphase.analysis.scores import ConvSums, pearson_columns
 from turnphase.analysis.source import Labels, LayerData
-from turnphase.analysis.split import Pairing, Split
-from turnphase.analysis.stats import PCA, PartStats, pca_from
+from turnphase.analysis.split import Folds, Pairing
+from turnphase.analysis.stats import PCA, Eig, Sums, pca_from
+
+FOURIER_KS = (1, 2)  # cycles per round whose mean coefficients pass 1 accumulates
+# Per sampled token: the linear probe's prediction, the two top PCs of all tokens, each plane's (u0, u1)
+SPECTRUM_PAIRINGS = ("real", "scrambled")  # the study's figures: real data and its control
+SCATTER_COLUMNS = ("linear", "pc0", "pc1", *(f"{p}:{c}" for p in planes.PLANES for c in ("u0", "u1")))
+
+
+@dataclass
+class Columns:
+    """The label-side columns z of every analysed token: targets, baseline features, Fourier weights."""
+
+    labels: Labels
+    baseline: BaselineFeatures
+    fourier: np.ndarray  # (n, 2 * len(FOURIER_KS)) float32, RoundGrid.token_weights
+
+    @property
+    def width(self) -> int:
+        return len(SCHEME_COLUMNS) + self.baseline.width + self.fourier.shape[1]
+
+    def baseline_slice(self, which: slice) -> slice:
+        return slice(len(SCHEME_COLUMNS) + which.start, len(SCHEME_COLUMNS) + which.stop)
+
+    def fourier_column(self, k: int) -> tuple[int, int]:
+        start = len(SCHEME_COLUMNS) + self.baseline.width + 2 * FOURIER_KS.index(k)
+        return start, start + 1
+
+    def __call__(self, idx: np.ndarray) -> np.ndarray:
+        return np.concatenate(
+            [self.labels.targets(idx), self.baseline.transform(idx), self.fourier[idx]], axis=1
+        )
 
 
 @dataclass
 class Samples:
-    """Sorted analysed-token indices the figures draw, chosen once for every layer and pairing."""
+    """Sorted analysed-token indices the figures and tests draw, chosen once for every layer."""
 
-    scatter: np.ndarray  # any analysed tokens: PC scatters and colour wheels
-    test: np.ndarray  # test tokens: predicted vs true phase
+    scatter: np.ndarray  # any analysed tokens (all are held out once): scatters and colour wheels
     view: np.ndarray  # the analysed tokens of the token-view conversation
+    cuts: dict  # rotation.cut_points
+    cut_tokens: np.ndarray  # every token a cut reads
 
 
-def choose_samples(labels: Labels, split: Split, view_conversation: int, config: AnalysisConfig) -> Samples:
-    def pick(pool: np.ndarray, purpose: str) -> np.ndarray:
-        if len(pool) <= config.max_scatter:
-            return pool
-        return np.sort(config.rng(purpose).choice(pool, config.max_scatter, replace=False))
-
-    return Samples(
-        scatter=pick(np.arange(labels.n), "scatter sample"),
-        test=pick(np.flatnonzero(split.part == split.test_part), "test sample"),
-        view=np.flatnonzero(labels.conversation == view_conversation),
-    )
+def choose_samples(labels: Labels, view_conversation: int, config: AnalysisConfig) -> Samples:
+    pool = np.arange(labels.n)
+    if len(pool) > config.max_scatter:
+        pool = np.sort(config.rng("scatter sample").choice(pool, config.max_scatter, replace=False))
+    cuts = rotation.cut_points(labels, np.ones(labels.n, bool), config.continuity_window)
+    cut_tokens = np.unique(np.concatenate([np.concatenate([b.ravel(), a.ravel()]) for b, a in cuts.values()]))
+    return Samples(pool, np.flatnonzero(labels.conversation == view_conversation), cuts, cut_tokens)
 
 
 class Capture:
@@ -64,22 +107,30 @@ class Capture:
 
 
 @dataclass
+class FoldModels:
+    readout: Readout  # every activation readout of this fold (probes, joint, planes, one-role)
+    offsets: dict[str, float]  # plane -> angle offset
+    pair: planes.PairChoice
+    alphas: dict[str, float]  # fit name ('acts/trig/0', ...) -> ridge penalty chosen
+
+
+@dataclass
 class PairingResult:
-    probes: Probes
-    scores: TestScores
-    spectrum: Spectrum
-    moments: AngleMoments
-    scatter_z: np.ndarray  # (len(samples.scatter), n_pcs)
-    test_pred: np.ndarray  # (len(samples.test), 6): linear, trig (sin, cos), helix (phase, sin, cos)
+    models: list[FoldModels]  # per held-out fold
+    coherence_power: dict[int, float]  # k -> power of the mean coefficient over whitened PCs
+    spectrum: Spectrum | None  # all-token PCA, for the study's heatmaps (SPECTRUM_PAIRINGS only)
+    scatter: np.ndarray  # (len(samples.scatter), 9): SCATTER_COLUMNS
 
 
 @dataclass
 class LayerResult:
     layer: int
-    pca: PCA
+    pca: PCA  # of all analysed tokens (figures)
     n_rounds: int
+    scores: ConvSums
+    label_fits: list[dict[str, LinearFit]]  # per held-out fold
     pairings: dict[str, PairingResult]
-    view_z: np.ndarray  # (len(samples.view), n_pcs), real pairing
+    view_estimate: np.ndarray  # (len(samples.view),) Fourier-plane estimate, real pairing
 
 
 def analysed_batches(data: LayerData, labels: Labels, desc: str) -> Iterator[tuple[np.ndarray, np.ndarray]]:
@@ -94,57 +145,184 @@ def analysed_batches(data: LayerData, labels: Labels, desc: str) -> Iterator[tup
             yield rows, batch.x[keep].astype(np.float64)
 
 
+def fold_models(
+    sums: Sums, eigs: EigCache, outer: int, pairing: Pairing, cols: Columns, config: AnalysisConfig
+) -> FoldModels:
+    train = [f for f in range(sums.folds) if f != outer]
+    m = sums.moments(train, pairing.name)
+    pca = pca_from(eigs(train), m, sums.shift, max(config.n_pcs, config.fourier_pcs))
+    structure = cols.baseline_slice(cols.baseline.structure)
+    fits = activation_fits(sums, eigs, outer, pairing.name, structure, config)
+    by_role = [sums.moments(train, pairing.name, role) for role in (0, 1)]
+    centre = (by_role[0].mean_x + by_role[1].mean_x) / 2 + sums.shift  # both roles weighted equally
+    re, im = cols.fourier_column(1)
+    coef_x = m.sxz[:, re] + 1j * m.sxz[:, im]  # (d,) mean coefficient at 1 cycle per round
+    choice = planes.best_pair(pca.components[: config.n_pcs] @ coef_x)
+    pair_fit, pair_offset = planes.pair_plane(pca, choice, centre)
+    trig = fits["acts/trig/0"]
+    fits |= {
+        "plane/pair": pair_fit,
+        "plane/fourier": planes.fourier_plane(pca, config.fourier_pcs, coef_x, centre),
+        "plane/trig": planes.trig_plane(trig),
+        "role/user": role_fit(by_role[0], sums.shift, PROBES["trig"].columns(0), trig.alpha),
+        "role/assistant": role_fit(by_role[1], sums.shift, PROBES["trig"].columns(0), trig.alpha),
+    }
+    return FoldModels(
+        Readout.stack(fits, structure.stop - structure.start),
+        {"pair": pair_offset, "fourier": 0.0, "trig": 0.0},
+        choice,
+        {name: fit.alpha for name, fit in fits.items() if name.startswith(("acts/", "joint/"))},
+    )
+
+
+def coherence_power(sums: Sums, pca: PCA, pairing: str, cols: Columns, k_pcs: int) -> dict[int, float]:
+    m = sums.moments(list(range(sums.folds)), pairing)
+    w = pca.components[:k_pcs] / pca.std[:k_pcs, None]
+    out = {}
+    for k in FOURIER_KS:
+        re, im = cols.fourier_column(k)
+        out[k] = float(np.sum(np.abs(w @ (m.sxz[:, re] + 1j * m.sxz[:, im])) ** 2))
+    return out
+
+
 def analyze_layer(
     data: LayerData,
     labels: Labels,
-    split: Split,
+    folds: Folds,
     pairs: list[Pairing],
+    cols: Columns,
     grid: RoundGrid,
     samples: Samples,
     config: AnalysisConfig,
 ) -> LayerResult:
     d_model = data.src.d_model
-    stats = {p.name: PartStats(config.n_parts, d_model, len(TARGETS)) for p in pairs}
+    part_of = folds.fold.astype(np.int64) * 2 + (labels.role == ASSISTANT)  # stats.Sums parts
+    sums = Sums(folds.k, d_model, cols.width, [p.name for p in pairs])
     for rows, x in analysed_batches(data, labels, f"layer {data.layer} pass 1/2"):
+        xs = sums.shifted(x)
+        z_real = cols(rows)
+        sums.add_rows(xs, z_real, part_of[rows])
         for p in pairs:
             lab = p.labels_of(rows)
-            stats[p.name].add(x, labels.targets(lab), split.part[lab])
-    # Every pairing sums the same activation rows, so the real pairing's covariance serves all.
-    pca = pca_from(stats["real"], config.n_pcs)
-    probes = {name: fit_probes(s, split.train_parts, config.alphas) for name, s in stats.items()}
-    del stats
+            sums.add_cross(p.name, xs, z_real if p.label_of_row is None else cols(lab), part_of[lab])
+            if not p.keeps_role:
+                user = labels.role[lab] == USER
+                sums.add_scrambled_user(xs[user], folds.fold[lab[user]])
 
-    k = len(pca.components)
-    tests = test_conversations(labels, split)
-    scores = {p.name: TestScores(tests) for p in pairs}
-    values = {p.name: np.zeros((grid.n_rounds * grid.grid, k), dtype=np.float32) for p in pairs}
-    moments = {p.name: AngleMoments(pca.std) for p in pairs}
-    scatter = {p.name: Capture(samples.scatter, k) for p in pairs}
-    test_pred = {p.name: Capture(samples.test, 6) for p in pairs}
-    view = Capture(samples.view, k)
+    eigs = EigCache(sums)
+    everything = list(range(folds.k))
+    pca = pca_from(
+        Eig(sums.moments(everything, "real").sxx),
+        sums.moments(everything, "real"),
+        sums.shift,
+        max(config.n_pcs, config.fourier_pcs),
+    )
+    baseline = {name: cols.baseline_slice(getattr(cols.baseline, name)) for name in ("structure", "position")}
+    lfits = [label_fits(sums, o, baseline, config) for o in range(folds.k)]
+    models = {p.name: [fold_models(sums, eigs, o, p, cols, config) for o in range(folds.k)] for p in pairs}
+    power = {p.name: coherence_power(sums, pca, p.name, cols, config.fourier_pcs) for p in pairs}
+    del sums, eigs
+
+    scores = ConvSums(np.unique(labels.conversation))
+    k = config.n_pcs
+    figure_pca = PCA(
+        pca.mean, pca.components[:k], pca.explained_variance[:k], pca.explained_variance_ratio[:k]
+    )
+    # float64: a float32 grid's sums would depend on the batch size in the last digits
+    values = {p.name: np.zeros((grid.n_rounds * grid.grid, k)) for p in pairs if p.name in SPECTRUM_PAIRINGS}
+    scatter = {p.name: Capture(samples.scatter, len(SCATTER_COLUMNS)) for p in pairs}
+    cut = {p.name: Capture(samples.cut_tokens, 2) for p in pairs}
+    view = Capture(samples.view, 1)
+    structure = baseline["structure"]
     for rows, x in analysed_batches(data, labels, f"layer {data.layer} pass 2/2"):
-        z = pca.transform(x)  # (b, n_pcs)
+        z_pc = figure_pca.transform(x)
         for p in pairs:
-            lab = p.labels_of(rows)
-            test = split.part[lab] == split.test_part
-            preds = probes[p.name].predict(x[test])
-            scores[p.name].add(labels.conversation[lab[test]], labels.targets(lab[test]), preds)
-            test_pred[p.name].add(lab[test], np.concatenate(list(preds.values()), axis=1))
-            grid.add(values[p.name], lab, z)
-            moments[p.name].add(z, labels.phase[lab])
-            scatter[p.name].add(lab, z)
-            if p.label_of_row is None:
-                view.add(lab, z)
+            if p.name in values:
+                grid.add(values[p.name], p.labels_of(rows), z_pc)
+        fold_of = folds.fold[rows]
+        for o in np.unique(fold_of):
+            m = fold_of == o
+            ro, xo = rows[m], x[m]
+            z = cols(ro)
+            scores.add(labels.conversation[ro], label_columns(z, baseline, lfits[o]))
+            for p in pairs:
+                lab = p.labels_of(ro)
+                zl = z if p.label_of_row is None else cols(lab)
+                fm = models[p.name][o]
+                preds = fm.readout.predict(xo, zl[:, structure])
+                scores.add(labels.conversation[lab], pairing_columns(p.name, preds, fm, labels, lab, zl))
+                u = {name: preds[f"plane/{name}"] for name in planes.PLANES}
+                shown = [preds["acts/linear/0"], z_pc[m][:, :2], *u.values()]
+                scatter[p.name].add(lab, np.concatenate(shown, axis=1))
+                cut[p.name].add(lab, u["trig"])
+                if p.label_of_row is None:
+                    view.add(lab, planes.estimate(u["fourier"], 0.0)[:, None])
 
     results = {
         p.name: PairingResult(
-            probes=probes[p.name],
-            scores=scores[p.name],
-            spectrum=spectrum(values.pop(p.name), grid.n_rounds, grid.grid),
-            moments=moments[p.name],
-            scatter_z=scatter[p.name].values,
-            test_pred=test_pred[p.name].values,
+            models=models[p.name],
+            coherence_power=power[p.name],
+            spectrum=spectrum(values.pop(p.name), grid.n_rounds, grid.grid) if p.name in values else None,
+            scatter=scatter[p.name].values,
         )
         for p in pairs
     }
-    return LayerResult(data.layer, pca, grid.n_rounds, results, view.values)
+    for p in pairs:
+        conv, columns = rotation.continuity_columns(
+            f"{p.name}/cont", samples.cuts, samples.cut_tokens, cut[p.name].values, labels.conversation
+        )
+        scores.add(conv, columns)
+    return LayerResult(data.layer, figure_pca, grid.n_rounds, scores, lfits, results, view.values[:, 0])
+
+
+def label_columns(
+    z: np.ndarray, baseline: dict[str, slice], fits: dict[str, LinearFit]
+) -> dict[str, np.ndarray]:
+    """Per-token terms of the labels alone: n, sums of targets and squares, baseline errors."""
+    cols = {"n": np.ones(len(z))}
+    for scheme in (0, 1):
+        for t, name in enumerate(TARGETS):
+            y = z[:, 3 * scheme + t]
+            cols[f"sy:{scheme}:{name}"] = y
+            cols[f"syy:{scheme}:{name}"] = y * y
+    for model, feats in baseline.items():
+        for scheme in (0, 1):
+            for probe in PROBES.values():
+                fit = fits[f"{model}/{probe.name}/{scheme}"]
+                pred = z[:, feats] @ fit.coef + fit.intercept
+                cols |= error_columns(f"{model}/{probe.name}/{scheme}", probe, scheme, pred, z)
+    return cols
+
+
+def error_columns(prefix: str, probe, scheme: int, pred: np.ndarray, z: np.ndarray) -> dict[str, np.ndarray]:
+    y = z[:, probe.columns(scheme)]
+    cols = {f"{prefix}:{t}": (y[:, i] - pred[:, i]) ** 2 for i, t in enumerate(probe.targets)}
+    cols[f"{prefix}:err"] = circular_error(probe.decode(pred), z[:, 3 * scheme])
+    return cols
+
+
+def pairing_columns(
+    name: str, preds: dict[str, np.ndarray], fm: FoldModels, labels: Labels, lab: np.ndarray, z: np.ndarray
+) -> dict[str, np.ndarray]:
+    cols = {}
+    for model in ("acts", "joint"):
+        for scheme in (0, 1):
+            for probe in PROBES.values():
+                key = f"{model}/{probe.name}/{scheme}"
+                cols |= error_columns(f"{name}/{key}", probe, scheme, preds[key], z)
+    for plane in planes.PLANES:
+        cols |= planes.angle_columns(
+            f"{name}/plane/{plane}", preds[f"plane/{plane}"], fm.offsets[plane], z[:, 0]
+        )
+    role = labels.role[lab]
+    trig = PROBES["trig"].columns(0)
+    for train, test in (("user", ASSISTANT), ("assistant", USER)):
+        on = role == test
+        pred = np.where(on[:, None], preds[f"role/{train}"], 0.0)
+        for i, t in enumerate(PROBES["trig"].targets):
+            y = np.where(on, z[:, trig[i]], 0.0)
+            prefix = f"{name}/transfer/{train}/{t}"
+            c = pearson_columns(prefix, pred[:, i], y)
+            c[f"{prefix}:n"] = on.astype(np.float64)
+            cols |= c
+    return cols

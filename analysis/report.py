@@ -1,7 +1,8 @@
 """`analyze(config, out)`: dataset in, report folder out (report.json, PNG figures, HTML views).
 
     report = analyze(AnalysisConfig(source="data/smollm2", streaming=True), Path("report"))
-    report["layers"]["13"]["probes"]["helix"]["real"]["r2"]
+    report["layers"]["13"]["verdict"]["verdict"]                    # "helix", "switch + ramps", ...
+    report["layers"]["13"]["probes"]["phase"]["trig"]["acts"]["real"]["r2"]
 
 The schema of report.json is documented in analysis/REPORT.md. The folder is written under a
 temporary name and renamed when complete, so a folder named OUT is always a whole report.
@@ -15,13 +16,15 @@ from pathlib import Path
 
 import numpy as np
 
-from turnphase.analysis import figures
+from turnphase.analysis import figures, planes, rotation
+from turnphase.analysis.baseline import BaselineFeatures
 from turnphase.analysis.config import AnalysisConfig
-from turnphase.analysis.fourier import RoundGrid, fourier_summary, wheel_phase
-from turnphase.analysis.layer import LayerResult, Samples, analyze_layer, choose_samples
-from turnphase.analysis.probes import PROBES, TestScores, position_baseline, test_conversations
+from turnphase.analysis.fourier import RoundGrid
+from turnphase.analysis.layer import FOURIER_KS, Columns, LayerResult, Samples, analyze_layer, choose_samples
+from turnphase.analysis.probes import PROBES
+from turnphase.analysis.scores import ConvSums, mean_of, pearson_stat, r2_stat
 from turnphase.analysis.source import DatasetSource, Labels
-from turnphase.analysis.split import make_split, pairings
+from turnphase.analysis.split import NULLS, Folds, make_folds, pairings
 from turnphase.analysis.token_view import write_token_view
 from turnphase.builders import schema
 from turnphase.builders.errors import TurnphaseError
@@ -29,8 +32,9 @@ from turnphase.builders.provenance import turnphase_version
 from turnphase.builders.writer import atomic_write_json
 
 REPORT_FILE = "report.json"
-REPORT_VERSION = 1
+REPORT_VERSION = 2
 HEATMAP_FREQS = 16  # frequencies shown in the coherence heatmap (cycles per round 1..16)
+SIGNAL_FLOOR = 0.05  # R^2 below this is not called a signal, whatever its interval
 
 
 def check_out(out: Path, overwrite: bool) -> None:
@@ -53,14 +57,14 @@ def analyze(config: AnalysisConfig, out: Path, *, overwrite: bool = False, verbo
                 f"layer {layer} is not in this dataset (layers: {', '.join(map(str, src.layers))})"
             )
     labels = src.labels(config)
-    split = make_split(labels, config)
-    tests = test_conversations(labels, split)
-    samples = choose_samples(labels, split, int(tests[0]), config)
+    folds = make_folds(labels, config)
+    view_conversation = int(labels.conversation[0])
+    samples = choose_samples(labels, view_conversation, config)
     grid = RoundGrid(labels, config.grid)
-    pairs = pairings(labels.n, config)
-    position_probes, position_scores = position_baseline(labels, split, config)
-    position = {name: position_scores.result(name, position_probes.fits[name], config) for name in PROBES}
-    view_tokens = src.conversation_tokens(int(tests[0]))
+    cols = Columns(labels, BaselineFeatures(labels), grid.token_weights(FOURIER_KS).astype(np.float32))
+    pairs = pairings(labels, folds, config)
+    circle = rotation.circle_r2(labels, folds.fold)
+    view_tokens = src.conversation_tokens(view_conversation)
 
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.parent / f".{out.name}.partial-{os.getpid()}"
@@ -73,28 +77,21 @@ def analyze(config: AnalysisConfig, out: Path, *, overwrite: bool = False, verbo
         ]
         per_layer = {}
         for layer in layers:
-            res = analyze_layer(src.layer(layer, labels), labels, split, pairs, grid, samples, config)
-            entry = layer_entry(res, position_scores, position, config)
-            entry["figures"] = layer_figures(res, labels, samples, tmp)
+            res = analyze_layer(src.layer(layer, labels), labels, folds, pairs, cols, grid, samples, config)
+            entry = layer_entry(res, labels, folds, circle, config)
+            entry["figures"] = layer_figures(res, labels, samples, entry, tmp)
             entry["token_view"] = write_token_view(
                 tmp / f"layer{layer}_token_view.html",
                 layer=layer,
                 tokens=view_tokens,
                 analysed_positions=labels.token_position[samples.view],
-                estimate=wheel_phase(res.view_z, res.pairings["real"].spectrum, res.pca.std),
-                pair=res.pairings["real"].spectrum.best_pair,
-                corr=entry["fourier"]["real"]["angle_phase_circcorr"],
+                estimate=res.view_estimate,
+                corr=entry["planes"]["fourier"]["real"]["circcorr"]["value"],
                 excluded_template=config.exclude_template,
             )
             per_layer[str(layer)] = entry
-        by_probe = {
-            name: {
-                pairing: [per_layer[str(L)]["probes"][name][pairing] for L in layers]
-                for pairing in ("real", "scrambled", "position")
-            }
-            for name in PROBES
-        }
-        written.append(figures.probe_r2_by_layer(layers, by_probe, tmp / "probe_r2_by_layer.png"))
+        written.append(figures.probe_r2_by_layer(layers, per_layer, tmp / "probe_r2_by_layer.png"))
+        written.append(figures.evidence_by_layer(layers, per_layer, tmp / "evidence_by_layer.png"))
         report = {
             "report_version": REPORT_VERSION,
             "turnphase_version": turnphase_version(),
@@ -108,14 +105,20 @@ def analyze(config: AnalysisConfig, out: Path, *, overwrite: bool = False, verbo
                 "seed": src.provenance.get("seed"),
             },
             "config": config.to_json(),
-            "split": {"kind": config.split, "seed": config.seed, **split.summary(labels)},
+            "split": {"kind": config.split, "seed": config.seed, **folds.summary(labels)},
             "phase_scheme": config.phase_scheme,
-            "tokens": {"rows": labels.n_rows, "analysed": labels.n, "rounds_in_fourier": grid.n_rounds},
-            "token_view_conversation": int(tests[0]),
+            "tokens": {
+                "rows": labels.n_rows,
+                "analysed": labels.n,
+                "template_excluded": labels.template_excluded,
+                "rounds_in_fourier": grid.n_rounds,
+            },
+            "token_view_conversation": view_conversation,
             "layers": per_layer,
             "summary": summary(per_layer),
             "figures": written,
         }
+        report["findings"] = findings(report)
         atomic_write_json(tmp / REPORT_FILE, report)
         _replace(tmp, out)
     finally:
@@ -134,55 +137,228 @@ def _replace(tmp: Path, out: Path) -> None:
     shutil.rmtree(old, ignore_errors=True)
 
 
-def layer_entry(
-    res: LayerResult, position_scores: TestScores, position: dict, config: AnalysisConfig
+def _fold_rows(
+    scores: ConvSums, labels: Labels, folds: Folds, config: AnalysisConfig
+) -> list[np.ndarray] | None:
+    """ConvSums rows of each fold's conversations (conversation folds only)."""
+    if config.split != "conversation":
+        return None
+    first = np.searchsorted(labels.conversation, scores.conversations)  # conversations are contiguous
+    fold_of = folds.fold[first]
+    return [np.flatnonzero(fold_of == f) for f in range(folds.k)]
+
+
+def probe_result(
+    scores: ConvSums, prefix: str, probe, scheme: int, config: AnalysisConfig, fold_rows, alphas=None
 ) -> dict:
+    targets = [f"{scheme}:{t}" for t in probe.targets]
+    r2 = r2_stat(prefix, targets)
+    mae = lambda s: s[f"{prefix}:err"] / s["n"]  # noqa: E731
+    out = {
+        "r2": scores.statistic(r2),
+        "ci95": scores.interval(r2, config, f"r2 {prefix} {scheme}"),
+        "r2_per_target": {t: scores.statistic(r2_stat(prefix, [f"{scheme}:{t}"])) for t in probe.targets},
+        "phase_mae": scores.statistic(mae),
+        "phase_mae_ci95": scores.interval(mae, config, f"mae {prefix} {scheme}"),
+    }
+    if fold_rows is not None:
+        out["r2_per_fold"] = [scores.statistic(r2, rows) for rows in fold_rows]
+    if alphas is not None:
+        out["alpha_per_fold"] = alphas
+    return out
+
+
+def layer_entry(
+    res: LayerResult, labels: Labels, folds: Folds, circle: float, config: AnalysisConfig
+) -> dict:
+    s = res.scores
+    fold_rows = _fold_rows(s, labels, folds, config)
     probes = {}
-    for name in PROBES:
-        entry = {
-            pairing: pr.scores.result(name, pr.probes.fits[name], config)
-            for pairing, pr in res.pairings.items()
+    for scheme, scheme_name in enumerate((config.phase_scheme, config.other_scheme)):
+        probes[scheme_name] = {}
+        for probe in PROBES.values():
+            key = f"{probe.name}/{scheme}"
+            e = {}
+            for model in ("acts", "joint"):
+                e[model] = {
+                    pairing: probe_result(
+                        s,
+                        f"{pairing}/{model}/{key}",
+                        probe,
+                        scheme,
+                        config,
+                        fold_rows,
+                        [fm.alphas[f"{model}/{key}"] for fm in res.pairings[pairing].models],
+                    )
+                    for pairing in res.pairings
+                }
+            for model in ("structure", "position"):
+                e[model] = probe_result(
+                    s,
+                    f"{model}/{key}",
+                    probe,
+                    scheme,
+                    config,
+                    fold_rows,
+                    [f[f"{model}/{key}"].alpha for f in res.label_fits],
+                )
+            e["partial_r2_over_structure"] = {}
+            for pairing in res.pairings:
+                stat = _partial(f"{pairing}/joint/{key}", f"structure/{key}", probe, scheme)
+                e["partial_r2_over_structure"][pairing] = s.result(stat, config, f"partial {pairing} {key}")
+            probes[scheme_name][probe.name] = e
+
+    plane_entry = {}
+    for plane in planes.PLANES:
+        plane_entry[plane] = {
+            pairing: {
+                "circcorr": s.result(
+                    planes.fisher_lee(f"{pairing}/plane/{plane}"), config, f"r {pairing} {plane}"
+                ),
+                "locking": s.result(
+                    planes.locking(f"{pairing}/plane/{plane}"), config, f"lock {pairing} {plane}"
+                ),
+                "phase_mae": s.result(
+                    planes.angular_error(f"{pairing}/plane/{plane}"), config, f"mae {pairing} {plane}"
+                ),
+            }
+            for pairing in res.pairings
         }
-        entry["position"] = position[name]
-        entry["gain_over_position"] = res.pairings["real"].scores.gain_over(position_scores, name, config)
-        probes[name] = entry
-    return {
+    plane_entry["pair"]["pairs_per_fold"] = [list(fm.pair.pair) for fm in res.pairings["real"].models]
+
+    transfer, continuity, coherence = {}, {}, {}
+    for pairing, pr in res.pairings.items():
+        t = {
+            direction: pearson_stats(f"{pairing}/transfer/{train}")
+            for direction, train in (("user_to_assistant", "user"), ("assistant_to_user", "assistant"))
+        }
+        transfer[pairing] = {
+            d: s.result(mean_of(*st.values()), config, f"transfer {pairing} {d}") for d, st in t.items()
+        }
+        transfer[pairing]["per_target"] = {
+            d: {target: s.statistic(st[target]) for target in st} for d, st in t.items()
+        }
+        both = mean_of(*t["user_to_assistant"].values(), *t["assistant_to_user"].values())
+        transfer[pairing]["mean"] = s.result(both, config, f"transfer {pairing} mean")
+        continuity[pairing] = {
+            kind: s.result(rotation.excess_jump(f"{pairing}/cont", kind), config, f"cont {pairing} {kind}")
+            for kind in ("user_to_assistant", "assistant_to_user")
+        }
+        p = pr.coherence_power
+        coherence[pairing] = {"k1": p[1], "k2": p[2], "k2_over_k1": p[2] / p[1] if p[1] > 0 else None}
+
+    linear = probes[config.phase_scheme]["linear"]["acts"]["real"]
+    rot = {
+        "transfer": transfer,
+        "continuity": continuity,
+        "coherence": coherence,
+        "line_beyond_circle": {"circle_r2": circle, "linear_r2": linear["r2"], "linear_ci95": linear["ci95"]},
+    }
+    entry = {
         "probes": probes,
-        "fourier": {
-            pairing: fourier_summary(pr.spectrum, pr.moments, res.n_rounds)
-            for pairing, pr in res.pairings.items()
-        },
+        "planes": plane_entry,
+        "rotation": rot,
         "pca": {"explained_variance_ratio": res.pca.explained_variance_ratio.tolist()},
+        "fourier_in_sample": fourier_in_sample(res),
+    }
+    entry["verdict"] = rotation.verdict(evidence(entry, config))
+    return entry
+
+
+def pearson_stats(prefix: str) -> dict:
+    return {t: pearson_stat(f"{prefix}/{t}") for t in PROBES["trig"].targets}
+
+
+def _partial(joint: str, base: str, probe, scheme: int):
+    targets = [f"{scheme}:{t}" for t in probe.targets]
+    return r2_stat(joint, targets, over=base)
+
+
+def fourier_in_sample(res: LayerResult) -> dict:
+    """The study's own numbers: PCA of all tokens, per-round spectrum, best pair (in sample)."""
+    out = {}
+    for pairing, pr in res.pairings.items():
+        spec = pr.spectrum
+        if spec is None:
+            continue
+        i, j = spec.best_pair
+        coh = spec.coherence[:, 1:]
+        order = np.argsort(coh, axis=None)[::-1][:5]
+        out[pairing] = {
+            "best_pair": [i, j],
+            "pair_score": float(spec.pair_score[i, j]),
+            "coherence_k1": spec.coherence[:, 1].tolist(),
+            "itpc_k1": spec.itpc[:, 1].tolist(),
+            "top_coherence": [
+                {"pc": int(pc), "k": int(k) + 1, "coherence": float(coh[pc, k])}
+                for pc, k in zip(*np.unravel_index(order, coh.shape), strict=True)
+            ],
+        }
+    out["n_rounds"] = res.n_rounds
+    return out
+
+
+def _beats(result: dict, others: list[float]) -> bool:
+    ci = result.get("ci95")
+    return ci is not None and ci[0] > max(others)
+
+
+def evidence(entry: dict, config: AnalysisConfig) -> dict:
+    p = entry["probes"][config.phase_scheme]
+    acts = {name: p[name]["acts"] for name in ("linear", "trig")}
+
+    def probe_beats(nulls) -> bool:
+        return any(
+            _beats(a["real"], [a[n]["r2"] for n in nulls]) and a["real"]["r2"] > SIGNAL_FLOOR
+            for a in acts.values()
+        )
+
+    tr = entry["rotation"]["transfer"]
+    mean = tr["real"]["mean"]
+    wheel = any(
+        _beats(
+            entry["planes"][plane]["real"]["circcorr"],
+            [entry["planes"][plane][n]["circcorr"]["value"] for n in NULLS],
+        )
+        for plane in ("fourier", "trig")
+    )
+    line = entry["rotation"]["line_beyond_circle"]
+    jump = entry["rotation"]["continuity"]["real"]["user_to_assistant"]
+    return {
+        "signal": probe_beats(["scrambled"]),
+        "within_turn": probe_beats(["within_turn"]),
+        "transfer_positive": _beats(
+            mean, [0.0, *(tr[n]["mean"]["value"] for n in ("within_role", "within_turn"))]
+        ),
+        "wheel": wheel,
+        "line": _beats({"ci95": line["linear_ci95"]}, [line["circle_r2"]]),
+        "jump": _beats(jump, [rotation.JUMP_FLOOR]),
     }
 
 
-def layer_figures(res: LayerResult, labels: Labels, samples: Samples, out: Path) -> list[str]:
+def layer_figures(res: LayerResult, labels: Labels, samples: Samples, entry: dict, out: Path) -> list[str]:
     L, pr = res.layer, res.pairings
-    roles = np.asarray(schema.ROLES)[labels.role[samples.test]]
     phase = labels.phase[samples.scatter]
-    z = {name: p.scatter_z for name, p in pr.items()}
-    best = {name: p.spectrum.best_pair for name, p in pr.items()}
-    corr = {name: p.moments.corr(*p.spectrum.best_pair, p.spectrum.orientation) for name, p in pr.items()}
+    roles = np.asarray(schema.ROLES)[labels.role[samples.scatter]]
+    scatter = {name: p.scatter for name, p in pr.items()}
+    spectra = {name: p.spectrum for name, p in pr.items() if p.spectrum is not None}
+    best = {name: spec.best_pair for name, spec in spectra.items()}
     freqs = slice(1, 1 + HEATMAP_FREQS)
+    shown = {name: scatter[name] for name in ("real", "within_turn")}
     return [
         figures.predicted_vs_true(
-            L,
-            labels.phase[samples.test],
-            roles,
-            {n: p.test_pred[:, 0] for n, p in pr.items()},
-            out / f"layer{L}_linear_probe.png",
+            L, phase, roles, {n: v[:, 0] for n, v in shown.items()}, out / f"layer{L}_linear_probe.png"
         ),
         figures.pc_scatter(
             L,
-            z,
+            {"real": scatter["real"][:, 1:3]},
             phase,
-            {n: (0, 1) for n in pr},
             out / f"layer{L}_pca_top2.png",
             "Tokens on the top two principal components (PCA of all analysed tokens)",
         ),
         figures.heatmaps(
             L,
-            {n: p.spectrum.coherence[:, freqs] for n, p in pr.items()},
+            {n: spec.coherence[:, freqs] for n, spec in spectra.items()},
             out / f"layer{L}_coherence.png",
             what="phase coherence |mean over rounds of Fourier coefficient|",
             xlabel="frequency (cycles per round)",
@@ -190,14 +366,14 @@ def layer_figures(res: LayerResult, labels: Labels, samples: Samples, out: Path)
         ),
         figures.heatmaps(
             L,
-            {n: p.spectrum.pair_score for n, p in pr.items()},
+            {n: spec.pair_score for n, spec in spectra.items()},
             out / f"layer{L}_pair_score.png",
             what="pair score coh_i * coh_j * sin²(angle difference), 1 cycle per round",
             xlabel="principal component",
             x0=0,
             mark=best,
         ),
-        figures.color_wheel(L, z, phase, best, res.pca.std, corr, out / f"layer{L}_color_wheel.png"),
+        figures.color_wheels(L, shown, phase, entry["planes"], out / f"layer{L}_color_wheel.png"),
     ]
 
 
@@ -206,32 +382,84 @@ def summary(per_layer: dict) -> dict:
         return int(max(per_layer, key=lambda L: key(per_layer[L])))
 
     return {
-        "best_layer_by_pair_score": best(lambda e: e["fourier"]["real"]["pair_score"]),
-        "best_layer_by_angle_phase_circcorr": best(lambda e: e["fourier"]["real"]["angle_phase_circcorr"]),
-        "best_layer_by_helix_r2": best(lambda e: e["probes"]["helix"]["real"]["r2"]),
+        "verdicts": {L: e["verdict"]["verdict"] for L, e in per_layer.items()},
+        "best_layer_by_fourier_circcorr": best(lambda e: e["planes"]["fourier"]["real"]["circcorr"]["value"]),
+        "best_layer_by_trig_partial_r2": best(
+            lambda e: next(iter(e["probes"].values()))["trig"]["partial_r2_over_structure"]["real"]["value"]
+        ),
+        "best_layer_by_helix_r2": best(
+            lambda e: next(iter(e["probes"].values()))["helix"]["acts"]["real"]["r2"]
+        ),
     }
 
 
-def table(report: dict) -> str:
-    """The short results table `turnphase analyze` prints: real (scrambled) per layer."""
-    head = (
-        f"{'layer':>5}  {'linear R2':>15}  {'trig R2':>15}  {'helix R2':>15}  {'position':>8}  "
-        f"{'helix gain':>10}  {'best pair':>9}  {'pair score':>17}  {'angle-phase r':>15}"
-    )
-    lines = [f"{report['model']}  split={report['split']['kind']}  seed={report['split']['seed']}", head]
+def _ci(r: dict, key: str = "value") -> str:
+    ci = r.get("ci95")
+    v = r[key]
+    return f"{v:.2f} [{ci[0]:.2f}, {ci[1]:.2f}]" if ci else f"{v:.2f}"
 
-    def rs(probe: dict) -> str:
-        return f"{probe['real']['r2']:6.3f} ({probe['scrambled']['r2']:6.3f})"
+
+def findings(report: dict) -> list[str]:
+    """What was found and how sure, in words: the report's first screen."""
+    scheme = report["phase_scheme"]
+    lines = []
+    verdicts = report["summary"]["verdicts"]
+    counts = {v: sum(1 for x in verdicts.values() if x == v) for v in dict.fromkeys(verdicts.values())}
+    lines.append(
+        "Verdict per layer: "
+        + ", ".join(f"{v} ({n} of {len(verdicts)} layers)" for v, n in counts.items())
+        + ". Held-out conversations, each fold predicted by models fitted without it; intervals are 95% "
+        "bootstrap over conversations; 'null' values are the largest of the scrambled, within-role and "
+        "within-turn permutations."
+    )
+    for L, e in report["layers"].items():
+        p = e["probes"][scheme]
+        trig, lin = p["trig"], p["linear"]
+        null = max(trig["acts"][n]["r2"] for n in NULLS)
+        tr = e["rotation"]["transfer"]["real"]["mean"]
+        wheel = e["planes"]["fourier"]["real"]
+        coh = e["rotation"]["coherence"]["real"]
+        lines.append(
+            f"Layer {L}: {e['verdict']['verdict']} — {e['verdict']['why']}. "
+            f"Trig R² {_ci({'value': trig['acts']['real']['r2'], 'ci95': trig['acts']['real']['ci95']})} "
+            f"(nulls up to {null:.2f}; structure baseline {trig['structure']['r2']:.2f}; activations add "
+            f"{_ci(trig['partial_r2_over_structure']['real'])} of what it leaves). "
+            f"Linear R² {lin['acts']['real']['r2']:.2f} (a perfect circle allows "
+            f"{e['rotation']['line_beyond_circle']['circle_r2']:.2f}). "
+            f"Cross-role transfer r {_ci(tr)}; held-out Fourier-plane wheel r {_ci(wheel['circcorr'])}; "
+            f"coherence power at 2 vs 1 cycles per round {coh['k2_over_k1']:.2f}x."
+        )
+    return lines
+
+
+def table(report: dict) -> str:
+    """The short results table `turnphase analyze` prints, and the findings above it."""
+    scheme = report["phase_scheme"]
+    head = (
+        f"{'layer':>5}  {'verdict':<14}  {'linear R2':>15}  {'trig R2':>15}  {'structure':>9}  "
+        f"{'trig +acts':>10}  {'transfer r':>10}  {'wheel r':>15}  {'k2/k1':>6}"
+    )
+    lines = [
+        f"{report['model']}  split={report['split']['kind']}, {report['split']['folds']} folds  "
+        f"seed={report['split']['seed']}",
+        head,
+    ]
+
+    def rn(probe: dict) -> str:
+        return f"{probe['acts']['real']['r2']:6.3f} ({max(probe['acts'][n]['r2'] for n in NULLS):6.3f})"
 
     for L, e in report["layers"].items():
-        p, f = e["probes"], e["fourier"]
-        pair = "PC{},PC{}".format(*f["real"]["best_pair"])
+        p = e["probes"][scheme]
+        wheel = e["planes"]["fourier"]
         lines.append(
-            f"{L:>5}  {rs(p['linear']):>15}  {rs(p['trig']):>15}  {rs(p['helix']):>15}  "
-            f"{p['helix']['position']['r2']:8.3f}  {p['helix']['gain_over_position']['r2']:10.3f}  "
-            f"{pair:>9}  "
-            f"{f['real']['pair_score']:7.3g} ({f['scrambled']['pair_score']:7.3g})  "
-            f"{f['real']['angle_phase_circcorr']:6.3f} ({f['scrambled']['angle_phase_circcorr']:6.3f})"
+            f"{L:>5}  {e['verdict']['verdict']:<14}  {rn(p['linear']):>15}  {rn(p['trig']):>15}  "
+            f"{p['trig']['structure']['r2']:9.3f}  {p['trig']['partial_r2_over_structure']['real']['value']:10.3f}  "
+            f"{e['rotation']['transfer']['real']['mean']['value']:10.3f}  "
+            f"{wheel['real']['circcorr']['value']:6.3f} ({max(wheel[n]['circcorr']['value'] for n in NULLS):6.3f})  "
+            f"{e['rotation']['coherence']['real']['k2_over_k1']:6.2f}"
         )
-    lines.append("R2 and scores: real activations (scrambled control); position = position-only baseline")
-    return "\n".join(lines)
+    lines.append(
+        "R2 and r: real activations (largest of the three nulls); structure = labels-only baseline; "
+        "trig +acts = partial R2 of activations over it; wheel = held-out once-per-round Fourier plane"
+    )
+    return "\n".join(["\n".join(report["findings"]), "", *lines])

@@ -42,8 +42,10 @@ class Labels:
     role: np.ndarray  # (n,) int8, index into schema.ROLES
     round: np.ndarray  # (n,) int16
     phase: np.ndarray  # (n,) float32, in the configured scheme
+    phase_other: np.ndarray  # (n,) float32, in the other scheme (reported beside it)
     token_position: np.ndarray  # (n,) int32, absolute position in the conversation
     index_in_turn: np.ndarray  # (n,) int32
+    template_excluded: dict[str, int]  # role -> chat-template tokens left out (exclude_template)
 
     @property
     def n_rows(self) -> int:
@@ -54,9 +56,13 @@ class Labels:
         return len(self.phase)
 
     def targets(self, idx: np.ndarray | slice) -> np.ndarray:
-        """Probe targets [phase, sin 2*pi*phase, cos 2*pi*phase] of analysed tokens `idx`: (len, 3)."""
-        p = self.phase[idx].astype(np.float64)
-        return np.stack([p, np.sin(2 * np.pi * p), np.cos(2 * np.pi * p)], axis=1)
+        """[phase, sin 2*pi*phase, cos 2*pi*phase] in the configured scheme, then the same in the other
+        scheme, of analysed tokens `idx`: (len, 6). Column meanings: probes.TARGETS."""
+        cols = []
+        for phase in (self.phase, self.phase_other):
+            p = phase[idx].astype(np.float64)
+            cols += [p, np.sin(2 * np.pi * p), np.cos(2 * np.pi * p)]
+        return np.stack(cols, axis=1)
 
 
 @dataclass
@@ -170,6 +176,7 @@ class DatasetSource:
 
     def labels(self, config: AnalysisConfig) -> Labels:
         cols = [*schema.KEY_LABEL_COLUMNS, "index_in_turn", "is_template"]
+        other = config.other_scheme
         # Filled in place at the provenance's row count: growing lists of small chunks and
         # concatenating would leave their size behind as heap fragments (measured: +36 B/token).
         n_rows = self.token_count()
@@ -177,6 +184,8 @@ class DatasetSource:
         keep = np.empty(n_rows, bool)
         role, rnd = np.empty(n_rows, np.int8), np.empty(n_rows, np.int16)
         phase, iit = np.empty(n_rows, np.float32), np.empty(n_rows, np.int32)
+        phase_other = np.empty(n_rows, np.float32)
+        template_excluded = dict.fromkeys(schema.ROLES[1:], 0)
         start = k = 0
         for t in self.tables(schema.TOKENS, cols, LABEL_BATCH):
             end = start + t.num_rows
@@ -186,7 +195,11 @@ class DatasetSource:
                 )
             kept_mask = pc.is_valid(t.column(config.phase_scheme)).to_numpy(zero_copy_only=False)
             if config.exclude_template:
-                kept_mask &= ~t.column("is_template").to_numpy(zero_copy_only=False)
+                template = kept_mask & t.column("is_template").to_numpy(zero_copy_only=False)
+                kept_mask &= ~template
+                template_roles = t.column("role").to_numpy(zero_copy_only=False)[template]
+                for r in template_excluded:
+                    template_excluded[r] += int((template_roles == r).sum())
             kept = t.filter(pa.array(kept_mask))
             roles = pc.index_in(kept.column("role"), value_set=pa.array(schema.ROLES))
             if roles.null_count:
@@ -198,6 +211,7 @@ class DatasetSource:
             role[k:m] = roles.to_numpy()
             rnd[k:m] = kept.column("round").to_numpy()
             phase[k:m] = kept.column(config.phase_scheme).to_numpy()
+            phase_other[k:m] = kept.column(other).to_numpy()
             iit[k:m] = kept.column("index_in_turn").to_numpy()
             start, k = end, m
         if start != n_rows:
@@ -214,8 +228,10 @@ class DatasetSource:
             role=role[:k],
             round=rnd[:k],
             phase=phase[:k],
+            phase_other=phase_other[:k],
             token_position=pos[keep],
             index_in_turn=iit[:k],
+            template_excluded=template_excluded,
         )
 
     def token_count(self) -> int:

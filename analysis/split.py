@@ -1,15 +1,22 @@
-"""The held-out split and the scrambled control: which label goes with which activation row, and
-which part of the split each label belongs to.
+"""Cross-fitting folds and the null pairings: which label goes with which activation row, and which
+fold each label belongs to.
 
-Parts: 0..cv_folds-1 are folds of the training data (for choosing the ridge penalty), part
-cv_folds is the held-out test set. The split is over labels, so the real data and its scrambled
-control share it.
+Folds: every analysed token is in one of `config.folds` folds (whole conversations by default).
+Each fold is held out once and scored with probes fitted on the others, whose penalty is chosen by
+cross-validation over those others only (nested), so every conversation is a test conversation
+once and no test token ever chose a penalty.
 
-The scrambled control is the dataset with its activation rows permuted by a seeded permutation,
-labels left in place. It is a view: activations are never moved or copied. Pairing activation
-row pi(i) with label i is the same set of pairs as pairing activation row j with label
-pi^-1(j), so while activation row j streams by, the scrambled analysis looks up label
-`label_of_row[j]`. Only analysed (turn) tokens are permuted among themselves.
+Nulls: the dataset with its activation rows permuted among groups of labels, labels in place.
+
+    real         the identity
+    scrambled    any row with any row of its fold: destroys everything (the study's control)
+    within_role  rows of the same role and fold: keeps whose turn it is, destroys the rest
+    within_turn  rows of the same turn: keeps role, round and conversation, destroys the position
+                 inside the turn, so what a probe finds beyond this null is progress within turns
+
+Permuting inside folds keeps every fold's set of activation rows, so the Gram matrix of any union
+of folds is the same for every pairing (stats.py computes it once). A pairing is a view:
+activation row j is paired with label `label_of_row[j]`, and activations never move.
 """
 
 from __future__ import annotations
@@ -18,59 +25,53 @@ from dataclasses import dataclass
 from typing import Literal
 
 import numpy as np
-from sklearn.model_selection import GroupKFold, GroupShuffleSplit, KFold, ShuffleSplit
+from sklearn.model_selection import GroupKFold, KFold
 
 from turnphase.analysis.config import AnalysisConfig
 from turnphase.analysis.source import Labels
 from turnphase.builders.errors import TurnphaseError
 
-PairingName = Literal["real", "scrambled"]
+PairingName = Literal["real", "scrambled", "within_role", "within_turn"]
+NULLS: tuple[PairingName, ...] = ("scrambled", "within_role", "within_turn")
+PAIRINGS: tuple[PairingName, ...] = ("real", *NULLS)
 
 
 @dataclass
-class Split:
-    part: np.ndarray  # (n,) int8: training fold, or the test part
-    test_part: int
+class Folds:
+    fold: np.ndarray  # (n,) int8, fold of each analysed token
+    k: int
 
-    @property
-    def train_parts(self) -> list[int]:
-        return list(range(self.test_part))
+    def others(self, *held_out: int) -> list[int]:
+        return [f for f in range(self.k) if f not in held_out]
 
     def summary(self, labels: Labels) -> dict:
-        test = self.part == self.test_part
         return {
-            "tokens": {"train": int((~test).sum()), "test": int(test.sum())},
-            "conversations": {
-                "train": int(len(np.unique(labels.conversation[~test]))),
-                "test": int(len(np.unique(labels.conversation[test]))),
-            },
+            "folds": self.k,
+            "tokens_per_fold": np.bincount(self.fold, minlength=self.k).tolist(),
+            "conversations_per_fold": [
+                int(len(np.unique(labels.conversation[self.fold == f]))) for f in range(self.k)
+            ],
         }
 
 
-def make_split(labels: Labels, config: AnalysisConfig) -> Split:
-    n = labels.n
-    index = np.arange(n)
+def make_folds(labels: Labels, config: AnalysisConfig) -> Folds:
+    index = np.arange(labels.n)
     if config.split == "conversation":
-        groups = labels.conversation
-        n_groups = len(np.unique(groups))
-        if n_groups * (1 - config.test_fraction) < config.cv_folds or n_groups * config.test_fraction < 1:
+        n_groups = len(np.unique(labels.conversation))
+        if n_groups < config.folds:
             raise TurnphaseError(
-                f"{n_groups} conversations are too few for a conversation split with {config.cv_folds} "
-                "folds; use more conversations, fewer folds, or --split token"
+                f"{n_groups} conversations are too few for {config.folds} conversation folds; "
+                "use more conversations, fewer --folds, or --split token"
             )
-        splitter = GroupShuffleSplit(n_splits=1, test_size=config.test_fraction, random_state=config.seed)
-        train, test = next(splitter.split(index, groups=groups))
-        folds = GroupKFold(config.cv_folds, shuffle=True, random_state=config.seed).split(
-            train, groups=groups[train]
+        splits = GroupKFold(config.folds, shuffle=True, random_state=config.seed).split(
+            index, groups=labels.conversation
         )
     else:
-        splitter = ShuffleSplit(n_splits=1, test_size=config.test_fraction, random_state=config.seed)
-        train, test = next(splitter.split(index))
-        folds = KFold(config.cv_folds, shuffle=True, random_state=config.seed).split(train)
-    part = np.full(n, config.test_part, dtype=np.int8)
-    for fold, (_, val) in enumerate(folds):
-        part[train[val]] = fold
-    return Split(part=part, test_part=config.test_part)
+        splits = KFold(config.folds, shuffle=True, random_state=config.seed).split(index)
+    fold = np.empty(labels.n, dtype=np.int8)
+    for f, (_, held_out) in enumerate(splits):
+        fold[held_out] = f
+    return Folds(fold, config.folds)
 
 
 @dataclass
@@ -83,7 +84,33 @@ class Pairing:
     def labels_of(self, rows: np.ndarray) -> np.ndarray:
         return rows if self.label_of_row is None else self.label_of_row[rows]
 
+    @property
+    def keeps_role(self) -> bool:
+        return self.name != "scrambled"
 
-def pairings(n: int, config: AnalysisConfig) -> list[Pairing]:
-    perm = config.rng("scramble").permutation(n).astype(np.int32)
-    return [Pairing("real", None), Pairing("scrambled", perm)]
+
+def turn_ids(labels: Labels) -> np.ndarray:
+    """(n,) id of each analysed token's turn (consecutive tokens of one conversation, round and role)."""
+    change = (np.diff(labels.conversation) != 0) | (np.diff(labels.round) != 0) | (np.diff(labels.role) != 0)
+    return np.concatenate([[0], np.cumsum(change)])
+
+
+def permute_within(groups: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """A random permutation of 0..n-1 that maps every index to one of its own group: (n,) int32."""
+    order = np.lexsort((rng.random(len(groups)), groups))  # each group's members, shuffled
+    slots = np.argsort(groups, kind="stable")  # each group's members, in place order
+    perm = np.empty(len(groups), dtype=np.int32)
+    perm[slots] = order
+    return perm
+
+
+def pairings(labels: Labels, folds: Folds, config: AnalysisConfig) -> list[Pairing]:
+    fold = folds.fold.astype(np.int64)
+    groups = {
+        "scrambled": fold,
+        "within_role": fold * 8 + labels.role,
+        "within_turn": fold * (int(labels.n) + 1) + turn_ids(labels),
+    }
+    return [Pairing("real", None)] + [
+        Pairing(name, permute_within(groups[name], config.rng(f"null {name}"))) for name in NULLS
+    ]

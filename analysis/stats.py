@@ -1,12 +1,19 @@
 """Sufficient statistics accumulated shard by shard, and the ridge and PCA fits they determine.
 
-Streaming means the activations never sit in memory at once, so probes and PCA are fitted from
-sums (n, sum x, X^T X, X^T Y, sum y, sum y^2) kept per part of the split. Memory is
-O(parts * d_model^2), whatever the number of tokens. scikit-learn has no estimator that fits from
-such sums (partial_fit exists only for SGD-type models, which do not give the closed-form ridge
-solution), so the accumulation and the closed form are here; both reproduce
-`sklearn.linear_model.Ridge(fit_intercept=True)` and `sklearn.decomposition.PCA` on the same rows
-(tests/analysis/test_probes.py checks this).
+Streaming means the activations never sit in memory at once, so every fit comes from sums kept
+per *part*: a fold of the cross-fitting crossed with the label's role (user, assistant). For the
+activations x (d wide) and label-side columns z (targets, baseline features, Fourier weights):
+
+    n, sum x, X^T X              per part, once: a null permutes rows inside folds and roles
+                                 (except `scrambled`, which mixes roles: its user parts are
+                                 summed separately and its assistant parts are fold minus user)
+    sum z, Z^T Z                 per part, once: labels stay in place under every null
+    X^T Z                        per part and pairing
+
+Memory is O(parts * d^2), whatever the number of tokens. scikit-learn has no estimator that fits
+from such sums (partial_fit exists only for SGD-type models, which do not give the closed-form
+ridge solution), so the accumulation and the closed forms are here; tests/analysis/test_probes.py
+checks them against `sklearn.linear_model.Ridge` and `sklearn.decomposition.PCA` on the same rows.
 """
 
 from __future__ import annotations
@@ -16,113 +23,172 @@ from dataclasses import dataclass
 import numpy as np
 import scipy.linalg
 
+N_ROLES = 2  # parts are (fold, user) and (fold, assistant)
+EPS = 1e-9  # relative ridge on the unpenalised baseline block, only to keep its solve well posed
+
 
 @dataclass
 class Moments:
-    """Centred second moments of one set of rows (coordinates shifted by `shift`)."""
+    """Centred moments of one set of rows: features x (d), label-side columns z (w)."""
 
     n: float
-    mean_x: np.ndarray  # (d,)
-    mean_y: np.ndarray  # (t,)
-    sxx: np.ndarray  # (d, d)  sum of (x - mean_x)(x - mean_x)^T
-    sxy: np.ndarray  # (d, t)
-    syy: np.ndarray  # (t,)    sum of (y - mean_y)^2, per target
+    mean_x: np.ndarray  # (d,), in shifted coordinates
+    mean_z: np.ndarray  # (w,)
+    sxx: np.ndarray  # (d, d) sum of (x - mean_x)(x - mean_x)^T
+    sxz: np.ndarray  # (d, w)
+    szz: np.ndarray  # (w, w)
 
 
-class PartStats:
-    """Per-part sums of features x (d wide) and targets y (t wide), in float64."""
+class Sums:
+    """Per-part sums for one layer and every pairing, in float64."""
 
-    def __init__(self, n_parts: int, d: int, t: int):
-        self.n = np.zeros(n_parts)
-        self.sx = np.zeros((n_parts, d))
-        self.sxx = np.zeros((n_parts, d, d))
-        self.sxy = np.zeros((n_parts, d, t))
-        self.sy = np.zeros((n_parts, t))
-        self.syy = np.zeros((n_parts, t))
+    def __init__(self, folds: int, d: int, w: int, pairings: list[str]):
+        p = folds * N_ROLES
+        self.folds = folds
+        self.n = np.zeros(p)
+        self.sx, self.sxx = np.zeros((p, d)), np.zeros((p, d, d))
+        self.sz, self.szz = np.zeros((p, w)), np.zeros((p, w, w))
+        self.sxz = {name: np.zeros((p, d, w)) for name in pairings}
+        # `scrambled` rows whose label is a user token, per fold
+        self.user_sx, self.user_sxx = np.zeros((folds, d)), np.zeros((folds, d, d))
         # X^T X - n mean mean^T cancels digits when features have a large common offset (LLM residual
         # streams have a few huge dimensions); summing about the first batch's mean avoids that.
         self.shift: np.ndarray | None = None
 
-    def add(self, x: np.ndarray, y: np.ndarray, part: np.ndarray) -> None:
-        """x: (b, d) float64, y: (b, t), part: (b,) part index of each row."""
-        if len(x) == 0:
-            return
+    def shifted(self, x: np.ndarray) -> np.ndarray:
         if self.shift is None:
             self.shift = x.mean(axis=0)
-        xs = x - self.shift
+        return x - self.shift
+
+    def add_rows(self, xs: np.ndarray, z: np.ndarray, part: np.ndarray) -> None:
+        """The real pairing's rows: xs (b, d) shifted, z (b, w) their labels' columns, part (b,)."""
         for p in np.unique(part):
             m = part == p
-            xp, yp = xs[m], y[m]
-            self.n[p] += len(xp)
-            self.sx[p] += xp.sum(axis=0)
-            self.sxx[p] += xp.T @ xp
-            self.sxy[p] += xp.T @ yp
-            self.sy[p] += yp.sum(axis=0)
-            self.syy[p] += (yp * yp).sum(axis=0)
+            self.n[p] += m.sum()
+            self.sx[p] += xs[m].sum(axis=0)
+            self.sxx[p] += xs[m].T @ xs[m]
+            self.sz[p] += z[m].sum(axis=0)
+            self.szz[p] += z[m].T @ z[m]
 
-    def moments(self, parts: list[int] | None = None) -> Moments:
-        """Centred moments of the union of `parts` (all parts when None)."""
-        sel = slice(None) if parts is None else parts
-        n = self.n[sel].sum()
+    def add_cross(self, pairing: str, xs: np.ndarray, z: np.ndarray, part: np.ndarray) -> None:
+        """X^T Z of rows xs paired with labels whose columns are z and parts `part` (the label's)."""
+        for p in np.unique(part):
+            m = part == p
+            self.sxz[pairing][p] += xs[m].T @ z[m]
+
+    def add_scrambled_user(self, xs: np.ndarray, fold: np.ndarray) -> None:
+        """Rows that `scrambled` pairs with a user token."""
+        for f in np.unique(fold):
+            m = fold == f
+            self.user_sx[f] += xs[m].sum(axis=0)
+            self.user_sxx[f] += xs[m].T @ xs[m]
+
+    def parts(self, folds: list[int], role: int | None = None) -> list[int]:
+        """Part indices of `folds`, one role (0 user, 1 assistant) or both."""
+        roles = range(N_ROLES) if role is None else [role]
+        return [f * N_ROLES + r for f in folds for r in roles]
+
+    def moments(self, folds: list[int], pairing: str, role: int | None = None) -> Moments:
+        parts = self.parts(folds, role)
+        n = self.n[parts].sum()
         if n == 0:
             raise ValueError("no rows in the selected parts")
-        mx, my = self.sx[sel].sum(0) / n, self.sy[sel].sum(0) / n
+        if pairing == "scrambled" and role is not None:
+            user_sx, user_sxx = self.user_sx[folds].sum(0), self.user_sxx[folds].sum(0)
+            if role == 0:
+                sx, sxx = user_sx, user_sxx
+            else:
+                both = self.parts(folds)
+                sx, sxx = self.sx[both].sum(0) - user_sx, self.sxx[both].sum(0) - user_sxx
+        else:
+            sx, sxx = self.sx[parts].sum(0), self.sxx[parts].sum(0)
+        mx, mz = sx / n, self.sz[parts].sum(0) / n
         return Moments(
             n=n,
             mean_x=mx,
-            mean_y=my,
-            sxx=self.sxx[sel].sum(0) - n * np.outer(mx, mx),
-            sxy=self.sxy[sel].sum(0) - n * np.outer(mx, my),
-            syy=self.syy[sel].sum(0) - n * my * my,
+            mean_z=mz,
+            sxx=sxx - n * np.outer(mx, mx),
+            sxz=self.sxz[pairing][parts].sum(0) - n * np.outer(mx, mz),
+            szz=self.szz[parts].sum(0) - n * np.outer(mz, mz),
         )
 
 
 @dataclass
-class RidgeFit:
-    """Ridge with intercept, as sklearn's Ridge(alpha, fit_intercept=True) would fit it."""
+class LinearFit:
+    """y = x @ coef + f @ coef_f + intercept: ridge on x, with an unpenalised baseline block f."""
 
-    coef: np.ndarray  # (d, t)
-    intercept: np.ndarray  # (t,), for unshifted features
+    coef: np.ndarray  # (d, t), for unshifted x
+    intercept: np.ndarray  # (t,)
     alpha: float
+    coef_f: np.ndarray | None = None  # (b, t) on baseline columns, for joint fits
 
-    def predict(self, x: np.ndarray) -> np.ndarray:
-        return x @ self.coef + self.intercept  # (b, t)
+    def predict(self, x: np.ndarray, f: np.ndarray | None = None) -> np.ndarray:
+        y = x @ self.coef + self.intercept  # (rows, t)
+        return y if self.coef_f is None else y + f @ self.coef_f
 
-
-class RidgePath:
-    """Ridge solutions for many penalties from one eigendecomposition of the centred Gram matrix."""
-
-    def __init__(self, m: Moments, shift: np.ndarray):
-        self.m, self.shift = m, shift
-        self.eigval, self.eigvec = scipy.linalg.eigh(m.sxx)  # (d,), (d, d)
-        self.rotated = self.eigvec.T @ m.sxy  # (d, t)
-
-    def fit(self, alpha: float) -> RidgeFit:
-        coef = self.eigvec @ (self.rotated / (np.maximum(self.eigval, 0.0) + alpha)[:, None])  # (d, t)
-        intercept = self.m.mean_y - (self.m.mean_x + self.shift) @ coef
-        return RidgeFit(coef, intercept, float(alpha))
+    def select(self, cols: list[int]) -> LinearFit:
+        cf = None if self.coef_f is None else self.coef_f[:, cols]
+        return LinearFit(self.coef[:, cols], self.intercept[cols], self.alpha, cf)
 
 
-def r2_on(m: Moments, shift: np.ndarray, fit: RidgeFit) -> np.ndarray:
-    """Per-target R^2 (sklearn's r2_score) of `fit` on the rows summarised by `m`: (t,)."""
-    offset = m.mean_y - (m.mean_x + shift) @ fit.coef - fit.intercept  # mean residual, (t,)
-    quad = np.einsum("dt,de,et->t", fit.coef, m.sxx, fit.coef)
-    sse = m.syy - 2 * np.einsum("dt,dt->t", fit.coef, m.sxy) + quad + m.n * offset**2
-    return 1 - sse / m.syy
+class Eig:
+    """Eigendecomposition of a centred Gram matrix: ridge solutions for any penalty and target, and
+    the principal components, from one call to scipy.linalg.eigh."""
+
+    def __init__(self, sxx: np.ndarray):
+        self.eigval, self.eigvec = scipy.linalg.eigh(sxx, driver="evd")  # ascending, (d,), (d, d)
+        self.eigval = np.maximum(self.eigval, 0.0)
+
+    def solve(self, sxy: np.ndarray, alphas: list[float]) -> np.ndarray:
+        """Ridge coefficients (n_alphas, d, t) of (Sxx + alpha I) beta = Sxy."""
+        rotated = self.eigvec.T @ sxy  # (d, t)
+        scaled = rotated[None] / (self.eigval[None, :, None] + np.asarray(alphas)[:, None, None])
+        return np.einsum("de,aet->adt", self.eigvec, scaled)
 
 
-def cv_r2(stats: PartStats, train_parts: list[int], alphas: list[float]) -> np.ndarray:
-    """Mean validation R^2 over the training folds, per penalty and target: (n_alphas, t).
+def ridge_from(m: Moments, shift: np.ndarray, coef: np.ndarray, y: list[int], alpha: float) -> LinearFit:
+    intercept = m.mean_z[y] - (m.mean_x + shift) @ coef
+    return LinearFit(coef, intercept, float(alpha))
 
-    Ridge decouples targets, so a multi-target probe's score (sklearn's uniform average) is the
-    mean of its columns; choosing its penalty by that score is GridSearchCV over these folds.
-    """
-    scores = np.zeros((len(alphas), len(stats.sy[0])))
-    for fold in train_parts:
-        path = RidgePath(stats.moments([p for p in train_parts if p != fold]), stats.shift)
-        val = stats.moments([fold])
-        scores += np.stack([r2_on(val, stats.shift, path.fit(a)) for a in alphas])
-    return scores / len(train_parts)
+
+def r2_on(m: Moments, shift: np.ndarray, coef: np.ndarray, intercept: np.ndarray, y: list[int]) -> np.ndarray:
+    """Per-target R^2 (sklearn's r2_score) of x @ coef + intercept on the rows of m.
+    coef (..., d, t) for any leading batch of fits: (..., t)."""
+    offset = m.mean_z[y] - (m.mean_x + shift) @ coef - intercept  # mean residual, (..., t)
+    quad = np.einsum("...dt,de,...et->...t", coef, m.sxx, coef)
+    sse = m.szz[y, y] - 2 * np.einsum("...dt,dt->...t", coef, m.sxz[:, y]) + quad + m.n * offset**2
+    return 1 - sse / m.szz[y, y]
+
+
+def joint_fit(m: Moments, shift: np.ndarray, y: list[int], f: slice, alpha: float) -> LinearFit:
+    """Ridge on x (penalty alpha) jointly with baseline columns f of z (unpenalised), by
+    Frisch-Waugh-Lovell: x and y are residualised on f, ridge fits the residuals, f fits the rest."""
+    sff, sfx, sfy = m.szz[f, f], m.sxz[:, f].T, m.szz[f][:, y]  # (b, b), (b, d), (b, t)
+    sff = sff + EPS * max(np.trace(sff), 1.0) / len(sff) * np.eye(len(sff))
+    sol = scipy.linalg.solve(sff, np.concatenate([sfx, sfy], axis=1), assume_a="pos")  # (b, d + t)
+    a, b = sol[:, : sfx.shape[1]], sol[:, sfx.shape[1] :]
+    sxx_r = m.sxx - sfx.T @ a  # (d, d)
+    sxy_r = m.sxz[:, y] - sfx.T @ b  # (d, t)
+    coef = scipy.linalg.solve(sxx_r + alpha * np.eye(len(sxx_r)), sxy_r, assume_a="pos")  # (d, t)
+    coef_f = b - a @ coef  # (b, t)
+    intercept = m.mean_z[y] - (m.mean_x + shift) @ coef - m.mean_z[f] @ coef_f
+    return LinearFit(coef, intercept, float(alpha), coef_f)
+
+
+def label_fit(m: Moments, x: slice | list[int], y: list[int], alpha: float) -> LinearFit:
+    """Ridge of label-side columns y on label-side columns x (a baseline; no activations)."""
+    sxx = m.szz[x][:, x]
+    coef = scipy.linalg.solve(sxx + alpha * np.eye(len(sxx)), m.szz[x][:, y], assume_a="pos")
+    return LinearFit(coef, m.mean_z[y] - m.mean_z[x] @ coef, float(alpha))
+
+
+def label_r2(m: Moments, x: slice | list[int], y: list[int], fit: LinearFit) -> np.ndarray:
+    """Per-target R^2 of a label-side fit on the rows of m: (t,)."""
+    offset = m.mean_z[y] - m.mean_z[x] @ fit.coef - fit.intercept
+    sxx = m.szz[x][:, x]
+    quad = np.einsum("dt,de,et->t", fit.coef, sxx, fit.coef)
+    sse = m.szz[y, y] - 2 * np.einsum("dt,dt->t", fit.coef, m.szz[x][:, y]) + quad + m.n * offset**2
+    return 1 - sse / m.szz[y, y]
 
 
 @dataclass
@@ -141,13 +207,11 @@ class PCA:
         return (x - self.mean) @ self.components.T  # (b, k)
 
 
-def pca_from(stats: PartStats, k: int) -> PCA:
-    """Top-k principal components of all rows in `stats`, signs fixed like sklearn's svd_flip."""
-    m = stats.moments()
-    eigval, eigvec = scipy.linalg.eigh(m.sxx)
-    order = np.argsort(eigval)[::-1][:k]
-    comps = eigvec[:, order].T  # (k, d)
+def pca_from(eig: Eig, m: Moments, shift: np.ndarray, k: int) -> PCA:
+    """Top-k principal components of the rows of m, signs fixed like sklearn's svd_flip."""
+    order = np.argsort(eig.eigval)[::-1][:k]
+    comps = eig.eigvec[:, order].T.copy()  # (k, d)
     comps *= np.sign(comps[np.arange(len(comps)), np.abs(comps).argmax(axis=1)])[:, None]
     total = max(float(np.trace(m.sxx)), np.finfo(float).tiny)
-    variance = np.maximum(eigval[order], 0.0)
-    return PCA(m.mean_x + stats.shift, comps, variance / max(m.n - 1, 1), variance / total)
+    variance = eig.eigval[order]
+    return PCA(m.mean_x + shift, comps, variance / max(m.n - 1, 1), variance / total)

@@ -1,6 +1,6 @@
 """An HTML page colouring each token of one test conversation by its estimated phase.
 
-The estimate is the token's angle in the layer's best Fourier plane (fourier.wheel_phase), so the
+The estimate is the token's angle in the layer's held-out Fourier plane (planes.py), so the
 page shows where in the turn-taking cycle the model's activations place each token, next to the
 true phase (on hover). System tokens, which have no phase, are grey. Token text is escaped.
 """
@@ -26,11 +26,11 @@ body {{ font-family: sans-serif; max-width: 60em; margin: 2em auto; line-height:
 .legend span {{ display: inline-block; width: 2.2em; text-align: center; font-size: 80%; }}
 </style></head><body>
 <h2>{title}</h2>
-<p>Each token of conversation {conversation} (held out from probe training) is coloured by the phase
-its layer-{layer} activation gives: the angle in the plane of PC{pc_i} and PC{pc_j}, the pair whose
-per-round Fourier components turn once per round a quarter cycle apart. Hover a token for its true
-phase and the estimate. Grey tokens (the system prompt{excluded}) have no phase.
-Angle-phase circular correlation over all tokens: {corr:.3f}.</p>
+<p>Each token of conversation {conversation} is coloured by the phase its layer-{layer} activation
+gives: its angle in the once-per-round Fourier plane, fitted on the folds that do not hold this
+conversation. Hover a token for its true phase and the estimate. Grey tokens (the system
+prompt{excluded}) are not analysed. Held-out angle-phase circular correlation over all tokens:
+{corr:.3f}.</p>
 <p class="legend">estimated phase: {legend}</p>
 <div class="text">{tokens}</div>
 </body></html>
@@ -44,7 +44,6 @@ def write_token_view(
     tokens: pa.Table,
     analysed_positions: np.ndarray,
     estimate: np.ndarray,
-    pair: tuple[int, int],
     corr: float,
     excluded_template: bool,
 ) -> str:
@@ -78,8 +77,6 @@ def write_token_view(
         title=html.escape(f"Estimated phase per token, layer {layer}"),
         conversation=conversation,
         layer=layer,
-        pc_i=pair[0],
-        pc_j=pair[1],
         excluded=" and chat-template markup" if excluded_template else "",
         corr=corr,
         legend=legend,

@@ -23,7 +23,10 @@ COMMANDS = {
     "build": ("turnphase.builders.build", "generate conversations and build a dataset folder"),
     "validate": ("turnphase.builders.validate", "check a dataset folder against its card and provenance"),
     "push": ("turnphase.builders.push", "upload a validated dataset folder to the Hugging Face Hub"),
-    "analyze": ("turnphase.analysis.cli", "probes, scrambled control, PCA/Fourier, figures and report.json"),
+    "analyze": (
+        "turnphase.analysis.cli",
+        "probes, baselines, nulls, colour wheels, rotation tests and a verdict",
+    ),
 }
 
 

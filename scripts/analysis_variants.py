@@ -1,10 +1,10 @@
-"""The common analysis variants of one dataset, streamed, side by side: the study's token-level
-split, our conversation-level split, and the whole-round phase scheme.
+"""The common analysis variants of one dataset, streamed, side by side: our conversation folds, the
+study's token-level folds, the whole-round phase scheme as the primary one, and template tokens in.
 
     .venv/bin/python scripts/analysis_variants.py data/smollm2 --out report/variants
 
-Writes one report folder per variant under --out (conversation/, token/, phase_round/) and prints
-helix R^2 (real, scrambled) and the angle-phase correlation per layer and variant.
+Writes one report folder per variant under --out and prints, per layer and variant, the verdict,
+the trig probe's held-out R^2 (largest null) and the held-out Fourier-plane wheel's circular r.
 """
 
 from __future__ import annotations
@@ -15,12 +15,14 @@ import sys
 from pathlib import Path
 
 from turnphase.analysis.config import AnalysisConfig
+from turnphase.analysis.split import NULLS
 from turnphase.builders.errors import TurnphaseError
 
 VARIANTS = {
     "conversation": {"split": "conversation"},
     "token": {"split": "token"},
     "phase_round": {"split": "conversation", "phase_scheme": "phase_round"},
+    "with_template": {"split": "conversation", "exclude_template": False},
 }
 
 
@@ -44,16 +46,19 @@ def main() -> int:
     except TurnphaseError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    print(f"\n{'layer':>5}  " + "  ".join(f"{name + ' helix R2 (scr), angle r':>42}" for name in reports))
+    print(
+        f"\n{'layer':>5}  "
+        + "  ".join(f"{name + ': verdict, trig R2 (null), wheel r':>46}" for name in reports)
+    )
     for layer in next(iter(reports.values()))["layers"]:
         cells = []
         for report in reports.values():
             e = report["layers"][layer]
-            helix, fourier = e["probes"]["helix"], e["fourier"]["real"]
-            cells.append(
-                f"{helix['real']['r2']:.3f} ({helix['scrambled']['r2']:.3f}), {fourier['angle_phase_circcorr']:.3f}"
-            )
-        print(f"{layer:>5}  " + "  ".join(f"{c:>42}" for c in cells))
+            trig = e["probes"][report["phase_scheme"]]["trig"]["acts"]
+            null = max(trig[n]["r2"] for n in NULLS)
+            wheel = e["planes"]["fourier"]["real"]["circcorr"]["value"]
+            cells.append(f"{e['verdict']['verdict']}, {trig['real']['r2']:.3f} ({null:.3f}), {wheel:.3f}")
+        print(f"{layer:>5}  " + "  ".join(f"{c:>46}" for c in cells))
     return 0
 
 

@@ -37,7 +37,7 @@ def main() -> int:
     except TurnphaseError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    best = report["summary"]["best_layer_by_pair_score"]
+    best = report["summary"]["best_layer_by_fourier_circcorr"]
     print(f"colour wheel of the best layer: {args.out / f'layer{best}_color_wheel.png'}")
     return 0
 

@@ -10,11 +10,20 @@ time and memory per layer do not depend on the layer count, which the analysis v
 one). Every (size, mode) runs in a fresh subprocess with a fresh `datasets` cache, so the
 in-memory runs include building the Arrow cache; peak memory is that subprocess's ru_maxrss.
 Targets: streaming peak memory at 16x at most 1.3x that at 1x; time growing linearly.
+
+    .venv/bin/python scripts/bench_analysis.py --sizes 1 --compare-ref 3d53410
+
+also runs the analysis code of another commit (checked out with `git worktree` under --work, run
+by the same interpreter) on the same data in the same run, and prints new / old time per mode.
+Target: the held-out planes, rotation tests, structure baseline and nulls make a default analyze
+at most 2x slower than commit 3d53410's, which had none of them.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib.abc
+import importlib.util
 import json
 import os
 import resource
@@ -121,8 +130,27 @@ def write_dataset(root: Path, scale: int, layers: int, seed: int = 0) -> Path:
     return root
 
 
-def child(dataset: str, out: str, streaming: bool) -> None:
+class _CodeAt(importlib.abc.MetaPathFinder):
+    """Imports turnphase's packages from another checkout (the layout pyproject.toml maps)."""
+
+    PACKAGES = {"turnphase.builders": "builders", "turnphase.analysis": "analysis"}
+
+    def __init__(self, root: Path):
+        self.root = root
+
+    def find_spec(self, name, path=None, target=None):
+        if name not in self.PACKAGES:
+            return None
+        folder = self.root / self.PACKAGES[name]
+        return importlib.util.spec_from_file_location(
+            name, folder / "__init__.py", submodule_search_locations=[str(folder)]
+        )
+
+
+def child(dataset: str, out: str, streaming: bool, code: str | None) -> None:
     """One measured run of the real command; prints wall time and this process's peak RSS as JSON."""
+    if code:
+        sys.meta_path.insert(0, _CodeAt(Path(code)))
     from turnphase.builders.cli import main
 
     start = time.perf_counter()
@@ -134,10 +162,11 @@ def child(dataset: str, out: str, streaming: bool) -> None:
     print(json.dumps({"wall_s": wall, "peak_mb": peak_mb}))
 
 
-def measure(dataset: Path, work: Path, streaming: bool) -> dict:
+def measure(dataset: Path, work: Path, streaming: bool, code: Path | None = None) -> dict:
     with tempfile.TemporaryDirectory(dir=work) as tmp:
         env = os.environ | {"HF_DATASETS_CACHE": str(Path(tmp) / "cache"), "TQDM_DISABLE": "1"}
         mode = ["--streaming"] if streaming else []
+        mode += ["--code", str(code)] if code else []
         cmd = [sys.executable, __file__, "--child", str(dataset), "--out", str(Path(tmp) / "report"), *mode]
         done = subprocess.run(cmd, env=env, capture_output=True, text=True)
         if done.returncode != 0:
@@ -153,9 +182,11 @@ def main() -> None:
     p.add_argument("--child", help=argparse.SUPPRESS)
     p.add_argument("--out", help=argparse.SUPPRESS)
     p.add_argument("--streaming", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument("--code", help=argparse.SUPPRESS)
+    p.add_argument("--compare-ref", help="also time the analysis code of this git commit on the same data")
     args = p.parse_args()
     if args.child:
-        child(args.child, args.out, args.streaming)
+        child(args.child, args.out, args.streaming, args.code)
         return
     args.work.mkdir(parents=True, exist_ok=True)
     sizes = [int(s) for s in args.sizes.split(",")]
@@ -184,7 +215,31 @@ def main() -> None:
             f"{r['size']:>3}x  {mode:<10} time x{r['time_ratio']:5.2f}  peak memory x{r['peak_ratio']:5.2f}"
         )
     (args.work / "bench_analysis.json").write_text(json.dumps(results, indent=2) + "\n")
+    if args.compare_ref:
+        compare(args, sizes[0], results)
     print(f"results: {args.work / 'bench_analysis.json'}")
+
+
+def compare(args: argparse.Namespace, size: int, results: list[dict]) -> None:
+    """New / old wall time on the first size's data, both measured now."""
+    repo = Path(__file__).resolve().parent.parent
+    sha = subprocess.run(
+        ["git", "-C", str(repo), "rev-parse", args.compare_ref], capture_output=True, text=True, check=True
+    ).stdout.strip()
+    code = args.work / f"code-{sha[:10]}"
+    if not code.exists():
+        subprocess.run(["git", "-C", str(repo), "worktree", "add", "--detach", str(code), sha], check=True)
+    ds = args.work / f"data-{size}x-{args.layers}layers"
+    print(f"\nnew / old ({args.compare_ref}) on the {size}x data, measured in this run:")
+    for streaming in (False, True):
+        old = measure(ds, args.work, streaming, code)
+        new = next(r for r in results if r["size"] == size and r["streaming"] == streaming)
+        mode = "streaming" if streaming else "in memory"
+        print(
+            f"{mode:<10} new {new['wall_s']:6.1f} s  old {old['wall_s']:6.1f} s  "
+            f"time x{new['wall_s'] / old['wall_s']:4.2f}  peak memory x{new['peak_mb'] / old['peak_mb']:4.2f}",
+            flush=True,
+        )
 
 
 if __name__ == "__main__":

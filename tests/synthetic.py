@@ -5,9 +5,14 @@
 Token labels follow the same phase rules as `builders/phases.py` (they are computed by its
 `ramp`), activations are Gaussian noise plus a planted signal:
 
-- "helix":  cos/sin of 2*pi*phase in a random plane (the clock) plus phase along a third direction
-- "switch": only whose turn it is (a step between user and assistant), no position within a turn
-- "noise":  nothing but noise
+- "helix":        cos/sin of 2*pi*phase in a random plane (the clock) plus phase along a third direction
+- "weak_helix":   the same clock at radius 1.2 and a line of slope 1.5, under 30 directions of
+                  standard deviation 3 that carry nothing: the clock's plane is far below the top PCs
+- "switch":       only whose turn it is (a step between user and assistant), no position within a turn
+- "switch_ramps": whose turn it is, plus the index in the turn along one direction shared by both
+                  roles (restarting every turn): no rotation, yet a high trig R^2 with the study's labels
+- "progress":     phase along one direction (a progress bar), nothing else
+- "noise":        nothing but noise
 """
 
 from __future__ import annotations
@@ -21,7 +26,8 @@ import pyarrow as pa
 from turnphase.builders import provenance, schema, writer
 from turnphase.builders.phases import PHASE_START, ramp
 
-Geometry = Literal["helix", "switch", "noise"]
+Geometry = Literal["helix", "weak_helix", "switch", "switch_ramps", "progress", "noise"]
+N_DISTRACTORS = 30  # high-variance directions under which the weak helix hides
 
 
 def synthetic_tokens(conversation_id: int, rounds: int, rng: np.random.Generator) -> pa.Table:
@@ -68,20 +74,31 @@ def planted_activations(
     """(n_tokens, d_model) activations: noise plus the planted signal along `basis` rows."""
     phase = np.nan_to_num(tokens.column("phase").to_numpy(zero_copy_only=False).astype(float))
     role = np.asarray(tokens.column("role").to_pylist())
+    index = tokens.column("index_in_turn").to_numpy().astype(float)
+    length = tokens.column("turn_length").to_numpy().astype(float)
     x = rng.normal(0.0, noise, (tokens.num_rows, basis.shape[1]))
     turn = role != "system"
-    if geometry == "helix":
-        angle = 2 * np.pi * phase
-        signal = 4 * np.cos(angle)[:, None] * basis[0] + 4 * np.sin(angle)[:, None] * basis[1]
-        signal += 6 * phase[:, None] * basis[2]
+    angle = 2 * np.pi * phase
+    switch = np.where(role == "assistant", 1.0, -1.0)
+    if geometry in ("helix", "weak_helix"):
+        radius, slope = (4.0, 6.0) if geometry == "helix" else (1.2, 1.5)
+        signal = radius * (np.cos(angle)[:, None] * basis[0] + np.sin(angle)[:, None] * basis[1])
+        signal += slope * phase[:, None] * basis[2]
+        if geometry == "weak_helix":
+            signal += 3.0 * rng.normal(size=(len(x), N_DISTRACTORS)) @ basis[3 : 3 + N_DISTRACTORS]
         x[turn] += signal[turn]
     elif geometry == "switch":
-        x[turn] += 4 * np.where(role[turn] == "assistant", 1.0, -1.0)[:, None] * basis[0]
+        x[turn] += 4 * switch[turn, None] * basis[0]
+    elif geometry == "switch_ramps":
+        ramp_in_turn = index / np.maximum(length - 1, 1)
+        x[turn] += (2 * switch[:, None] * basis[0] + 4 * ramp_in_turn[:, None] * basis[1])[turn]
+    elif geometry == "progress":
+        x[turn] += 6 * phase[turn, None] * basis[2]
     return x
 
 
 def planted_basis(d_model: int, seed: int = 0) -> np.ndarray:
-    """(3, d_model) orthonormal rows: cos and sin directions of the clock, then the line.
+    """(d, d_model) orthonormal rows: cos and sin directions of the clock, the line, then distractors.
 
     The same directions `write_synthetic_dataset(..., d_model=d_model, seed=seed)` plants.
     """
@@ -89,7 +106,8 @@ def planted_basis(d_model: int, seed: int = 0) -> np.ndarray:
 
 
 def _basis(rng: np.random.Generator, d_model: int) -> np.ndarray:
-    return np.linalg.qr(rng.normal(size=(d_model, 3)))[0].T  # 3 orthonormal directions
+    k = min(d_model, 3 + N_DISTRACTORS)
+    return np.linalg.qr(rng.normal(size=(d_model, k)))[0].T  # (k, d_model) orthonormal directions
 
 
 def write_synthetic_dataset(

@@ -1,4 +1,4 @@
-"""Planted-geometry datasets and one analysed report, built once per test session."""
+"""Planted-geometry datasets and analysed reports, built once per test session."""
 
 from __future__ import annotations
 
@@ -8,20 +8,13 @@ from synthetic import write_synthetic_dataset
 from turnphase.analysis.config import AnalysisConfig
 from turnphase.analysis.report import analyze
 
+# One layer, 64 wide (room for the weak helix's 30 distractors), 20 conversations x 3 rounds
+PLANTED = {"n_conversations": 20, "rounds": 3, "d_model": 64, "layers": (1,)}
+
 
 @pytest.fixture(scope="session")
 def helix_dataset(tmp_path_factory):
     return write_synthetic_dataset(tmp_path_factory.mktemp("helix") / "ds", geometry="helix")
-
-
-@pytest.fixture(scope="session")
-def switch_dataset(tmp_path_factory):
-    return write_synthetic_dataset(tmp_path_factory.mktemp("switch") / "ds", geometry="switch", seed=1)
-
-
-@pytest.fixture(scope="session")
-def noise_dataset(tmp_path_factory):
-    return write_synthetic_dataset(tmp_path_factory.mktemp("noise") / "ds", geometry="noise", seed=2)
 
 
 @pytest.fixture(scope="session")
@@ -31,3 +24,18 @@ def helix_report(helix_dataset, tmp_path_factory) -> dict:
     report = analyze(AnalysisConfig(source=str(helix_dataset)), out, verbose=False)
     report["_out"] = out
     return report
+
+
+@pytest.fixture(scope="session")
+def planted_report(tmp_path_factory):
+    """geometry -> the default report of a planted dataset (tests/synthetic.py), built on first use."""
+    reports: dict[str, dict] = {}
+
+    def get(geometry: str) -> dict:
+        if geometry not in reports:
+            root = tmp_path_factory.mktemp(geometry)
+            ds = write_synthetic_dataset(root / "ds", geometry=geometry, seed=len(reports) + 1, **PLANTED)
+            reports[geometry] = analyze(AnalysisConfig(source=str(ds)), root / "report", verbose=False)
+        return reports[geometry]
+
+    return get

@@ -23,17 +23,22 @@ class Reference:
     phase: np.ndarray  # (n,)
     position: np.ndarray  # (n,)
     index_in_turn: np.ndarray  # (n,)
+    role: np.ndarray  # (n,) role names
+    round: np.ndarray  # (n,)
 
     @property
     def targets(self) -> np.ndarray:
         return np.stack([self.phase, np.sin(2 * np.pi * self.phase), np.cos(2 * np.pi * self.phase)], axis=1)
 
 
-def load_reference(root: Path, layer: int) -> Reference:
+def load_reference(root: Path, layer: int, exclude_template: bool = True) -> Reference:
+    """Turn tokens of `layer`, without chat-template markup unless asked (the analysis default)."""
     tables = [pq.read_table(f) for f in sorted((root / schema.layer_config(layer)).glob(schema.SHARD_GLOB))]
     tokens = [pq.read_table(f) for f in sorted((root / schema.TOKENS).glob(schema.SHARD_GLOB))]
     layer_t, tok_t = pa.concat_tables(tables), pa.concat_tables(tokens)
     turn = pc.is_valid(tok_t.column("phase")).to_numpy(zero_copy_only=False)
+    if exclude_template:
+        turn &= ~tok_t.column("is_template").to_numpy(zero_copy_only=False)
     act = layer_t.column(schema.ACTIVATION).combine_chunks()
     x = pc.list_flatten(act).to_numpy().astype(np.float64).reshape(layer_t.num_rows, act.type.list_size)
 
@@ -46,6 +51,8 @@ def load_reference(root: Path, layer: int) -> Reference:
         phase=col(tok_t, "phase").astype(np.float64),
         position=col(tok_t, "position"),
         index_in_turn=col(tok_t, "index_in_turn"),
+        role=col(tok_t, "role"),
+        round=col(tok_t, "round"),
     )
 
 

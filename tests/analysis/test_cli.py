@@ -78,19 +78,35 @@ def test_misaligned_layer_rows_are_an_error(capsys, tmp_path):
 
 def test_options_reach_the_report_and_overwrite_replaces(capsys, helix_dataset, tmp_path):
     args = [helix_dataset, "--out", tmp_path / "r", "--layers", "2", "--split", "token", "--seed", "3"]
-    args += ["--phase-scheme", "phase_round", "--bootstrap", "200"]
-    rc, out, _ = run(capsys, *args, "--exclude-template")
+    args += ["--phase-scheme", "phase_round", "--bootstrap", "200", "--folds", "4", "--fourier-pcs", "8"]
+    rc, out, _ = run(capsys, *args, "--include-template")
     assert rc == 0
-    assert "helix R2" in out and "report.json" in out
+    assert "verdict" in out and "report.json" in out
     report = json.loads((tmp_path / "r" / "report.json").read_text())
     assert report["split"]["kind"] == "token" and report["split"]["seed"] == 3
-    assert report["phase_scheme"] == "phase_round" and report["config"]["exclude_template"] is True
+    assert report["split"]["folds"] == 4 and len(report["split"]["tokens_per_fold"]) == 4
+    assert report["config"]["fourier_pcs"] == 8
+    assert report["phase_scheme"] == "phase_round" and report["config"]["exclude_template"] is False
+    assert report["tokens"]["template_excluded"] == {"user": 0, "assistant": 0}
     assert list(report["layers"]) == ["2"]
-    assert report["layers"]["2"]["probes"]["helix"]["real"]["r2"] > 0.3  # phase_round is not what was planted
+    probes = report["layers"]["2"]["probes"]
+    assert list(probes) == ["phase_round", "phase"]  # the configured scheme first, the other beside it
+    assert (
+        probes["phase"]["helix"]["acts"]["real"]["r2"] > probes["phase_round"]["helix"]["acts"]["real"]["r2"]
+    )
+    assert probes["phase_round"]["helix"]["acts"]["real"]["r2"] > 0.3  # phase_round is not what was planted
 
     rc, _, _ = run(capsys, *args, "--overwrite")
     assert rc == 0
-    assert json.loads((tmp_path / "r" / "report.json").read_text())["config"]["exclude_template"] is False
+    report = json.loads((tmp_path / "r" / "report.json").read_text())
+    assert report["config"]["exclude_template"] is True
+    assert sum(report["tokens"]["template_excluded"].values()) > 0
+
+
+def test_too_few_conversations_for_the_folds(capsys, helix_dataset, tmp_path):
+    rc, _, err = run(capsys, helix_dataset, "--out", tmp_path / "r", "--folds", "20")
+    assert rc == 2 and "too few for 20 conversation folds" in error_line(err)
+    assert not (tmp_path / "r").exists()
 
 
 def test_analyze_never_loads_the_model_stack(helix_dataset, tmp_path):

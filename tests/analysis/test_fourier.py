@@ -6,8 +6,10 @@ import numpy as np
 import pytest
 import scipy.fft
 
+from turnphase.analysis import planes
 from turnphase.analysis.config import AnalysisConfig
-from turnphase.analysis.fourier import AngleMoments, RoundGrid, round_starts, spectrum
+from turnphase.analysis.fourier import RoundGrid, round_starts, spectrum
+from turnphase.analysis.scores import ConvSums
 from turnphase.analysis.source import DatasetSource, Labels
 
 
@@ -55,33 +57,54 @@ def fisher_lee(a: np.ndarray, b: np.ndarray) -> float:
 
 
 @pytest.mark.parametrize("orientation", [1, -1])
-def test_angle_moments_give_the_circular_correlation(orientation):
+def test_angle_sums_give_the_circular_statistics(orientation):
     rng = np.random.default_rng(3)
     phase = rng.uniform(size=600)
-    z = rng.normal(size=(600, 4))
-    z[:, 1] += 2 * np.cos(2 * np.pi * phase)
-    z[:, 3] += 3 * np.sin(2 * np.pi * phase)
-    scale = z.std(axis=0)
-    moments = AngleMoments(scale)
-    for sl in np.array_split(np.arange(600), 3):
-        moments.add(z[sl], phase[sl])
-    theta = np.arctan2(orientation * z[:, 3] / scale[3], z[:, 1] / scale[1])
+    u = rng.normal(size=(600, 2))
+    u[:, 0] += 2 * np.cos(2 * np.pi * phase)
+    u[:, 1] += orientation * 3 * np.sin(2 * np.pi * phase)
+    sums = ConvSums(np.arange(3))
+    for c, sl in enumerate(np.array_split(np.arange(600), 3)):
+        sums.add(np.full(len(sl), c), planes.angle_columns("p", u[sl], 0.4, phase[sl]))
+    theta = np.arctan2(u[:, 1], u[:, 0]) - 0.4
     expected = fisher_lee(theta, 2 * np.pi * phase)
-    assert moments.corr(1, 3, orientation) == pytest.approx(expected, abs=1e-10)
+    assert sums.statistic(planes.fisher_lee("p")) == pytest.approx(expected, abs=1e-10)
     assert np.sign(expected) == orientation and abs(expected) > 0.4
     locking = np.abs(np.exp(1j * (theta - 2 * np.pi * phase)).mean())
-    assert moments.locking(1, 3, orientation) == pytest.approx(locking, abs=1e-10)
+    assert sums.statistic(planes.locking("p")) == pytest.approx(locking, abs=1e-10)
+    d = (planes.estimate(u, 0.4) - phase) % 1.0
+    assert sums.statistic(planes.angular_error("p")) == pytest.approx(np.minimum(d, 1 - d).mean())
 
 
-def test_a_monotone_one_cycle_relation_correlates_positively(helix_dataset):
+def test_fisher_lee_sees_a_monotone_one_cycle_relation(helix_dataset):
     """The angle is the study's phase, scored against phase_round (nearly uniform on the circle)."""
     config = AnalysisConfig(source=str(helix_dataset), phase_scheme="phase_round")
     labels = DatasetSource.open(config.source).labels(config)
-    phase = DatasetSource.open(config.source).labels(AnalysisConfig(source=config.source)).phase
-    z = np.stack([np.cos(2 * np.pi * phase), np.sin(2 * np.pi * phase)], axis=1)
-    moments = AngleMoments(np.ones(2))
-    moments.add(z, labels.phase)
-    assert moments.corr(0, 1, 1) > 0.5
+    u = np.stack([np.cos(2 * np.pi * labels.phase_other), np.sin(2 * np.pi * labels.phase_other)], axis=1)
+    sums = ConvSums(np.zeros(1))
+    sums.add(np.zeros(len(u)), planes.angle_columns("p", u, 0.0, labels.phase))
+    assert sums.statistic(planes.fisher_lee("p")) > 0.5
+
+
+def test_token_weights_give_the_mean_round_coefficient(helix_dataset):
+    config = AnalysisConfig(source=str(helix_dataset))
+    labels = DatasetSource.open(config.source).labels(config)
+    grid = RoundGrid(labels, 16)
+    z = np.random.default_rng(1).normal(size=(labels.n, 3))
+    values = np.zeros((grid.n_rounds * 16, 3))
+    grid.add(values, np.arange(labels.n), z)
+    coef = scipy.fft.rfft(values.reshape(-1, 16, 3), axis=1).mean(0) / 16  # (freqs, 3)
+    w = grid.token_weights((1, 2))
+    for col, k in enumerate((1, 2)):
+        np.testing.assert_allclose(w[:, 2 * col] @ z + 1j * (w[:, 2 * col + 1] @ z), coef[k], atol=1e-12)
+
+
+def test_best_pair_turns_a_quarter_cycle_apart():
+    coef = np.array([1.0, 2 * np.exp(0.3j), 0.1, 2 * np.exp(0.3j + 1.2j), 1.9 * np.exp(0.35j)])
+    choice = planes.best_pair(coef)
+    assert choice.pair == (1, 3) and choice.offset == pytest.approx(0.3)
+    assert choice.orientation == -1  # PC3 leads PC1: its sign is flipped so the angle grows with phase
+    np.testing.assert_allclose(planes.pair_scores(coef), planes.pair_scores(coef).T)
 
 
 def test_round_grid_edge_cases_match_np_interp():
@@ -105,8 +128,10 @@ def test_round_grid_edge_cases_match_np_interp():
         role=cat(2).astype(np.int8),
         round=cat(1).astype(np.int16),
         phase=cat(3).astype(np.float32),
+        phase_other=cat(3).astype(np.float32),
         token_position=np.arange(n, dtype=np.int32),
         index_in_turn=np.zeros(n, dtype=np.int32),
+        template_excluded={},
     )
     grid = RoundGrid(labels, 8)
     assert grid.n_rounds == 3
