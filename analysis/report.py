@@ -75,10 +75,10 @@ def analyze(config: AnalysisConfig, out: Path, *, overwrite: bool = False, verbo
         written = [
             figures.token_counts(labels.round, roles, labels.n_rows - labels.n, tmp / "token_counts.png")
         ]
-        per_layer = {}
+        per_layer, baselines = {}, {}
         for layer in layers:
             res = analyze_layer(src.layer(layer, labels), labels, folds, pairs, cols, grid, samples, config)
-            entry = layer_entry(res, labels, folds, circle, config)
+            entry = layer_entry(res, labels, folds, circle, config, baselines)
             entry["figures"] = layer_figures(res, labels, samples, entry, tmp)
             entry["token_view"] = write_token_view(
                 tmp / f"layer{layer}_token_view.html",
@@ -137,13 +137,12 @@ def _replace(tmp: Path, out: Path) -> None:
     shutil.rmtree(old, ignore_errors=True)
 
 
-def _fold_rows(
-    scores: ConvSums, labels: Labels, folds: Folds, config: AnalysisConfig
-) -> list[np.ndarray] | None:
-    """ConvSums rows of each fold's conversations (conversation folds only)."""
+def _fold_rows(labels: Labels, folds: Folds, config: AnalysisConfig) -> list[np.ndarray] | None:
+    """Rows of each fold's conversations in a ConvSums table (sorted conversation ids); conversation
+    folds only."""
     if config.split != "conversation":
         return None
-    first = np.searchsorted(labels.conversation, scores.conversations)  # conversations are contiguous
+    _, first = np.unique(labels.conversation, return_index=True)
     fold_of = folds.fold[first]
     return [np.flatnonzero(fold_of == f) for f in range(folds.k)]
 
@@ -169,10 +168,11 @@ def probe_result(
 
 
 def layer_entry(
-    res: LayerResult, labels: Labels, folds: Folds, circle: float, config: AnalysisConfig
+    res: LayerResult, labels: Labels, folds: Folds, circle: float, config: AnalysisConfig, baselines: dict
 ) -> dict:
+    """One layer's report entry. `baselines` caches the label-only results across layers."""
     s = res.scores
-    fold_rows = _fold_rows(s, labels, folds, config)
+    fold_rows = _fold_rows(labels, folds, config)
     probes = {}
     for scheme, scheme_name in enumerate((config.phase_scheme, config.other_scheme)):
         probes[scheme_name] = {}
@@ -192,16 +192,19 @@ def layer_entry(
                     )
                     for pairing in res.pairings
                 }
-            for model in ("structure", "position"):
-                e[model] = probe_result(
-                    s,
-                    f"{model}/{key}",
-                    probe,
-                    scheme,
-                    config,
-                    fold_rows,
-                    [f[f"{model}/{key}"].alpha for f in res.label_fits],
-                )
+            for model in ("structure", "position"):  # labels only: the same at every layer
+                memo_key = (model, key)
+                if memo_key not in baselines:
+                    baselines[memo_key] = probe_result(
+                        s,
+                        f"{model}/{key}",
+                        probe,
+                        scheme,
+                        config,
+                        fold_rows,
+                        [f[f"{model}/{key}"].alpha for f in res.label_fits],
+                    )
+                e[model] = baselines[memo_key]
             e["partial_r2_over_structure"] = {}
             for pairing in res.pairings:
                 stat = _partial(f"{pairing}/joint/{key}", f"structure/{key}", probe, scheme)

@@ -143,7 +143,7 @@ class Eig:
         """Ridge coefficients (n_alphas, d, t) of (Sxx + alpha I) beta = Sxy."""
         rotated = self.eigvec.T @ sxy  # (d, t)
         scaled = rotated[None] / (self.eigval[None, :, None] + np.asarray(alphas)[:, None, None])
-        return np.einsum("de,aet->adt", self.eigvec, scaled)
+        return self.eigvec @ scaled  # (n_alphas, d, t), one batched BLAS product
 
 
 def ridge_from(m: Moments, shift: np.ndarray, coef: np.ndarray, y: list[int], alpha: float) -> LinearFit:
@@ -155,8 +155,8 @@ def r2_on(m: Moments, shift: np.ndarray, coef: np.ndarray, intercept: np.ndarray
     """Per-target R^2 (sklearn's r2_score) of x @ coef + intercept on the rows of m.
     coef (..., d, t) for any leading batch of fits: (..., t)."""
     offset = m.mean_z[y] - (m.mean_x + shift) @ coef - intercept  # mean residual, (..., t)
-    quad = np.einsum("...dt,de,...et->...t", coef, m.sxx, coef)
-    sse = m.szz[y, y] - 2 * np.einsum("...dt,dt->...t", coef, m.sxz[:, y]) + quad + m.n * offset**2
+    quad = (coef * (m.sxx @ coef)).sum(axis=-2)  # matmul, not einsum: BLAS at d_model 576
+    sse = m.szz[y, y] - 2 * (coef * m.sxz[:, y]).sum(axis=-2) + quad + m.n * offset**2
     return 1 - sse / m.szz[y, y]
 
 
@@ -186,8 +186,8 @@ def label_r2(m: Moments, x: slice | list[int], y: list[int], fit: LinearFit) -> 
     """Per-target R^2 of a label-side fit on the rows of m: (t,)."""
     offset = m.mean_z[y] - m.mean_z[x] @ fit.coef - fit.intercept
     sxx = m.szz[x][:, x]
-    quad = np.einsum("dt,de,et->t", fit.coef, sxx, fit.coef)
-    sse = m.szz[y, y] - 2 * np.einsum("dt,dt->t", fit.coef, m.szz[x][:, y]) + quad + m.n * offset**2
+    quad = (fit.coef * (sxx @ fit.coef)).sum(axis=0)
+    sse = m.szz[y, y] - 2 * (fit.coef * m.szz[x][:, y]).sum(axis=0) + quad + m.n * offset**2
     return 1 - sse / m.szz[y, y]
 
 
