@@ -206,32 +206,35 @@ def heatmaps(
     return _save(fig, path)
 
 
-def color_wheels(
-    layer: int, scatter: dict[str, np.ndarray], phase: np.ndarray, planes: dict, path: Path
-) -> str:
-    """Held-out tokens in each colour-wheel plane (rows: pairings; columns: planes), hue = true phase.
-    scatter[pairing]: (n, 9) layer.SCATTER_COLUMNS; planes: the report's planes entry."""
+def color_wheels(layer: int, scatter: np.ndarray, phase: np.ndarray, planes: dict, path: Path) -> str:
+    """Held-out tokens of the real data in each colour-wheel plane, hue = true phase.
+    scatter: (n, 9) layer.SCATTER_COLUMNS; planes: the report's planes entry (titles give the
+    held-out r of the real data and of each null)."""
     names = ("pair", "fourier", "trig")
     titles = {
         "pair": "study's best PC pair",
         "fourier": "once-per-round Fourier plane",
         "trig": "supervised (trig probe)",
     }
-    fig = Figure(figsize=(14, 4.4 * len(scatter)), layout="constrained")
-    axes = fig.subplots(len(scatter), len(names), squeeze=False)
+    fig = Figure(figsize=(14, 5), layout="constrained")
+    axes = fig.subplots(1, len(names))
     points = None
-    for row, (pairing, values) in zip(axes, scatter.items(), strict=True):
-        for ax, (k, name) in zip(row, enumerate(names), strict=True):
-            u = values[:, 3 + 2 * k : 5 + 2 * k]
-            scale = np.nanstd(u, axis=0)
-            scale[~(scale > 0)] = 1.0
-            points = _phase_scatter(ax, u[:, 0] / scale[0], u[:, 1] / scale[1], phase)
-            ax.set_aspect("equal", adjustable="datalim")
-            r = planes[name][pairing]["circcorr"]
-            ax.set_title(f"{pairing}: {titles[name]}\nheld-out r = {r['value']:.2f}", fontsize=9)
-            ax.set_xlabel("cos-like coordinate / its std")
-            ax.set_ylabel("sin-like coordinate / its std")
-    fig.colorbar(points, ax=axes.ravel().tolist(), label=PHASE_LABEL)
+    for ax, (k, name) in zip(axes, enumerate(names), strict=True):
+        u = scatter[:, 3 + 2 * k : 5 + 2 * k]
+        scale = np.nanstd(u, axis=0)
+        scale[~(scale > 0)] = 1.0
+        points = _phase_scatter(ax, u[:, 0] / scale[0], u[:, 1] / scale[1], phase)
+        ax.set_aspect("equal", adjustable="datalim")
+        r = {
+            pairing: v["circcorr"]["value"]
+            for pairing, v in planes[name].items()
+            if pairing in NULL_STYLES or pairing == "real"
+        }
+        nulls = ", ".join(f"{p} {v:.2f}" for p, v in r.items() if p != "real")
+        ax.set_title(f"{titles[name]}\nheld-out r = {r['real']:.2f} (nulls: {nulls})", fontsize=8)
+        ax.set_xlabel("cos-like coordinate / its std")
+        ax.set_ylabel("sin-like coordinate / its std")
+    fig.colorbar(points, ax=list(axes), label=PHASE_LABEL)
     fig.suptitle(
         f"Colour wheels of layer {layer}: planes fitted on training folds, tokens from the held-out fold"
     )

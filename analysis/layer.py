@@ -146,13 +146,19 @@ def analysed_batches(data: LayerData, labels: Labels, desc: str) -> Iterator[tup
 
 
 def fold_models(
-    sums: Sums, eigs: EigCache, outer: int, pairing: Pairing, cols: Columns, config: AnalysisConfig
+    sums: Sums,
+    eigs: EigCache,
+    outer: int,
+    pairing: Pairing,
+    cols: Columns,
+    baselines: dict[str, LinearFit],
+    config: AnalysisConfig,
 ) -> FoldModels:
     train = [f for f in range(sums.folds) if f != outer]
     m = sums.moments(train, pairing.name)
     pca = pca_from(eigs(train), m, sums.shift, max(config.n_pcs, config.fourier_pcs))
     structure = cols.baseline_slice(cols.baseline.structure)
-    fits = activation_fits(sums, eigs, outer, pairing.name, structure, config)
+    fits = activation_fits(sums, eigs, outer, pairing.name, structure, baselines, config)
     by_role = [sums.moments(train, pairing.name, role) for role in (0, 1)]
     centre = (by_role[0].mean_x + by_role[1].mean_x) / 2 + sums.shift  # both roles weighted equally
     re, im = cols.fourier_column(1)
@@ -219,7 +225,9 @@ def analyze_layer(
     )
     baseline = {name: cols.baseline_slice(getattr(cols.baseline, name)) for name in ("structure", "position")}
     lfits = [label_fits(sums, o, baseline, config) for o in range(folds.k)]
-    models = {p.name: [fold_models(sums, eigs, o, p, cols, config) for o in range(folds.k)] for p in pairs}
+    models = {
+        p.name: [fold_models(sums, eigs, o, p, cols, lfits[o], config) for o in range(folds.k)] for p in pairs
+    }
     power = {p.name: coherence_power(sums, pca, p.name, cols, config.fourier_pcs) for p in pairs}
     del sums, eigs
 

@@ -7,8 +7,8 @@
 Each probe is fitted for both label schemes (the configured one first) and in four models:
 
     acts       ridge on the layer's activations (the study's probe)
-    joint      the same ridge plus the structure baseline's features, fitted together (its
-               activation block keeps the acts probe's penalty; the baseline block is unpenalised)
+    joint      the same ridge plus the structure baseline's features, fitted together (each block
+               keeps its own model's penalty: the acts probe's, the structure baseline's)
     structure  the structure baseline alone (labels only: baseline.py)
     position   the position-only baseline (labels only)
 
@@ -144,14 +144,22 @@ def best_alpha(scores: np.ndarray, cols: list[int], alphas: list[float]) -> floa
 
 
 def activation_fits(
-    sums: Sums, eigs: EigCache, outer: int, pairing: str, structure: slice, config: AnalysisConfig
+    sums: Sums,
+    eigs: EigCache,
+    outer: int,
+    pairing: str,
+    structure: slice,
+    baselines: dict[str, LinearFit],
+    config: AnalysisConfig,
 ) -> dict[str, LinearFit]:
-    """acts and joint fits of every probe and scheme for held-out fold `outer`: 'acts/trig/0' etc."""
+    """acts and joint fits of every probe and scheme for held-out fold `outer`: 'acts/trig/0' etc.
+    A joint fit keeps the acts probe's penalty on the activations and the structure baseline's
+    (`baselines`, label_fits of the same fold) on its features."""
     scores = inner_scores(sums, eigs, outer, pairing, config)
     train = [f for f in range(sums.folds) if f != outer]
     m = sums.moments(train, pairing)
     eig = eigs(train)
-    fits = {}
+    fits, joint = {}, {}
     for scheme in (0, 1):
         for probe in PROBES.values():
             cols = probe.columns(scheme)
@@ -160,7 +168,13 @@ def activation_fits(
             fits[f"acts/{probe.name}/{scheme}"] = LinearFit(
                 coef, m.mean_z[cols] - (m.mean_x + sums.shift) @ coef, alpha
             )
-            fits[f"joint/{probe.name}/{scheme}"] = joint_fit(m, sums.shift, cols, structure, alpha)
+            alpha_f = baselines[f"structure/{probe.name}/{scheme}"].alpha
+            joint.setdefault((alpha, alpha_f), []).append((f"joint/{probe.name}/{scheme}", cols))
+    for (alpha, alpha_f), wanted in joint.items():  # one solve per pair of penalties, all its targets
+        cols = sorted({c for _, cs in wanted for c in cs})
+        fit = joint_fit(m, sums.shift, cols, structure, alpha, alpha_f)
+        for name, cs in wanted:
+            fits[name] = fit.select([cols.index(c) for c in cs])
     return fits
 
 

@@ -376,7 +376,7 @@ def layer_figures(res: LayerResult, labels: Labels, samples: Samples, entry: dic
             x0=0,
             mark=best,
         ),
-        figures.color_wheels(L, shown, phase, entry["planes"], out / f"layer{L}_color_wheel.png"),
+        figures.color_wheels(L, scatter["real"], phase, entry["planes"], out / f"layer{L}_color_wheel.png"),
     ]
 
 

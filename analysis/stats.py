@@ -24,7 +24,6 @@ import numpy as np
 import scipy.linalg
 
 N_ROLES = 2  # parts are (fold, user) and (fold, assistant)
-EPS = 1e-9  # relative ridge on the unpenalised baseline block, only to keep its solve well posed
 
 
 @dataclass
@@ -49,6 +48,7 @@ class Sums:
         self.sx, self.sxx = np.zeros((p, d)), np.zeros((p, d, d))
         self.sz, self.szz = np.zeros((p, w)), np.zeros((p, w, w))
         self.sxz = {name: np.zeros((p, d, w)) for name in pairings}
+        self._activation: dict[tuple, tuple[np.ndarray, np.ndarray]] = {}  # moments() cache, after adding
         # `scrambled` rows whose label is a user token, per fold
         self.user_sx, self.user_sxx = np.zeros((folds, d)), np.zeros((folds, d, d))
         # X^T X - n mean mean^T cancels digits when features have a large common offset (LLM residual
@@ -83,6 +83,26 @@ class Sums:
             self.user_sx[f] += xs[m].sum(axis=0)
             self.user_sxx[f] += xs[m].T @ xs[m]
 
+    def _activation_sums(
+        self, folds: list[int], role: int | None, scrambled: bool
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """sum x and X^T X of the rows in `folds` whose label has `role`, shared by every pairing that
+        keeps roles (the d x d sums are the cost of moments(), so they are kept once computed)."""
+        key = (tuple(folds), role, scrambled)
+        if key not in self._activation:
+            if scrambled:
+                user_sx, user_sxx = self.user_sx[folds].sum(0), self.user_sxx[folds].sum(0)
+                if role == 0:
+                    sums = user_sx, user_sxx
+                else:
+                    both = self.parts(folds)
+                    sums = self.sx[both].sum(0) - user_sx, self.sxx[both].sum(0) - user_sxx
+            else:
+                parts = self.parts(folds, role)
+                sums = self.sx[parts].sum(0), self.sxx[parts].sum(0)
+            self._activation[key] = sums
+        return self._activation[key]
+
     def parts(self, folds: list[int], role: int | None = None) -> list[int]:
         """Part indices of `folds`, one role (0 user, 1 assistant) or both."""
         roles = range(N_ROLES) if role is None else [role]
@@ -93,15 +113,7 @@ class Sums:
         n = self.n[parts].sum()
         if n == 0:
             raise ValueError("no rows in the selected parts")
-        if pairing == "scrambled" and role is not None:
-            user_sx, user_sxx = self.user_sx[folds].sum(0), self.user_sxx[folds].sum(0)
-            if role == 0:
-                sx, sxx = user_sx, user_sxx
-            else:
-                both = self.parts(folds)
-                sx, sxx = self.sx[both].sum(0) - user_sx, self.sxx[both].sum(0) - user_sxx
-        else:
-            sx, sxx = self.sx[parts].sum(0), self.sxx[parts].sum(0)
+        sx, sxx = self._activation_sums(folds, role, scrambled=pairing == "scrambled" and role is not None)
         mx, mz = sx / n, self.sz[parts].sum(0) / n
         return Moments(
             n=n,
@@ -160,16 +172,21 @@ def r2_on(m: Moments, shift: np.ndarray, coef: np.ndarray, intercept: np.ndarray
     return 1 - sse / m.szz[y, y]
 
 
-def joint_fit(m: Moments, shift: np.ndarray, y: list[int], f: slice, alpha: float) -> LinearFit:
-    """Ridge on x (penalty alpha) jointly with baseline columns f of z (unpenalised), by
-    Frisch-Waugh-Lovell: x and y are residualised on f, ridge fits the residuals, f fits the rest."""
+def joint_fit(
+    m: Moments, shift: np.ndarray, y: list[int], f: slice, alpha: float, alpha_f: float
+) -> LinearFit:
+    """Ridge on x (penalty alpha) jointly with baseline columns f of z (penalty alpha_f), by block
+    elimination: with A = (Sff + alpha_f I)^-1, (Sxx - Sxf A Sfx + alpha I) beta = Sxy - Sxf A Sfy,
+    then gamma = A (Sfy - Sfx beta). (Unpenalised, a baseline spline seen by a handful of training
+    tokens gets any coefficient and wrecks a held-out fold whose tokens sit there.)"""
     sff, sfx, sfy = m.szz[f, f], m.sxz[:, f].T, m.szz[f][:, y]  # (b, b), (b, d), (b, t)
-    sff = sff + EPS * max(np.trace(sff), 1.0) / len(sff) * np.eye(len(sff))
-    sol = scipy.linalg.solve(sff, np.concatenate([sfx, sfy], axis=1), assume_a="pos")  # (b, d + t)
+    sol = scipy.linalg.solve(
+        sff + alpha_f * np.eye(len(sff)), np.concatenate([sfx, sfy], axis=1), assume_a="pos"
+    )  # (b, d + t)
     a, b = sol[:, : sfx.shape[1]], sol[:, sfx.shape[1] :]
     sxx_r = m.sxx - sfx.T @ a  # (d, d)
     sxy_r = m.sxz[:, y] - sfx.T @ b  # (d, t)
-    coef = scipy.linalg.solve(sxx_r + alpha * np.eye(len(sxx_r)), sxy_r, assume_a="pos")  # (d, t)
+    coef = scipy.linalg.solve(sxx_r + alpha * np.eye(len(sxx_r)), sxy_r, assume_a="sym")  # (d, t)
     coef_f = b - a @ coef  # (b, t)
     intercept = m.mean_z[y] - (m.mean_x + shift) @ coef - m.mean_z[f] @ coef_f
     return LinearFit(coef, intercept, float(alpha), coef_f)

@@ -8,7 +8,7 @@ import pytest
 import scipy.stats
 from reference import load_reference
 from sklearn.decomposition import PCA
-from sklearn.linear_model import LinearRegression, Ridge
+from sklearn.linear_model import Ridge
 from sklearn.metrics import r2_score
 from sklearn.model_selection import GridSearchCV, PredefinedSplit
 from sklearn.preprocessing import SplineTransformer
@@ -81,25 +81,25 @@ def test_probe_matches_sklearn_nested_cv(setup, helix_report, pairing, probe):
 
 
 @pytest.mark.parametrize("probe", list(PROBES))
-def test_joint_and_partial_r2_match_frisch_waugh_lovell(setup, helix_report, probe):
-    """The joint model is ridge on activations with the structure features unpenalised: residualise
-    x and y on the features (LinearRegression), ridge the residuals with the acts probe's penalty."""
+def test_joint_and_partial_r2_match_sklearn(setup, helix_report, probe):
+    """The joint model is ridge on [activations, structure features] with one penalty per block (the
+    acts probe's, the structure baseline's): sklearn's Ridge(alpha_x) on [x, f * sqrt(alpha_x /
+    alpha_f)] is the same model."""
     config, labels, folds, ref = setup
     entry = helix_report["layers"][LAYER]["probes"]["phase"][probe]
     y = ref.targets[:, PROBES[probe].columns(0)]
     f = structure_features(ref)
-    joint, base = np.empty_like(y), np.empty_like(y)
-    for o, alpha in enumerate(entry["acts"]["real"]["alpha_per_fold"]):
-        tr, te = folds.fold != o, folds.fold == o
-        fx, fy = LinearRegression().fit(f[tr], ref.x[tr]), LinearRegression().fit(f[tr], y[tr])
-        ridge = Ridge(alpha, fit_intercept=False).fit(
-            ref.x[tr] - fx.predict(f[tr]), y[tr] - fy.predict(f[tr])
-        )
-        on_f = fy.predict(f[te]).reshape(-1, y.shape[1])
-        joint[te] = on_f + ridge.predict(ref.x[te] - fx.predict(f[te])).reshape(-1, y.shape[1])
-    base, _ = nested_ridge(f, y, folds.fold, config)
-    assert entry["joint"]["real"]["r2"] == pytest.approx(r2_score(y, joint), abs=1e-6)
+    base, base_alphas = nested_ridge(f, y, folds.fold, config)
+    assert entry["structure"]["alpha_per_fold"] == base_alphas
     assert entry["structure"]["r2"] == pytest.approx(r2_score(y, base), abs=1e-8)
+    joint = np.empty_like(y)
+    for o, (alpha, alpha_f) in enumerate(
+        zip(entry["acts"]["real"]["alpha_per_fold"], base_alphas, strict=True)
+    ):
+        tr, te = folds.fold != o, folds.fold == o
+        xf = np.concatenate([ref.x, f * np.sqrt(alpha / alpha_f)], axis=1)
+        joint[te] = Ridge(alpha).fit(xf[tr], y[tr]).predict(xf[te]).reshape(-1, y.shape[1])
+    assert entry["joint"]["real"]["r2"] == pytest.approx(r2_score(y, joint), abs=1e-6)
     partial = np.mean(1 - ((y - joint) ** 2).sum(0) / ((y - base) ** 2).sum(0))
     assert entry["partial_r2_over_structure"]["real"]["value"] == pytest.approx(partial, abs=1e-6)
 
