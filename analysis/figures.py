@@ -20,7 +20,7 @@ DPI = 110
 
 
 def _save(fig: Figure, path: Path) -> str:
-    fig.savefig(path, dpi=DPI, bbox_inches="tight")
+    fig.savefig(path, dpi=DPI)  # constrained layout already fits the margins; "tight" would draw twice
     return path.name
 
 

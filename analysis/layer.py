@@ -302,10 +302,14 @@ def label_columns(
     return cols
 
 
-def error_columns(prefix: str, probe, scheme: int, pred: np.ndarray, z: np.ndarray) -> dict[str, np.ndarray]:
+def error_columns(
+    prefix: str, probe, scheme: int, pred: np.ndarray, z: np.ndarray, decode: bool = True
+) -> dict[str, np.ndarray]:
+    """Squared errors per target and, with `decode`, the circular error of the phase read back."""
     y = z[:, probe.columns(scheme)]
     cols = {f"{prefix}:{t}": (y[:, i] - pred[:, i]) ** 2 for i, t in enumerate(probe.targets)}
-    cols[f"{prefix}:err"] = circular_error(probe.decode(pred), z[:, 3 * scheme])
+    if decode:
+        cols[f"{prefix}:err"] = circular_error(probe.decode(pred), z[:, 3 * scheme])
     return cols
 
 
@@ -317,7 +321,7 @@ def pairing_columns(
         for scheme in (0, 1):
             for probe in PROBES.values():
                 key = f"{model}/{probe.name}/{scheme}"
-                cols |= error_columns(f"{name}/{key}", probe, scheme, preds[key], z)
+                cols |= error_columns(f"{name}/{key}", probe, scheme, preds[key], z, decode=model == "acts")
     for plane in planes.PLANES:
         cols |= planes.angle_columns(
             f"{name}/plane/{plane}", preds[f"plane/{plane}"], fm.offsets[plane], z[:, 0]

@@ -26,7 +26,7 @@ import numpy as np
 import scipy.linalg
 
 from turnphase.analysis.config import AnalysisConfig
-from turnphase.analysis.stats import Eig, LinearFit, Moments, Sums, joint_fit, label_fit, label_r2, r2_on
+from turnphase.analysis.stats import Eig, LinearFit, Moments, Sums, joint_fit, r2_on
 
 TARGETS = ("phase", "sin", "cos")  # per scheme; label column 3 * scheme + index
 HELIX_GRID = np.linspace(0.0, 1.0, 720, endpoint=False)  # half a degree of phase
@@ -160,11 +160,12 @@ def activation_fits(
     m = sums.moments(train, pairing)
     eig = eigs(train)
     fits, joint = {}, {}
+    rotated = eig.eigvec.T @ m.sxz[:, SCHEME_COLUMNS]  # (d, 6), shared by every probe's solve
     for scheme in (0, 1):
         for probe in PROBES.values():
             cols = probe.columns(scheme)
             alpha = best_alpha(scores, cols, config.alphas)
-            coef = eig.solve(m.sxz[:, cols], [alpha])[0]
+            coef = eig.eigvec @ (rotated[:, cols] / (eig.eigval + alpha)[:, None])
             fits[f"acts/{probe.name}/{scheme}"] = LinearFit(
                 coef, m.mean_z[cols] - (m.mean_x + sums.shift) @ coef, alpha
             )
@@ -184,21 +185,26 @@ def label_fits(
     """Baseline fits (labels only) of every probe and scheme for held-out fold `outer`, penalties
     by cross-validation over the other folds: 'structure/trig/0' etc."""
     others = [f for f in range(sums.folds) if f != outer]
+    no_shift = np.zeros(1)
     fits = {}
     for model, feats in features.items():
         scores = np.zeros((len(config.alphas), len(SCHEME_COLUMNS)))
         for val in others:
-            m_train = sums.moments([f for f in others if f != val], "real")
-            m_val = sums.moments([val], "real")
-            for a, alpha in enumerate(config.alphas):
-                fit = label_fit(m_train, feats, SCHEME_COLUMNS, alpha)
-                scores[a] += label_r2(m_val, feats, SCHEME_COLUMNS, fit)
-        m = sums.moments(others, "real")
+            m = sums.moments([f for f in others if f != val], "real").labels_as_x(feats)
+            coefs = Eig(m.sxx).solve(m.sxz[:, SCHEME_COLUMNS], config.alphas)  # (A, b, 6)
+            intercept = m.mean_z[SCHEME_COLUMNS] - m.mean_x @ coefs
+            val_m = sums.moments([val], "real").labels_as_x(feats)
+            scores += r2_on(val_m, no_shift, coefs, intercept, SCHEME_COLUMNS)
+        m = sums.moments(others, "real").labels_as_x(feats)
+        eig = Eig(m.sxx)
         for scheme in (0, 1):
             for probe in PROBES.values():
                 cols = probe.columns(scheme)
                 alpha = best_alpha(scores, cols, config.alphas)
-                fits[f"{model}/{probe.name}/{scheme}"] = label_fit(m, feats, cols, alpha)
+                coef = eig.solve(m.sxz[:, cols], [alpha])[0]
+                fits[f"{model}/{probe.name}/{scheme}"] = LinearFit(
+                    coef, m.mean_z[cols] - m.mean_x @ coef, alpha
+                )
     return fits
 
 

@@ -152,14 +152,18 @@ def probe_result(
 ) -> dict:
     targets = [f"{scheme}:{t}" for t in probe.targets]
     r2 = r2_stat(prefix, targets)
-    mae = lambda s: s[f"{prefix}:err"] / s["n"]  # noqa: E731
     out = {
         "r2": scores.statistic(r2),
         "ci95": scores.interval(r2, config, f"r2 {prefix} {scheme}"),
         "r2_per_target": {t: scores.statistic(r2_stat(prefix, [f"{scheme}:{t}"])) for t in probe.targets},
-        "phase_mae": scores.statistic(mae),
-        "phase_mae_ci95": scores.interval(mae, config, f"mae {prefix} {scheme}"),
     }
+    if f"{prefix}:err" in scores.index:  # joint models are scored by R^2 only
+
+        def mae(s):
+            return s[f"{prefix}:err"] / s["n"]
+
+        out["phase_mae"] = scores.statistic(mae)
+        out["phase_mae_ci95"] = scores.interval(mae, config, f"mae {prefix} {scheme}")
     if fold_rows is not None:
         out["r2_per_fold"] = [scores.statistic(r2, rows) for rows in fold_rows]
     if alphas is not None:

@@ -14,6 +14,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 
 import numpy as np
+import scipy.sparse
 import scipy.stats
 
 from turnphase.analysis.config import AnalysisConfig
@@ -39,10 +40,12 @@ class ConvSums:
             self.index.update({name: len(self.index) + i for i, name in enumerate(new)})
             self.table = np.concatenate([self.table, np.zeros((len(self.table), len(new)))], axis=1)
         where = np.searchsorted(self.conversations, conversation)
-        for name, values in columns.items():
-            self.table[:, self.index[name]] += np.bincount(
-                where, weights=values, minlength=len(self.conversations)
-            )
+        onehot = scipy.sparse.csr_array(
+            (np.ones(len(where)), (where, np.arange(len(where)))), shape=(len(self.table), len(where))
+        )  # (conversations, rows)
+        self.table[:, [self.index[name] for name in columns]] += onehot @ np.stack(
+            list(columns.values()), axis=1
+        )
 
     def view(self, table: np.ndarray) -> Sums:
         return _Columns(table, self.index)

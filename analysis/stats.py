@@ -37,6 +37,10 @@ class Moments:
     sxz: np.ndarray  # (d, w)
     szz: np.ndarray  # (w, w)
 
+    def labels_as_x(self, cols: slice) -> Moments:
+        """The same rows with label-side columns `cols` as the features (a baseline's regression)."""
+        return Moments(self.n, self.mean_z[cols], self.mean_z, self.szz[cols, cols], self.szz[cols], self.szz)
+
 
 class Sums:
     """Per-part sums for one layer and every pairing, in float64."""
@@ -100,7 +104,9 @@ class Sums:
             else:
                 parts = self.parts(folds, role)
                 sums = self.sx[parts].sum(0), self.sxx[parts].sum(0)
-            self._activation[key] = sums
+            n = self.n[self.parts(folds, role)].sum()
+            mx = sums[0] / n
+            self._activation[key] = mx, sums[1] - n * np.outer(mx, mx)
         return self._activation[key]
 
     def parts(self, folds: list[int], role: int | None = None) -> list[int]:
@@ -113,13 +119,13 @@ class Sums:
         n = self.n[parts].sum()
         if n == 0:
             raise ValueError("no rows in the selected parts")
-        sx, sxx = self._activation_sums(folds, role, scrambled=pairing == "scrambled" and role is not None)
-        mx, mz = sx / n, self.sz[parts].sum(0) / n
+        mx, sxx = self._activation_sums(folds, role, scrambled=pairing == "scrambled" and role is not None)
+        mz = self.sz[parts].sum(0) / n
         return Moments(
             n=n,
             mean_x=mx,
             mean_z=mz,
-            sxx=sxx - n * np.outer(mx, mx),
+            sxx=sxx,
             sxz=self.sxz[pairing][parts].sum(0) - n * np.outer(mx, mz),
             szz=self.szz[parts].sum(0) - n * np.outer(mz, mz),
         )
@@ -154,8 +160,9 @@ class Eig:
     def solve(self, sxy: np.ndarray, alphas: list[float]) -> np.ndarray:
         """Ridge coefficients (n_alphas, d, t) of (Sxx + alpha I) beta = Sxy."""
         rotated = self.eigvec.T @ sxy  # (d, t)
-        scaled = rotated[None] / (self.eigval[None, :, None] + np.asarray(alphas)[:, None, None])
-        return self.eigvec @ scaled  # (n_alphas, d, t), one batched BLAS product
+        scaled = rotated[:, None, :] / (self.eigval[:, None, None] + np.asarray(alphas)[None, :, None])
+        d, a, t = scaled.shape
+        return (self.eigvec @ scaled.reshape(d, a * t)).reshape(d, a, t).transpose(1, 0, 2)  # (a, d, t)
 
 
 def ridge_from(m: Moments, shift: np.ndarray, coef: np.ndarray, y: list[int], alpha: float) -> LinearFit:
@@ -167,7 +174,8 @@ def r2_on(m: Moments, shift: np.ndarray, coef: np.ndarray, intercept: np.ndarray
     """Per-target R^2 (sklearn's r2_score) of x @ coef + intercept on the rows of m.
     coef (..., d, t) for any leading batch of fits: (..., t)."""
     offset = m.mean_z[y] - (m.mean_x + shift) @ coef - intercept  # mean residual, (..., t)
-    quad = (coef * (m.sxx @ coef)).sum(axis=-2)  # matmul, not einsum: BLAS at d_model 576
+    flat = np.moveaxis(coef, -2, 0)  # (d, ..., t): one matrix product for every fit
+    quad = (coef * np.moveaxis((m.sxx @ flat.reshape(len(flat), -1)).reshape(flat.shape), 0, -2)).sum(axis=-2)
     sse = m.szz[y, y] - 2 * (coef * m.sxz[:, y]).sum(axis=-2) + quad + m.n * offset**2
     return 1 - sse / m.szz[y, y]
 
@@ -186,26 +194,10 @@ def joint_fit(
     a, b = sol[:, : sfx.shape[1]], sol[:, sfx.shape[1] :]
     sxx_r = m.sxx - sfx.T @ a  # (d, d)
     sxy_r = m.sxz[:, y] - sfx.T @ b  # (d, t)
-    coef = scipy.linalg.solve(sxx_r + alpha * np.eye(len(sxx_r)), sxy_r, assume_a="sym")  # (d, t)
+    coef = scipy.linalg.solve(sxx_r + alpha * np.eye(len(sxx_r)), sxy_r, assume_a="pos")  # (d, t)
     coef_f = b - a @ coef  # (b, t)
     intercept = m.mean_z[y] - (m.mean_x + shift) @ coef - m.mean_z[f] @ coef_f
     return LinearFit(coef, intercept, float(alpha), coef_f)
-
-
-def label_fit(m: Moments, x: slice | list[int], y: list[int], alpha: float) -> LinearFit:
-    """Ridge of label-side columns y on label-side columns x (a baseline; no activations)."""
-    sxx = m.szz[x][:, x]
-    coef = scipy.linalg.solve(sxx + alpha * np.eye(len(sxx)), m.szz[x][:, y], assume_a="pos")
-    return LinearFit(coef, m.mean_z[y] - m.mean_z[x] @ coef, float(alpha))
-
-
-def label_r2(m: Moments, x: slice | list[int], y: list[int], fit: LinearFit) -> np.ndarray:
-    """Per-target R^2 of a label-side fit on the rows of m: (t,)."""
-    offset = m.mean_z[y] - m.mean_z[x] @ fit.coef - fit.intercept
-    sxx = m.szz[x][:, x]
-    quad = (fit.coef * (sxx @ fit.coef)).sum(axis=0)
-    sse = m.szz[y, y] - 2 * (fit.coef * m.szz[x][:, y]).sum(axis=0) + quad + m.n * offset**2
-    return 1 - sse / m.szz[y, y]
 
 
 @dataclass
