@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
+from matplotlib.transforms import blended_transform_factory
 
 PHASE_CMAP = "twilight"  # cyclic: phase 0 and 1 get the same colour, as they should
 PHASE_LABEL = "true phase (0 user turn starts, 0.5 assistant starts, 1 round ends)"
@@ -128,12 +129,16 @@ def evidence_by_layer(layers: list[int], per_layer: dict, path: Path) -> str:
         ax.set_title(title, fontsize=9)
         ax.set_xticks(x)
         ax.set_xlabel("layer")
+    on_top = blended_transform_factory(axes[0].transData, axes[0].transAxes)
     for e, L in zip(entries, x, strict=True):
-        axes[0].annotate(
-            e["verdict"]["verdict"], (L, 0), rotation=90, fontsize=7, ha="center", va="bottom", color="0.3"
+        verdict = e["verdict"]["verdict"]
+        axes[0].text(
+            L, 0.98, verdict, transform=on_top, rotation=90, fontsize=7, ha="center", va="top", color="0.35"
         )
-    axes[0].legend(fontsize=7)
-    fig.suptitle("What tells a clock from a switch, by layer (verdict written along the first panel's axis)")
+    axes[0].legend(fontsize=7, loc="lower right")
+    fig.suptitle(
+        "What tells a clock from a switch, by layer (each layer's verdict at the top of the first panel)"
+    )
     return _save(fig, path)
 
 
@@ -231,7 +236,7 @@ def color_wheels(layer: int, scatter: np.ndarray, phase: np.ndarray, planes: dic
             if pairing in NULL_STYLES or pairing == "real"
         }
         nulls = ", ".join(f"{p} {v:.2f}" for p, v in r.items() if p != "real")
-        ax.set_title(f"{titles[name]}\nheld-out r = {r['real']:.2f} (nulls: {nulls})", fontsize=8)
+        ax.set_title(f"{titles[name]}: held-out r = {r['real']:.2f}\nnulls: {nulls}", fontsize=8)
         ax.set_xlabel("cos-like coordinate / its std")
         ax.set_ylabel("sin-like coordinate / its std")
     fig.colorbar(points, ax=list(axes), label=PHASE_LABEL)

@@ -27,7 +27,7 @@ import numpy as np
 import scipy.fft
 import scipy.sparse
 
-from turnphase.analysis.planes import pair_scores
+from turnphase.analysis.planes import best_pair, pair_scores
 from turnphase.analysis.source import Labels
 from turnphase.builders import schema
 
@@ -117,14 +117,7 @@ class Spectrum:
 
     @property
     def best_pair(self) -> tuple[int, int]:
-        i, j = np.unravel_index(np.argmax(np.triu(self.pair_score, 1)), self.pair_score.shape)
-        return int(i), int(j)
-
-    @property
-    def orientation(self) -> int:
-        """+1 or -1: the sign that makes the angle in the best plane grow with phase."""
-        i, j = self.best_pair
-        return -1 if np.sin(self.angle[j, 1] - self.angle[i, 1]) > 0 else 1
+        return best_pair(self.coherence[:, 1] * np.exp(1j * self.angle[:, 1])).pair
 
 
 def spectrum(values: np.ndarray, n_rounds: int, grid: int) -> Spectrum:

@@ -84,8 +84,7 @@ def angle_columns(prefix: str, u: np.ndarray, offset: float, phase: np.ndarray) 
     a = np.arctan2(u[:, 1], u[:, 0]) - offset
     b = 2 * np.pi * phase
     ca, sa, cb, sb = np.cos(a), np.sin(a), np.cos(b), np.sin(b)
-    estimate = a / (2 * np.pi) % 1.0
-    d = (estimate - phase) % 1.0
+    d = (estimate(u, offset) - phase) % 1.0
     return {
         f"{prefix}:n": np.ones(len(a)),
         f"{prefix}:cc": ca * cb,

@@ -71,8 +71,6 @@ PROBES = {
     )
 }
 SCHEME_COLUMNS = list(range(6))
-MODELS = ("acts", "joint", "structure", "position")
-LABEL_MODELS = ("structure", "position")
 
 
 def circular_error(a: np.ndarray, b: np.ndarray) -> np.ndarray:
