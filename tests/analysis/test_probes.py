@@ -43,14 +43,17 @@ def paired(ref, labels, folds, config, pairing: str) -> np.ndarray:
 
 
 def structure_features(ref) -> np.ndarray:
-    """The structure baseline built independently: role, splines of index in turn per role, of
-    position and of round."""
-    raw = np.stack([ref.position, ref.index_in_turn, ref.round], axis=1).astype(float)
-    s = SplineTransformer(n_knots=8, degree=3, include_bias=False).fit_transform(raw)
-    per = s.shape[1] // 3
-    pos, idx, rnd = s[:, :per], s[:, per : 2 * per], s[:, 2 * per :]
+    """The structure baseline built independently: role, splines of log(1 + index in turn) per role
+    and of log(1 + position) (clipped to their 0.5..99.5% quantiles, knots at quantiles), and one
+    indicator per round after the first."""
+    raw = np.log1p(np.stack([ref.position, ref.index_in_turn], axis=1).astype(float))
+    raw = np.clip(raw, *np.quantile(raw, [0.005, 0.995], axis=0))
+    s = SplineTransformer(n_knots=6, degree=3, knots="quantile", include_bias=False).fit_transform(raw)
+    per = s.shape[1] // 2
+    pos, idx = s[:, :per], s[:, per:]
     a = (ref.role == "assistant").astype(float)[:, None]
-    return np.concatenate([a, idx * (1 - a), idx * a, pos, rnd], axis=1)
+    rounds = (ref.round[:, None] == np.unique(ref.round)[None, 1:]).astype(float)
+    return np.concatenate([a, idx * (1 - a), idx * a, pos, rounds], axis=1)
 
 
 def nested_ridge(x, y, fold, config):
