@@ -133,7 +133,7 @@ class Sums:
 
 @dataclass
 class LinearFit:
-    """y = x @ coef + f @ coef_f + intercept: ridge on x, with an unpenalised baseline block f."""
+    """y = x @ coef + f @ coef_f + intercept: ridge on x, with a baseline block f for joint fits."""
 
     coef: np.ndarray  # (d, t), for unshifted x
     intercept: np.ndarray  # (t,)
