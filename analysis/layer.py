@@ -112,6 +112,8 @@ class FoldModels:
     offsets: dict[str, float]  # plane -> angle offset
     pair: planes.PairChoice
     alphas: dict[str, float]  # fit name ('acts/trig/0', ...) -> ridge penalty chosen
+    mean: np.ndarray  # (d,) activation mean of the training rows
+    std: np.ndarray  # (d,) their standard deviation per dimension
 
 
 @dataclass
@@ -178,6 +180,8 @@ def fold_models(
         {"pair": pair_offset, "fourier": 0.0, "trig": 0.0},
         choice,
         {name: fit.alpha for name, fit in fits.items() if name.startswith(("acts/", "joint/"))},
+        m.mean_x + sums.shift,
+        np.sqrt(np.maximum(np.diag(m.sxx), 0.0) / max(m.n - 1, 1)),
     )
 
 

@@ -1,17 +1,20 @@
-"""`analyze(config, out)`: dataset in, report folder out (report.json, PNG figures, HTML views).
+"""`analyze(config, out)`: dataset in; report, fitted directions and (with `out`) a report folder out.
 
-    report = analyze(AnalysisConfig(source="data/smollm2", streaming=True), Path("report"))
-    report["layers"]["13"]["verdict"]["verdict"]                    # "helix", "switch + ramps", ...
-    report["layers"]["13"]["probes"]["phase"]["trig"]["acts"]["real"]["r2"]
+    result = analyze(AnalysisConfig(source="data/smollm2", streaming=True), "report")
+    result.report["layers"]["13"]["verdict"]["verdict"]            # "helix", "switch + ramps", ...
+    result.report["layers"]["13"]["probes"]["phase"]["trig"]["acts"]["real"]["r2"]
+    result.directions.layers[13].folds[0].readouts["real"]["probe/linear"]   # directions.py
 
-The schema of report.json is documented in analysis/REPORT.md. The folder is written under a
-temporary name and renamed when complete, so a folder named OUT is always a whole report.
+The schemas of report.json and directions.safetensors are documented in analysis/REPORT.md. The
+folder is written under a temporary name and renamed when complete, so a folder named OUT is
+always a whole report.
 """
 
 from __future__ import annotations
 
 import os
 import shutil
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -19,6 +22,7 @@ import numpy as np
 from turnphase.analysis import figures, planes, rotation
 from turnphase.analysis.baseline import BaselineFeatures
 from turnphase.analysis.config import AnalysisConfig
+from turnphase.analysis.directions import DIRECTIONS_FILE, Directions, conversation_folds, layer_directions
 from turnphase.analysis.fourier import RoundGrid
 from turnphase.analysis.layer import FOURIER_KS, Columns, LayerResult, Samples, analyze_layer, choose_samples
 from turnphase.analysis.probes import PROBES
@@ -28,7 +32,7 @@ from turnphase.analysis.split import NULLS, Folds, make_folds, pairings
 from turnphase.analysis.token_view import write_token_view
 from turnphase.builders import schema
 from turnphase.builders.errors import TurnphaseError
-from turnphase.builders.provenance import turnphase_version
+from turnphase.builders.provenance import fingerprint, turnphase_version
 from turnphase.builders.writer import atomic_write_json
 
 REPORT_FILE = "report.json"
@@ -44,9 +48,24 @@ def check_out(out: Path, overwrite: bool) -> None:
         raise TurnphaseError(f"{out}: exists and is not empty; pass --overwrite to replace it")
 
 
-def analyze(config: AnalysisConfig, out: Path, *, overwrite: bool = False, verbose: bool = True) -> dict:
-    out = Path(out)
-    check_out(out, overwrite)
+@dataclass
+class AnalysisResult:
+    """What `analyze` returns: the report (report.json's content, schema in REPORT.md) and the
+    fitted readouts of every layer and fold (directions.py), with the folder they were written to."""
+
+    report: dict
+    directions: Directions
+    out: Path | None = None
+
+
+def analyze(
+    config: AnalysisConfig, out: Path | str | None = None, *, overwrite: bool = False, verbose: bool = True
+) -> AnalysisResult:
+    """Run the analysis. With `out`, write report.json, directions.safetensors, figures and token
+    views there (atomically: the folder appears whole or not at all); without, write nothing."""
+    out = None if out is None else Path(out)
+    if out is not None:
+        check_out(out, overwrite)
     src = DatasetSource.open(
         config.source, streaming=config.streaming, batch_size=config.batch_size, revision=config.revision
     )
@@ -64,34 +83,40 @@ def analyze(config: AnalysisConfig, out: Path, *, overwrite: bool = False, verbo
     cols = Columns(labels, BaselineFeatures(labels), grid.token_weights(FOURIER_KS).astype(np.float32))
     pairs = pairings(labels, folds, config)
     circle = rotation.circle_r2(labels, folds.fold)
-    view_tokens = src.conversation_tokens(view_conversation)
+    view_tokens = src.conversation_tokens(view_conversation) if out is not None else None
 
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.parent / f".{out.name}.partial-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
+    tmp = None
+    if out is not None:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        tmp = out.parent / f".{out.name}.partial-{os.getpid()}"
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir()
     try:
-        roles = np.asarray(schema.ROLES)[labels.role]
-        written = [
-            figures.token_counts(labels.round, roles, labels.n_rows - labels.n, tmp / "token_counts.png")
-        ]
-        per_layer, baselines = {}, {}
+        written = []
+        if tmp is not None:
+            roles = np.asarray(schema.ROLES)[labels.role]
+            n_template = labels.n_rows - labels.n
+            written.append(figures.token_counts(labels.round, roles, n_template, tmp / "token_counts.png"))
+        per_layer, baselines, found = {}, {}, {}
         for layer in layers:
             res = analyze_layer(src.layer(layer, labels), labels, folds, pairs, cols, grid, samples, config)
             entry = layer_entry(res, labels, folds, circle, config, baselines)
-            entry["figures"] = layer_figures(res, labels, samples, entry, tmp)
-            entry["token_view"] = write_token_view(
-                tmp / f"layer{layer}_token_view.html",
-                layer=layer,
-                tokens=view_tokens,
-                analysed_positions=labels.token_position[samples.view],
-                estimate=res.view_estimate,
-                corr=entry["planes"]["fourier"]["real"]["circcorr"]["value"],
-                excluded_template=config.exclude_template,
-            )
+            found[layer] = layer_directions(res)
+            if tmp is not None:
+                entry["figures"] = layer_figures(res, labels, samples, entry, tmp)
+                entry["token_view"] = write_token_view(
+                    tmp / f"layer{layer}_token_view.html",
+                    layer=layer,
+                    tokens=view_tokens,
+                    analysed_positions=labels.token_position[samples.view],
+                    estimate=res.view_estimate,
+                    corr=entry["planes"]["fourier"]["real"]["circcorr"]["value"],
+                    excluded_template=config.exclude_template,
+                )
             per_layer[str(layer)] = entry
-        written.append(figures.probe_r2_by_layer(layers, per_layer, tmp / "probe_r2_by_layer.png"))
-        written.append(figures.evidence_by_layer(layers, per_layer, tmp / "evidence_by_layer.png"))
+        if tmp is not None:
+            written.append(figures.probe_r2_by_layer(layers, per_layer, tmp / "probe_r2_by_layer.png"))
+            written.append(figures.evidence_by_layer(layers, per_layer, tmp / "evidence_by_layer.png"))
         report = {
             "report_version": REPORT_VERSION,
             "turnphase_version": turnphase_version(),
@@ -117,16 +142,35 @@ def analyze(config: AnalysisConfig, out: Path, *, overwrite: bool = False, verbo
             "layers": per_layer,
             "summary": summary(per_layer),
             "figures": written,
+            "directions": DIRECTIONS_FILE if tmp is not None else None,
         }
         report["findings"] = findings(report)
-        atomic_write_json(tmp / REPORT_FILE, report)
-        _replace(tmp, out)
+        directions = Directions(
+            found,
+            *conversation_folds(labels.conversation, folds.fold, config.split),
+            metadata={
+                "source": config.source,
+                "dataset_fingerprint": fingerprint(src.provenance),
+                "model": src.provenance.get("model", {"id": src.model_id}),
+                "phase_scheme": config.phase_scheme,
+                "split": config.split,
+                "exclude_template": config.exclude_template,
+                "report_version": REPORT_VERSION,
+                "turnphase_version": turnphase_version(),
+            },
+        )
+        if tmp is not None:
+            directions.save(tmp / DIRECTIONS_FILE)
+            atomic_write_json(tmp / REPORT_FILE, report)
+            _replace(tmp, out)
     finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+        if tmp is not None:
+            shutil.rmtree(tmp, ignore_errors=True)
     if verbose:
         print(table(report))
-        print(f"report: {out / REPORT_FILE}; figures and token views in {out}/")
-    return report
+        if out is not None:
+            print(f"report: {out / REPORT_FILE}; directions, figures and token views in {out}/")
+    return AnalysisResult(report, directions, out)
 
 
 def _replace(tmp: Path, out: Path) -> None:

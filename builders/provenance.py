@@ -62,7 +62,8 @@ def make_provenance(
 
 
 def fingerprint(options: dict) -> str:
-    """A stable hash of the options that determine a build's data (not its output folder)."""
+    """A stable hash of a JSON object: the options that determine a build's data (not its output
+    folder), or a dataset's whole provenance (which dataset a report was made from)."""
     return hashlib.sha256(json.dumps(options, sort_keys=True).encode()).hexdigest()[:16]
 
 

@@ -45,7 +45,7 @@ def main() -> int:
     try:
         for seed in (int(s) for s in args.seeds.split(",")):
             config = AnalysisConfig(args.source, layers=layers, seed=seed)
-            reports[seed] = analyze(config, args.out / f"seed{seed}", verbose=False)
+            reports[seed] = analyze(config, args.out / f"seed{seed}", verbose=False).report
             print(f"seed {seed}: {args.out / f'seed{seed}'}/report.json", flush=True)
     except TurnphaseError as e:
         print(f"error: {e}", file=sys.stderr)

@@ -41,7 +41,7 @@ def main() -> int:
     try:
         for name, options in VARIANTS.items():
             config = AnalysisConfig(args.source, layers=layers, streaming=True, seed=args.seed, **options)
-            reports[name] = analyze(config, args.out / name, verbose=False)
+            reports[name] = analyze(config, args.out / name, verbose=False).report
             print(f"{name}: {args.out / name}/report.json", flush=True)
     except TurnphaseError as e:
         print(f"error: {e}", file=sys.stderr)

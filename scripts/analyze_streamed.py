@@ -33,7 +33,7 @@ def main() -> int:
         args.source, revision=args.revision, layers=layers, streaming=True, seed=args.seed
     )
     try:
-        report = analyze(config, args.out)
+        report = analyze(config, args.out).report
     except TurnphaseError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

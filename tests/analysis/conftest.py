@@ -21,7 +21,7 @@ def helix_dataset(tmp_path_factory):
 def helix_report(helix_dataset, tmp_path_factory) -> dict:
     """The in-memory report of the helix dataset, with default settings."""
     out = tmp_path_factory.mktemp("helix_report") / "report"
-    report = analyze(AnalysisConfig(source=str(helix_dataset)), out, verbose=False)
+    report = analyze(AnalysisConfig(source=str(helix_dataset)), out, verbose=False).report
     report["_out"] = out
     return report
 
@@ -35,7 +35,7 @@ def planted_report(tmp_path_factory):
         if geometry not in reports:
             root = tmp_path_factory.mktemp(geometry)
             ds = write_synthetic_dataset(root / "ds", geometry=geometry, seed=len(reports) + 1, **PLANTED)
-            reports[geometry] = analyze(AnalysisConfig(source=str(ds)), root / "report", verbose=False)
+            reports[geometry] = analyze(AnalysisConfig(source=str(ds)), root / "report", verbose=False).report
         return reports[geometry]
 
     return get

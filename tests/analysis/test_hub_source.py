@@ -79,7 +79,7 @@ def test_hub_id_in_memory_gives_the_folder_report(hub, tmp_path):
     done = run_analyze(endpoint, tmp_path, REPO_ID, "--out", str(tmp_path / "r"), "--layers", "1")
     assert done.returncode == 0, done.stderr[-3000:]
     got = json.loads((tmp_path / "r" / "report.json").read_text())
-    local = analyze(AnalysisConfig(str(folder), layers=[1]), tmp_path / "local", verbose=False)
+    local = analyze(AnalysisConfig(str(folder), layers=[1]), tmp_path / "local", verbose=False).report
     assert got.pop("source") == REPO_ID
     assert got["config"].pop("source") == REPO_ID
     local.pop("source"), local["config"].pop("source")

@@ -112,7 +112,7 @@ def test_report_folder_holds_what_it_lists(helix_report):
     listed = set(helix_report["figures"])
     for entry in helix_report["layers"].values():
         listed |= set(entry["figures"]) | {entry["token_view"]}
-    assert {p.name for p in out.iterdir()} == listed | {"report.json"}
+    assert {p.name for p in out.iterdir()} == listed | {"report.json", helix_report["directions"]}
     assert all(name.endswith(".png") for name in listed if "token_view" not in name)
     html = (out / "layer1_token_view.html").read_text()
     assert "<span" in html and "t10" in html
