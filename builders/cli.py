@@ -3,6 +3,7 @@
     turnphase build --out data/smollm2            # topics -> conversations -> activations -> dataset
     turnphase validate data/smollm2               # exit 0, or 1 with one line per problem
     turnphase analyze data/smollm2 --out report   # probes, control, PCA/Fourier, figures, report.json
+    turnphase steer data/smollm2 --report report --layers 19 --out steer   # the causal test
     turnphase push data/smollm2 USER/turnphase-smollm2-135m-instruct
 
 Each subcommand lives in the module that does the work, as `add_arguments(parser)` and
@@ -27,6 +28,7 @@ COMMANDS = {
         "turnphase.analysis.cli",
         "probes, baselines, nulls, colour wheels, rotation tests and a verdict",
     ),
+    "steer": ("turnphase.steering.cli", "steer the model along the phase directions, against random ones"),
 }
 
 

@@ -101,6 +101,13 @@ class GenerationSettings:
     seed: int = 0
 
 
+def end_of_turn_ids(model, tokenizer) -> list[int]:
+    """The ids that end a turn: the generation config's end-of-sequence ids and the tokenizer's."""
+    eos = model.generation_config.eos_token_id
+    eos = list(eos) if isinstance(eos, list | tuple) else [eos]
+    return sorted({e for e in [*eos, tokenizer.eos_token_id] if e is not None})
+
+
 def step_seed(seed: int, *parts: int) -> int:
     """A seed per (step, attempt, batch): a resumed build replays each call with the same RNG."""
     return int.from_bytes(hashlib.sha256(repr((seed, *parts)).encode()).digest()[:4], "little")
@@ -114,9 +121,7 @@ class BatchedChat:
         from turnphase.builders.prefix_cache import PrefixCache  # imports torch
 
         self.model, self.tokenizer, self.settings = model, tokenizer, settings
-        eos = model.generation_config.eos_token_id
-        eos = list(eos) if isinstance(eos, list | tuple) else [eos]
-        self.eos_ids = sorted({e for e in [*eos, tokenizer.eos_token_id] if e is not None})
+        self.eos_ids = end_of_turn_ids(model, tokenizer)
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else self.eos_ids[0]
         self.cache = PrefixCache(model.config, reuse=reuse_cache)
         self.new_tokens = 0

@@ -1,0 +1,107 @@
+"""`turnphase steer`: the causal test. Steer the dataset's model along the phase directions an
+analysis found, against random directions, and measure how its assistant turns end."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from turnphase.steering.config import SETTINGS, SteerConfig, numbers
+
+
+def _list(text: str) -> list[str]:
+    return [x.strip() for x in text.split(",") if x.strip()]
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    d = SteerConfig("", "", [0])
+    p.add_argument("dataset", help="dataset folder or Hub id (prompts, and the model's identity)")
+    p.add_argument(
+        "--report", required=True, help="`turnphase analyze` output folder (directions.safetensors)"
+    )
+    p.add_argument("--layers", required=True, type=_list, help="layers to steer, e.g. 19 or 17,19")
+    p.add_argument("--out", type=Path, required=True, help="folder for steer.json, figures and summary.txt")
+    p.add_argument("--overwrite", action="store_true", help="replace a non-empty --out")
+    p.add_argument("--model", default=None, help="default: the dataset's model, from its provenance")
+    p.add_argument(
+        "--force", action="store_true", help="steer a model whose weights differ from the dataset's"
+    )
+    p.add_argument("--revision", default=None, help="the dataset's Hub branch, tag or commit")
+    p.add_argument(
+        "--fold",
+        type=int,
+        default=d.fold,
+        help="analysis fold: its directions, its held-out prompts (%(default)s)",
+    )
+    p.add_argument("--settings", type=_list, default=d.settings, help=f"{','.join(SETTINGS)} (default: both)")
+    p.add_argument(
+        "--cut",
+        type=float,
+        default=d.cut,
+        help="share of the assistant turn kept in `mid` prompts (%(default)s)",
+    )
+    p.add_argument(
+        "--prompts",
+        dest="max_prompts",
+        type=int,
+        default=d.max_prompts,
+        help="prompts per setting (%(default)s)",
+    )
+    p.add_argument(
+        "--max-new-tokens", type=int, default=d.max_new_tokens, help="token budget of a turn (%(default)s)"
+    )
+    p.add_argument("--add", type=_list, default=d.add, help="a grid, each used with both signs (%(default)s)")
+    p.add_argument(
+        "--rotate", type=_list, default=d.rotate, help="angle grid in degrees, both ways (%(default)s)"
+    )
+    p.add_argument(
+        "--random",
+        dest="n_random",
+        type=int,
+        default=d.n_random,
+        help="random directions and planes per strength (%(default)s)",
+    )
+    p.add_argument(
+        "--kl-tokens",
+        type=int,
+        default=d.kl_tokens,
+        help="positions of unsteered text for the KL (%(default)s)",
+    )
+    p.add_argument(
+        "--bootstrap",
+        dest="n_bootstrap",
+        type=int,
+        default=d.n_bootstrap,
+        help="resamples for the intervals (%(default)s)",
+    )
+    p.add_argument(
+        "--seed", type=int, default=d.seed, help="sampling, prompt sample and random draws (%(default)s)"
+    )
+    p.add_argument(
+        "--batch-size", type=int, default=d.batch_size, help="prompts per generate call (%(default)s)"
+    )
+
+
+def config_from(args: argparse.Namespace) -> SteerConfig:
+    """The config, with lists of numbers checked here so a bad one is one line (TurnphaseError)."""
+    args.layers = numbers("--layers", args.layers, int)
+    args.add, args.rotate = numbers("--add", args.add, float), numbers("--rotate", args.rotate, float)
+    fields = ("report", "layers", "out", "overwrite", "model", "force", "revision", "fold", "settings", "cut")
+    fields += (
+        "max_prompts",
+        "max_new_tokens",
+        "add",
+        "rotate",
+        "n_random",
+        "kl_tokens",
+        "n_bootstrap",
+        "seed",
+    )
+    return SteerConfig(args.dataset, **{f: getattr(args, f) for f in (*fields, "batch_size")})
+
+
+def run(args: argparse.Namespace) -> int:
+    from turnphase.steering.run import steer
+
+    steer(config_from(args))
+    return 0

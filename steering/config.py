@@ -1,0 +1,84 @@
+"""What one `turnphase steer` run does, as one typed config (the CLI parses straight into it)."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Literal
+
+from turnphase.builders.conversations import GenerationSettings
+from turnphase.builders.errors import TurnphaseError
+
+Setting = Literal["start", "mid"]
+SETTINGS: tuple[Setting, ...] = ("start", "mid")
+PLANES = ("trig", "fourier")  # the phase planes rotated and ablated (directions.py plane/<name>)
+MIN_RANDOM = 2  # below this no spread; 20 or more for the reported runs (the default)
+
+
+def numbers(flag: str, values, kind=float) -> list:
+    """Each value as `kind`, or TurnphaseError naming the flag."""
+    try:
+        return [kind(v) for v in values]
+    except (TypeError, ValueError):
+        raise TurnphaseError(
+            f"{flag} takes numbers separated by commas, not {','.join(map(str, values))!r}"
+        ) from None
+
+
+@dataclass
+class SteerConfig:
+    # What to read
+    dataset: str  # dataset folder or Hub id: prompts and the model's identity
+    report: str  # `turnphase analyze` output folder (or its directions.safetensors)
+    layers: list[int]
+    revision: str | None = None  # the dataset's Hub branch, tag or commit
+    model: str | None = None  # None: the dataset's model, from its provenance
+    force: bool = False  # steer a model whose weights hash differs from the dataset's
+
+    # Prompts: held-out conversations of one analysis fold, at the start of each assistant turn
+    # (`start`) and cut partway into it (`mid`, after `cut` of its tokens)
+    fold: int = 0
+    settings: list[Setting] = field(default_factory=lambda: list(SETTINGS))
+    cut: float = 0.5
+    max_prompts: int = 16  # per setting, a seeded sample when there are more
+
+    # Generation (sampling as the build's assistant turns)
+    max_new_tokens: int = 48  # a turn's budget: decoding is the cost of every condition
+    temperature: float = GenerationSettings.temperature
+    top_p: float = GenerationSettings.top_p
+    seed: int = 0
+    batch_size: int = 64  # prompts per generate call: bounds memory, not results
+
+    # Interventions: each magnitude with both signs / directions
+    add: list[float] = field(default_factory=lambda: [0.05, 0.2])  # a, in units of |h|
+    rotate: list[float] = field(default_factory=lambda: [90.0])  # degrees
+    n_random: int = 20  # random directions and planes per strength
+    kl_tokens: int = 32  # positions of the unsteered text the KL divergence is averaged over
+    n_bootstrap: int = 1000
+
+    out: Path | None = None
+    overwrite: bool = False
+
+    def __post_init__(self) -> None:
+        self.add, self.rotate = [float(a) for a in self.add], [float(a) for a in self.rotate]
+        for name in ("add", "rotate"):
+            grid = getattr(self, name)
+            if not grid or any(not math.isfinite(a) or a <= 0 for a in grid):
+                raise TurnphaseError(f"--{name}: give positive numbers (each is used with both signs)")
+        if not self.layers:
+            raise TurnphaseError("--layers: name at least one layer")
+        if not self.settings or any(s not in SETTINGS for s in self.settings):
+            raise TurnphaseError(f"--settings: choose from {', '.join(SETTINGS)}")
+        if not 0 < self.cut < 1:
+            raise TurnphaseError("--cut must be between 0 and 1 (the share of the assistant turn kept)")
+        if self.n_random < MIN_RANDOM:
+            raise TurnphaseError(f"--random must be at least {MIN_RANDOM} (20 or more for a reported result)")
+        for name in ("max_prompts", "max_new_tokens", "kl_tokens", "n_bootstrap", "batch_size"):
+            if getattr(self, name) < 1:
+                raise TurnphaseError(f"--{name.replace('_', '-')} must be at least 1")
+        if not 0 < self.temperature <= 5 or not 0 < self.top_p <= 1:
+            raise TurnphaseError("--temperature must be in (0, 5] and --top-p in (0, 1]")
+
+    def to_json(self) -> dict:
+        return {k: str(v) if isinstance(v, Path) else v for k, v in asdict(self).items()}

@@ -1,0 +1,87 @@
+"""The three interventions, as exact functions of a layer's output h (..., d_model).
+
+    add     h + a * |h| * u                              u a unit direction, |h| per position
+    rotate  h + Q (R(theta) - I) (Q^T h - c)             Q (d, 2) an orthonormal basis of a phase plane,
+                                                         c the plane's centre in that basis: the
+                                                         in-plane part about the centre turns by theta,
+                                                         its length and everything orthogonal stay
+    ablate  h - B (B^T h - B^T mu)                       B (d, k) orthonormal (a direction or a plane):
+                                                         the component along B is set to the training
+                                                         mean's
+
+Each edit is `h + delta(h)` with delta exactly 0 at zero strength, so a zero edit reproduces
+unsteered generation token for token. Planes come from a 2-D readout u = x @ W + b (directions.py):
+Q spans W's columns, oriented so that turning by +theta turns the readout's angle atan2(u1, u0) the
+same way (toward a later phase), and c is where the readout is zero.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+
+@dataclass
+class Add:
+    u: torch.Tensor  # (d,) unit
+    a: float
+
+    def __call__(self, h: torch.Tensor) -> torch.Tensor:
+        return h + self.a * h.norm(dim=-1, keepdim=True) * self.u.to(h.dtype)
+
+
+@dataclass
+class Rotate:
+    q: torch.Tensor  # (d, 2) orthonormal columns
+    centre: torch.Tensor  # (2,) in the basis q
+    degrees: float
+
+    def __call__(self, h: torch.Tensor) -> torch.Tensor:
+        t = np.radians(self.degrees)
+        turn = torch.tensor([[np.cos(t) - 1.0, -np.sin(t)], [np.sin(t), np.cos(t) - 1.0]], dtype=h.dtype)
+        q = self.q.to(h.dtype)
+        c = h @ q - self.centre.to(h.dtype)  # (..., 2)
+        return h + (c @ turn.T) @ q.T
+
+
+@dataclass
+class Ablate:
+    basis: torch.Tensor  # (d, k) orthonormal columns
+    mean: torch.Tensor  # (d,) training mean: the value the removed component is set to
+
+    def __call__(self, h: torch.Tensor) -> torch.Tensor:
+        b = self.basis.to(h.dtype)
+        return h - ((h - self.mean.to(h.dtype)) @ b) @ b.T
+
+
+def unit(v: np.ndarray) -> torch.Tensor:
+    v = np.asarray(v, dtype=np.float64).ravel()
+    return torch.from_numpy(v / np.linalg.norm(v)).float()
+
+
+def plane_basis(weight: np.ndarray, bias: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+    """(Q, centre) of the plane a 2-D readout u = x @ weight + bias (weight (d, 2)) reads.
+
+    With M = Q^T weight (2, 2), u = (Q^T x - c) @ M for x in the plane, c = -bias M^-1; Q's second
+    column is flipped if det M < 0, so the readout's angle grows with the angle in Q's coordinates."""
+    q, _ = np.linalg.qr(np.asarray(weight, dtype=np.float64))
+    m = q.T @ weight
+    if np.linalg.det(m) < 0:
+        q[:, 1] *= -1
+        m = q.T @ weight
+    centre = -np.asarray(bias, dtype=np.float64) @ np.linalg.inv(m)
+    return torch.from_numpy(q).float(), torch.from_numpy(centre).float()
+
+
+def random_directions(n: int, d: int, seed: int) -> list[torch.Tensor]:
+    """n unit directions, uniform on the sphere."""
+    g = np.random.default_rng([seed, 1])
+    return [unit(v) for v in g.standard_normal((n, d))]
+
+
+def random_planes(n: int, d: int, seed: int) -> list[torch.Tensor]:
+    """n planes, uniform: orthonormal (d, 2) bases."""
+    g = np.random.default_rng([seed, 2])
+    return [torch.from_numpy(np.linalg.qr(g.standard_normal((d, 2)))[0]).float() for _ in range(n)]

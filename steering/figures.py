@@ -1,0 +1,101 @@
+"""Steering figures: dose-response against the random-control band, and P(end of turn) by step."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from matplotlib.figure import Figure
+
+DPI = 130
+PANELS = (("length", "turn length (tokens)"), ("p_end", "mean P(end of turn)"))
+LINES = {
+    "add": ("probe/linear", "scrambled/probe/linear"),
+    "rotate": ("plane/trig", "plane/fourier", "scrambled/plane/trig"),
+}
+
+
+def dose_response(entry: dict, title: str, path: Path) -> str:
+    fig = Figure(figsize=(10, 7), layout="constrained")
+    axes = fig.subplots(2, 2)
+    for row, (kind, targets) in enumerate(LINES.items()):
+        conds = [c for c in entry["conditions"] if c["kind"] == kind]
+        for col, (measure, label) in enumerate(PANELS):
+            ax = axes[row, col]
+            base = entry["unsteered"][measure]["value"]
+            # the random band: unsteered + random mean +- 1.96 sd, at both signs of each magnitude
+            band = {}
+            for c in conds:
+                e = c["effect"][measure]
+                band[c["strength"]] = (
+                    base + e["random_mean"] - 1.96 * e["random_sd"],
+                    base + e["random_mean"] + 1.96 * e["random_sd"],
+                )
+            xs = sorted(band | {0.0: (base, base)})
+            ax.fill_between(
+                xs,
+                [band.get(x, (base, base))[0] for x in xs],
+                [band.get(x, (base, base))[1] for x in xs],
+                color="0.85",
+                label="random (95% of draws)",
+            )
+            for target in targets:
+                pts = sorted((c["strength"], c) for c in conds if c["target"] == target)
+                if not pts:
+                    continue
+                x = [0.0, *(s for s, _ in pts)]
+                y = [base, *(base + c["effect"][measure]["value"] for _, c in pts)]
+                lo = [base, *(base + (c["effect"][measure]["ci95"] or [np.nan] * 2)[0] for _, c in pts)]
+                hi = [base, *(base + (c["effect"][measure]["ci95"] or [np.nan] * 2)[1] for _, c in pts)]
+                order = np.argsort(x)
+                x, y, lo, hi = (np.asarray(v)[order] for v in (x, y, lo, hi))
+                ax.errorbar(x, y, yerr=[y - lo, hi - y], marker="o", capsize=3, label=target)
+            ax.axhline(base, color="k", lw=0.6, ls=":")
+            ax.set_xlabel(
+                "a (|h| units; + toward a later phase)"
+                if kind == "add"
+                else "angle, degrees (+ toward a later phase)"
+            )
+            ax.set_ylabel(label)
+            ax.set_title(f"{kind}: {label}")
+            if col == 0:
+                ax.legend(fontsize=7)
+    fig.suptitle(title)
+    fig.savefig(path, dpi=DPI)
+    return path.name
+
+
+def p_end_curves(entry: dict, title: str, path: Path) -> str:
+    fig = Figure(figsize=(7, 4), layout="constrained")
+    ax = fig.subplots()
+    ax.plot(_xy(entry["unsteered"]["p_end_curve"]), color="k", label="unsteered")
+    strongest = {}
+    for c in entry["conditions"]:
+        if c["target"] in ("probe/linear", "plane/trig") and c["kind"] in ("add", "rotate"):
+            key = (c["target"], np.sign(c["strength"]))
+            if abs(c["strength"]) >= abs(strongest.get(key, {"strength": 0})["strength"]):
+                strongest[key] = c
+    for c in strongest.values():
+        ax.plot(_xy(c["p_end_curve"]), label=c["name"], lw=1)
+    ax.set_xlabel("generated step")
+    ax.set_ylabel("mean P(end of turn), turns still running")
+    ax.set_yscale("log")
+    ax.legend(fontsize=7)
+    ax.set_title(title)
+    fig.savefig(path, dpi=DPI)
+    return path.name
+
+
+def _xy(curve: list) -> np.ndarray:
+    return np.array([np.nan if v is None else v for v in curve])
+
+
+def write_all(result: dict, out: Path) -> list[str]:
+    written = []
+    for L, settings in result["layers"].items():
+        for setting, entry in settings.items():
+            prompts = entry["n_prompts"]
+            title = f"{result['model']['id']}, layer {L}, {setting} of the assistant turn ({prompts} prompts)"
+            written.append(dose_response(entry, title, out / f"layer{L}_{setting}_dose_response.png"))
+            written.append(p_end_curves(entry, title, out / f"layer{L}_{setting}_p_end.png"))
+    return written

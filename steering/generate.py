@@ -1,0 +1,186 @@
+"""Batched, seeded generation with an edit at one layer, written with nnsight.
+
+Every prompt's keys and values are computed once, unsteered, and kept (builders/prefix_cache.py).
+Each condition then feeds only each prompt's last token: every forward of its `generate` call
+processes exactly the positions a token is sampled from (the last prompt token, then each new
+token), and the edit applies to all of them. The prompt itself is never edited, so conditions
+differ only where the issue asks: on every generated position.
+
+    run = Steerer(loaded_model, prompts, layer=19, max_new_tokens=96)
+    out = run.generate(Add(u, 0.1), seed=0)   # out.tokens, out.p_end, out.ended
+    kl = run.kl(Add(u, 0.1), reference=run.generate(None, seed=0))
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from turnphase.builders.activations import _decoder_layers
+from turnphase.builders.conversations import end_of_turn_ids
+from turnphase.builders.prefix_cache import PrefixCache
+
+Edit = Callable[[torch.Tensor], torch.Tensor]
+PREFILL_BATCH = 8  # prompts per prefill forward: bounds the attention buffers, not the results
+
+
+@dataclass
+class Generation:
+    tokens: list[list[int]]  # per prompt: generated ids before the end-of-turn token (or all, if capped)
+    ended: np.ndarray  # (n,) bool: the end-of-turn token came within the budget
+    p_end: np.ndarray  # (n, max_new_tokens) P(end of turn) at each step; NaN after the turn ended
+
+    @property
+    def length(self) -> np.ndarray:
+        return np.array([len(t) for t in self.tokens])
+
+
+def _hidden(output):
+    """A decoder block's hidden states (some models return them first in a tuple)."""
+    return output[0] if isinstance(output, tuple) else output
+
+
+class _Steps:
+    """A streamer (transformers' protocol): collects the ids `generate` samples, step by step."""
+
+    def __init__(self):
+        self.steps: list[torch.Tensor] = []
+
+    def put(self, value: torch.Tensor) -> None:
+        self.steps.append(value.detach().cpu())
+
+    def end(self) -> None:
+        pass
+
+
+class Steerer:
+    def __init__(
+        self,
+        model,
+        tokenizer,
+        prompts: list[list[int]],
+        layer: int,
+        *,
+        max_new_tokens: int,
+        temperature: float,
+        top_p: float,
+        batch_size: int = 64,
+    ):
+        from nnsight import TransformersModel
+
+        self.model, self.tokenizer, self.layer = model, tokenizer, layer
+        self.prompts = [list(p) for p in prompts]
+        self.max_new_tokens, self.temperature, self.top_p = max_new_tokens, temperature, top_p
+        self.batch_size = batch_size
+        self.eos_ids = end_of_turn_ids(model, tokenizer)
+        self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else self.eos_ids[0]
+        self.lm = TransformersModel(model, tokenizer=tokenizer)
+        self.at_layer(layer)
+        self.cache = PrefixCache(model.config)
+        self.keys = list(range(len(prompts)))
+        self._prefill()
+
+    def at_layer(self, layer: int) -> None:
+        """Edit this layer from now on (the cached prompts do not depend on it)."""
+        self.layer, self.block = layer, _decoder_layers(self.lm)[layer]
+
+    def _prefill(self) -> None:
+        """Keys and values of every prompt but its last token (which each condition feeds, edited)."""
+        for b in range(0, len(self.prompts), PREFILL_BATCH):
+            keys = self.keys[b : b + PREFILL_BATCH]
+            rows = [self.prompts[k][:-1] for k in keys]
+            ids, mask, cache = self.cache.batch(keys, rows, self.pad_id, 0)
+            positions = (mask.cumsum(-1) - 1).clamp(min=0)
+            with torch.inference_mode():
+                self.model(input_ids=ids, attention_mask=mask, position_ids=positions, cache=cache)
+            self.cache.store(keys, rows, mask, cache, [[] for _ in keys])
+
+    def _batches(self):
+        for b in range(0, len(self.prompts), self.batch_size):
+            yield self.keys[b : b + self.batch_size]
+
+    def generate(self, edit: Edit | None, seed: int, *, plain: bool = False) -> Generation:
+        """Sample every prompt's continuation with `edit` at the layer (None: unsteered, still through
+        nnsight; `plain`: unsteered through transformers alone, the reference a zero edit must match)."""
+        tokens, ended, p_end = [], [], []
+        for n, keys in enumerate(self._batches()):
+            rows = [self.prompts[k] for k in keys]
+            ids, mask, cache = self.cache.batch(keys, rows, self.pad_id, self.max_new_tokens)
+            kwargs = dict(
+                attention_mask=mask,
+                cache=cache,
+                max_new_tokens=self.max_new_tokens,
+                do_sample=True,
+                temperature=self.temperature,
+                top_p=self.top_p,
+                eos_token_id=self.eos_ids,
+                pad_token_id=self.pad_id,
+            )
+            steps, probs = _Steps(), []
+            torch.manual_seed(seed + n)
+            with torch.inference_mode():
+                if plain:
+                    out = self.model.generate(ids, **kwargs, return_dict_in_generate=True, output_logits=True)
+                    new = out.sequences[:, ids.shape[1] :]
+                    probs = [self._p_end(lg) for lg in out.logits]
+                else:
+                    with warnings.catch_warnings():
+                        # the open-ended step loop leaves one request parked after the last step
+                        warnings.simplefilter("ignore")
+                        with self.lm.generate(ids, streamer=steps, **kwargs) as tracer:
+                            for _ in tracer.all():
+                                if edit is not None:
+                                    h = _hidden(self.block.output)
+                                    h[:] = edit(h)
+                                probs.append(self._p_end(self.lm.lm_head.output[:, -1]))
+                    new = torch.stack(steps.steps[1:], dim=1)
+            for b, row in enumerate(new.tolist()):
+                end = next((k for k, t in enumerate(row) if t in self.eos_ids), None)
+                tokens.append(row if end is None else row[:end])
+                ended.append(end is not None)
+                curve = np.full(self.max_new_tokens, np.nan)
+                steps_run = len(row) if end is None else end + 1
+                curve[:steps_run] = [float(p[b]) for p in probs[:steps_run]]
+                p_end.append(curve)
+        return Generation(tokens, np.array(ended), np.stack(p_end))
+
+    def _p_end(self, logits: torch.Tensor) -> torch.Tensor:
+        """P(end of turn) under the model's own next-token distribution (temperature 1, no top-p)."""
+        return torch.softmax(logits.float(), dim=-1)[:, self.eos_ids].sum(-1).cpu()
+
+    def log_probs(self, edit: Edit | None, reference: Generation, n_tokens: int) -> list[torch.Tensor]:
+        """Per prompt, log-softmax (t, vocab) of the next-token distribution along the reference's
+        first tokens (teacher forcing: the unsteered text), with `edit` at the layer on every fed
+        position; t = min(n_tokens, tokens generated + 1 for the end-of-turn token)."""
+        out = []
+        for keys in self._batches():
+            conts = [reference.tokens[k][: n_tokens - 1] for k in keys]
+            rows = [self.prompts[k] + c for k, c in zip(keys, conts, strict=True)]
+            ids, mask, cache = self.cache.batch(keys, rows, self.pad_id, 0)
+            reused = cache.get_seq_length()
+            positions = (mask.cumsum(-1) - 1).clamp(min=0)
+            kwargs = dict(attention_mask=mask, position_ids=positions[:, reused:], cache=cache)
+            with torch.inference_mode(), warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                with self.lm.trace(ids[:, reused:], **kwargs):
+                    if edit is not None:
+                        h = _hidden(self.block.output)
+                        h[:] = edit(h)
+                    logits = self.lm.lm_head.output.save()
+            logp = torch.log_softmax(logits.float(), dim=-1)
+            for b, c in enumerate(conts):
+                out.append(logp[b, logp.shape[1] - len(c) - 1 :])
+        return out
+
+    def kl(
+        self, edit: Edit, reference: Generation, unsteered: list[torch.Tensor], n_tokens: int
+    ) -> np.ndarray:
+        """(n,) mean over the first positions of the reference text of KL(steered || unsteered)."""
+        steered = self.log_probs(edit, reference, n_tokens)
+        return np.array(
+            [float((s.exp() * (s - u)).sum(-1).mean()) for s, u in zip(steered, unsteered, strict=True)]
+        )

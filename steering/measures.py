@@ -1,0 +1,54 @@
+"""Per-prompt measures of a generated turn, and effects with intervals and random-control scores.
+
+    length   tokens of the turn before the end-of-turn token (the budget, for turns that hit it)
+    ended    1 if the end-of-turn token came within the budget
+    broken   1 if the turn has a role label, is empty or repeats the instruction (the build's checks)
+    p_end    mean over the turn's steps of P(end-of-turn token) under the model's distribution
+    kl       mean KL(steered || unsteered) of the next-token distribution along the unsteered text
+
+An effect is the mean over prompts of (condition - unsteered), paired by prompt, with a 95% percentile
+bootstrap interval over prompts; against the family's random draws it gets a z-score and an
+empirical two-sided p-value, (1 + #{random draws at least as far from the random mean}) / (1 + n).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import scipy.stats
+
+from turnphase.builders.conversations import turn_problem
+from turnphase.steering.generate import Generation
+
+MEASURES = ("length", "ended", "broken", "p_end", "kl")
+
+
+def per_prompt(gen: Generation, tokenizer, kl: np.ndarray) -> dict[str, np.ndarray]:
+    texts = tokenizer.batch_decode(gen.tokens, skip_special_tokens=True)
+    return {
+        "length": gen.length.astype(float),
+        "ended": gen.ended.astype(float),
+        "broken": np.array([turn_problem(t, True) is not None for t in texts], dtype=float),
+        "p_end": np.nanmean(gen.p_end, axis=1),
+        "kl": kl,
+    }
+
+
+def interval(values: np.ndarray, n_bootstrap: int, seed: int) -> list[float] | None:
+    """95% percentile bootstrap interval of the mean over prompts."""
+    if len(values) < 2 or np.ptp(values) == 0:
+        return None if len(values) < 2 else [float(values[0])] * 2
+    res = scipy.stats.bootstrap(
+        (values,), np.mean, n_resamples=n_bootstrap, method="percentile", rng=np.random.default_rng(seed)
+    )
+    return [float(res.confidence_interval.low), float(res.confidence_interval.high)]
+
+
+def against_random(effect: float, random: np.ndarray) -> dict:
+    centre, sd = float(np.mean(random)), float(np.std(random, ddof=1))
+    far = np.abs(random - centre) >= abs(effect - centre) - 1e-12
+    return {
+        "random_mean": centre,
+        "random_sd": sd,
+        "z": (effect - centre) / sd if sd > 0 else None,
+        "p": float((1 + far.sum()) / (1 + len(random))),
+    }

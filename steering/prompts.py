@@ -1,0 +1,57 @@
+"""Prompts from the dataset's held-out conversations (those one analysis fold never trained on).
+
+    start   the conversation up to the start of an assistant turn: the chat template's generation
+            prompt, so the model writes the whole turn
+    mid     the same, plus the first `cut` of that assistant turn's own tokens: the model finishes it
+
+One prompt per assistant turn of each held-out conversation, a seeded sample of `max_prompts`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from turnphase.analysis.source import DatasetSource
+from turnphase.builders import schema
+from turnphase.builders.errors import TurnphaseError
+
+
+@dataclass
+class Prompt:
+    conversation_id: int
+    round: int  # which assistant turn (0-based)
+    ids: list[int]
+    natural_length: int  # tokens the dataset's own turn has from here to its end (the unsteered model's turn)
+
+
+def conversations(src: DatasetSource, ids: np.ndarray) -> dict[int, list[dict]]:
+    """conversation id -> messages, for the ids asked for."""
+    wanted, found = set(int(i) for i in ids), {}
+    for t in src.tables(schema.CONVERSATIONS, ["conversation_id", "messages"]):
+        for cid, messages in zip(t["conversation_id"].to_pylist(), t["messages"].to_pylist(), strict=True):
+            if cid in wanted:
+                found[cid] = messages
+    return found
+
+
+def make_prompts(
+    tokenizer, chats: dict[int, list[dict]], setting: str, cut: float, max_prompts: int, seed: int
+) -> list[Prompt]:
+    prompts = []
+    for cid in sorted(chats):
+        messages = chats[cid]
+        turns = [i for i, m in enumerate(messages) if m["role"] == "assistant"]
+        for rnd, i in enumerate(turns):
+            text = tokenizer.apply_chat_template(messages[:i], tokenize=False, add_generation_prompt=True)
+            ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+            answer = tokenizer(messages[i]["content"], add_special_tokens=False)["input_ids"]
+            kept = int(len(answer) * cut) if setting == "mid" else 0
+            prompts.append(Prompt(cid, rnd, ids + answer[:kept], len(answer) - kept))
+    if not prompts:
+        raise TurnphaseError("no prompts: the held-out conversations have no assistant turns")
+    if len(prompts) > max_prompts:
+        rng = np.random.default_rng([seed, len(prompts)])
+        prompts = [prompts[i] for i in sorted(rng.choice(len(prompts), max_prompts, replace=False))]
+    return prompts

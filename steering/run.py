@@ -1,0 +1,220 @@
+"""`steer(config)`: dataset + analysis report in; steer.json, figures and a printed summary out.
+
+    result = steer(SteerConfig("data/smollm2", "report/smollm2", layers=[19], out=Path("steer")))
+    result["layers"]["19"]["start"]["conditions"]   # schema: steering/STEER.md
+
+The model is the dataset's (its provenance names it and its weights hash); directions and prompts
+come from one analysis fold: its models were fitted without the conversations the prompts come from.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from turnphase.analysis.directions import Directions
+from turnphase.analysis.report import check_out
+from turnphase.analysis.source import DatasetSource
+from turnphase.builders.errors import TurnphaseError
+from turnphase.builders.model import DEFAULT_MODEL, LoadedModel, load_model
+from turnphase.builders.provenance import fingerprint, turnphase_version
+from turnphase.builders.writer import atomic_write_json
+from turnphase.steering import figures
+from turnphase.steering.conditions import Condition, conditions
+from turnphase.steering.config import SteerConfig
+from turnphase.steering.generate import Generation, Steerer
+from turnphase.steering.measures import MEASURES, against_random, interval, per_prompt
+from turnphase.steering.prompts import Prompt, conversations, make_prompts
+from turnphase.steering.summary import findings, table
+
+STEER_FILE = "steer.json"
+STEER_VERSION = 1
+EXAMPLES = 3  # example generations per (non-random) condition
+
+
+def check_inputs(config: SteerConfig) -> tuple[Directions, DatasetSource, np.ndarray]:
+    """Everything that can be checked before the model loads: one TurnphaseError line if not."""
+    directions = Directions.load(config.report)
+    src = DatasetSource.open(config.dataset, revision=config.revision)
+    if directions.metadata.get("dataset_fingerprint") != fingerprint(src.provenance):
+        raise TurnphaseError(
+            f"{config.report} was made from another dataset than {config.dataset} "
+            "(its dataset fingerprint differs); steer with the dataset it analysed"
+        )
+    missing = [L for L in config.layers if L not in directions.layers]
+    if missing:
+        raise TurnphaseError(
+            f"layer(s) {missing} are not in the report (layers: {', '.join(map(str, sorted(directions.layers)))})"
+        )
+    held = directions.held_out(config.fold)
+    if len(held) == 0:
+        raise TurnphaseError(
+            f"fold {config.fold} holds out no conversations (the report has "
+            f"{len(next(iter(directions.layers.values())).folds)} folds; a token split holds out none)"
+        )
+    if config.out is not None:
+        check_out(Path(config.out), config.overwrite)
+    return directions, src, held
+
+
+def load_dataset_model(config: SteerConfig, src: DatasetSource, d_model: int) -> LoadedModel:
+    made_with = src.provenance["model"]
+    wanted = config.model or made_with["id"]
+    loaded = load_model(None if wanted == DEFAULT_MODEL and config.model is None else wanted, layers="all")
+    if loaded.weights_sha256 != made_with.get("weights_sha256") and not config.force:
+        raise TurnphaseError(
+            f"model {loaded.id!r} has weights sha256 {loaded.weights_sha256} but the dataset was made "
+            f"with {made_with.get('weights_sha256')}; pass --force to steer it anyway"
+        )
+    if loaded.d_model != d_model:
+        raise TurnphaseError(
+            f"model {loaded.id!r} has width {loaded.d_model}, the report's directions {d_model}"
+        )
+    return loaded
+
+
+def steer(config: SteerConfig, *, verbose: bool = True) -> dict:
+    directions, src, held = check_inputs(config)
+    d_model = len(next(iter(directions.layers.values())).folds[0].mean)
+    loaded = load_dataset_model(config, src, d_model)
+    chats = conversations(src, held)
+    layers: dict[str, dict] = {str(L): {} for L in config.layers}
+    prompt_info = {}
+    for setting in config.settings:
+        prompts = make_prompts(loaded.tokenizer, chats, setting, config.cut, config.max_prompts, config.seed)
+        prompt_info[setting] = [{"conversation_id": p.conversation_id, "round": p.round} for p in prompts]
+        steerer = None
+        for L in config.layers:
+            if steerer is None:  # the prompts' keys and values do not depend on the layer
+                steerer = Steerer(
+                    loaded.model,
+                    loaded.tokenizer,
+                    [p.ids for p in prompts],
+                    L,
+                    max_new_tokens=config.max_new_tokens,
+                    temperature=config.temperature,
+                    top_p=config.top_p,
+                    batch_size=config.batch_size,
+                )
+            steerer.at_layer(L)
+            found = directions.layers[L].folds[config.fold]
+            conds = conditions(found, d_model, config, L)
+            layers[str(L)][setting] = run_setting(steerer, conds, prompts, config, f"layer {L} {setting}")
+    result = {
+        "steer_version": STEER_VERSION,
+        "turnphase_version": turnphase_version(),
+        "dataset": config.dataset,
+        "dataset_fingerprint": fingerprint(src.provenance),
+        "report": str(config.report),
+        "model": loaded.describe(),
+        "config": config.to_json(),
+        "prompts": {"fold": config.fold, "conversations": [int(c) for c in held], **prompt_info},
+        "layers": layers,
+    }
+    result["findings"] = findings(result)
+    if config.out is not None:
+        write(result, Path(config.out))
+    if verbose:
+        print(table(result))
+        if config.out is not None:
+            print(f"steer.json, figures and examples: {config.out}/")
+    return result
+
+
+def run_setting(
+    steerer: Steerer, conds: list[Condition], prompts: list[Prompt], config: SteerConfig, desc: str
+) -> dict:
+    tok = steerer.tokenizer
+    unsteered = steerer.generate(None, config.seed)
+    reference = steerer.log_probs(None, unsteered, config.kl_tokens)
+    base = per_prompt(unsteered, tok, np.zeros(len(prompts)))
+    measured: list[tuple[Condition, dict[str, np.ndarray], Generation]] = []
+    for cond in tqdm(conds, desc=desc, unit="condition"):
+        gen = steerer.generate(cond.edit, config.seed)
+        kl = steerer.kl(cond.edit, unsteered, reference, config.kl_tokens)
+        measured.append((cond, per_prompt(gen, tok, kl), gen))
+
+    random: dict[str, dict[str, list[float]]] = {}
+    for cond, m, _ in measured:
+        if cond.is_random:
+            fam = random.setdefault(cond.family, {k: [] for k in MEASURES})
+            for k in MEASURES:
+                fam[k].append(float(np.mean(m[k] - base[k])))
+    entries = []
+    for n, (cond, m, gen) in enumerate(measured):
+        if cond.is_random:
+            continue
+        fam = random[cond.family]
+        effect = {}
+        for k in MEASURES:
+            diff = m[k] - base[k]
+            value = float(np.mean(diff))
+            effect[k] = {
+                "value": value,
+                "ci95": interval(diff, config.n_bootstrap, config.seed + n),
+                **against_random(value, np.asarray(fam[k])),
+            }
+        entries.append(
+            {
+                "name": cond.name,
+                "kind": cond.kind,
+                "target": cond.target,
+                "strength": cond.strength,
+                "family": cond.family,
+                "mean": {k: float(np.mean(m[k])) for k in MEASURES},
+                "effect": effect,
+                "p_end_curve": _curve(gen),
+                "per_prompt": {k: m[k].tolist() for k in MEASURES},
+                "examples": tok.batch_decode(gen.tokens[:EXAMPLES], skip_special_tokens=True),
+            }
+        )
+    return {
+        "n_prompts": len(prompts),
+        "natural_length": float(np.mean([p.natural_length for p in prompts])),
+        "unsteered": {
+            **{
+                k: {
+                    "value": float(np.mean(base[k])),
+                    "ci95": interval(base[k], config.n_bootstrap, config.seed),
+                }
+                for k in MEASURES
+                if k != "kl"
+            },
+            "p_end_curve": _curve(unsteered),
+            "per_prompt": {k: base[k].tolist() for k in MEASURES if k != "kl"},
+            "examples": tok.batch_decode(unsteered.tokens[:EXAMPLES], skip_special_tokens=True),
+        },
+        "conditions": entries,
+        "random": random,
+    }
+
+
+def _curve(gen: Generation) -> list[float | None]:
+    """Mean P(end of turn) at each step over the prompts still in their turn (None: none left)."""
+    running = (~np.isnan(gen.p_end)).sum(0)
+    with np.errstate(invalid="ignore"):
+        mean = np.nansum(gen.p_end, axis=0) / running
+    return [float(v) if r else None for v, r in zip(mean, running, strict=True)]
+
+
+def write(result: dict, out: Path) -> None:
+    """The folder appears whole or not at all."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.parent / f".{out.name}.partial-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    try:
+        result["figures"] = figures.write_all(result, tmp)
+        atomic_write_json(tmp / STEER_FILE, result)
+        (tmp / "summary.txt").write_text(table(result) + "\n")
+        old = out.parent / f".{out.name}.old-{os.getpid()}"
+        if out.exists():
+            os.replace(out, old)
+        os.replace(tmp, out)
+        shutil.rmtree(old, ignore_errors=True)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)

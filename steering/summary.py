@@ -1,0 +1,78 @@
+"""The printed one-screen summary and the findings in words (also stored in steer.json).
+
+A finding names an effect beyond random directions only when its interval over prompts excludes 0
+and it lies outside the random draws (|z| >= 2 and empirical p <= 0.05); everything else is said to
+be no effect beyond random directions. With many conditions, about one in twenty passes by chance.
+"""
+
+from __future__ import annotations
+
+Z_FLOOR = 2.0
+P_FLOOR = 0.05
+
+
+def beyond_random(effect: dict) -> bool:
+    ci, z = effect["ci95"], effect["z"]
+    return (
+        ci is not None
+        and (ci[0] > 0 or ci[1] < 0)
+        and z is not None
+        and abs(z) >= Z_FLOOR
+        and effect["p"] <= P_FLOOR
+    )
+
+
+def _fmt(e: dict) -> str:
+    ci = e["ci95"]
+    z = "  n/a" if e["z"] is None else f"{e['z']:+5.1f}"
+    span = f"[{ci[0]:+.2f}, {ci[1]:+.2f}]" if ci else ""
+    return f"{e['value']:+7.2f} {span:>17} z {z} p {e['p']:.2f}"
+
+
+def findings(result: dict) -> list[str]:
+    lines = []
+    n_tested = 0
+    for L, settings in result["layers"].items():
+        for setting, entry in settings.items():
+            base = entry["unsteered"]
+            n_tested += len(entry["conditions"])
+            passed = [c for c in entry["conditions"] if beyond_random(c["effect"]["length"])]
+            lead = (
+                f"Layer {L}, {setting} of the assistant turn ({entry['n_prompts']} prompts): unsteered turns "
+                f"run {base['length']['value']:.1f} tokens, {100 * base['ended']['value']:.0f}% end within the budget."
+            )
+            if not passed:
+                lines.append(lead + " No condition changes turn length beyond random directions.")
+                continue
+            said = []
+            for c in passed:
+                e = c["effect"]
+                length, broke = e["length"], e["broken"]["value"]
+                said.append(
+                    f"{c['name']} {length['value']:+.1f} tokens (z {length['z']:+.1f}, p {length['p']:.2f}; "
+                    f"broken {broke:+.2f}, KL {c['mean']['kl']:.3f})"
+                )
+            lines.append(lead + " Beyond random directions: " + "; ".join(said) + ".")
+    lines.append(
+        f"{n_tested} conditions were tested against random controls; at p <= {P_FLOOR} about "
+        f"{n_tested * P_FLOOR:.0f} would pass by chance alone."
+    )
+    return lines
+
+
+def table(result: dict) -> str:
+    out = ["\n".join(result["findings"]), ""]
+    for L, settings in result["layers"].items():
+        for setting, entry in settings.items():
+            out.append(
+                f"layer {L}, {setting}: effect on turn length (tokens) and P(end of turn), vs unsteered"
+            )
+            out.append(f"{'condition':<32}{'length':>45}{'P(end)':>12}{'broken':>8}{'KL':>8}")
+            for c in entry["conditions"]:
+                e = c["effect"]
+                out.append(
+                    f"{c['name']:<32}{_fmt(e['length']):>45}{e['p_end']['value']:+12.4f}"
+                    f"{c['mean']['broken']:8.2f}{c['mean']['kl']:8.3f}"
+                )
+            out.append("")
+    return "\n".join(out)

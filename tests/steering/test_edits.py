@@ -1,0 +1,72 @@
+"""Each edit does to a layer's output exactly what steering/edits.py says, and nothing at zero strength."""
+
+import numpy as np
+import pytest
+import torch
+
+from turnphase.steering.edits import Ablate, Add, Rotate, plane_basis, random_directions, random_planes, unit
+
+D = 16
+
+
+@pytest.fixture
+def h():
+    return torch.randn(3, 5, D, dtype=torch.float64) * 4 + 1
+
+
+def test_add_moves_along_u_by_a_times_the_norm(h):
+    u = unit(np.arange(D) - 3.0).double()
+    out = Add(u, 0.3)(h)
+    torch.testing.assert_close(out - h, 0.3 * h.norm(dim=-1, keepdim=True) * u)
+    assert torch.equal(Add(u, 0.0)(h), h)
+
+
+def test_rotate_turns_the_plane_part_about_its_centre_and_keeps_the_rest(h):
+    rng = np.random.default_rng(0)
+    weight, bias = rng.standard_normal((D, 2)), rng.standard_normal(2)
+    q, centre = plane_basis(weight, bias)
+    q, centre = q.double(), centre.double()
+    torch.testing.assert_close(q.T @ q, torch.eye(2, dtype=torch.float64))
+    out = Rotate(q, centre, 30.0)(h)
+    before, after = h @ q - centre, out @ q - centre
+    torch.testing.assert_close(after.norm(dim=-1), before.norm(dim=-1))  # length in the plane kept
+    turned = torch.atan2(after[..., 1], after[..., 0]) - torch.atan2(before[..., 1], before[..., 0])
+    torch.testing.assert_close(torch.remainder(turned, 2 * np.pi), torch.full_like(turned, np.radians(30)))
+    rest = torch.eye(D, dtype=torch.float64) - q @ q.T
+    torch.testing.assert_close(out @ rest, h @ rest)  # orthogonal complement untouched
+    assert torch.equal(Rotate(q, centre, 0.0)(h), h)
+
+
+def test_a_positive_rotation_turns_the_readouts_angle_forward(h):
+    """The plane's orientation: +theta moves the readout's phase atan2(u1, u0) forward, for any
+    readout (here one that mirrors the plane's coordinates)."""
+    rng = np.random.default_rng(1)
+    for _ in range(5):
+        weight = rng.standard_normal((D, 2)) @ np.array([[1.0, 0.4], [0.2, -1.3]])
+        bias = rng.standard_normal(2)
+        q, centre = plane_basis(weight, bias)
+        x = h.reshape(-1, D)
+        u0 = x.numpy() @ weight + bias
+        u1 = Rotate(q.double(), centre.double(), 20.0)(x).numpy() @ weight + bias
+        step = np.angle(np.exp(1j * (np.arctan2(u1[:, 1], u1[:, 0]) - np.arctan2(u0[:, 1], u0[:, 0]))))
+        assert (step > 0).all()
+
+
+def test_ablate_sets_the_component_to_the_training_means(h):
+    basis = random_planes(1, D, seed=3)[0].double()
+    mean = torch.randn(D, dtype=torch.float64)
+    out = Ablate(basis, mean)(h)
+    torch.testing.assert_close(out @ basis, (mean @ basis).expand_as(out @ basis))
+    rest = torch.eye(D, dtype=torch.float64) - basis @ basis.T
+    torch.testing.assert_close(out @ rest, h @ rest)
+    direction = random_directions(1, D, seed=3)[0].double()[:, None]
+    torch.testing.assert_close(Ablate(direction, mean)(h) @ direction, (mean @ direction).expand(3, 5, 1))
+
+
+def test_random_draws_are_unit_and_seeded():
+    dirs = random_directions(4, D, seed=0)
+    assert all(abs(float(v.norm()) - 1) < 1e-6 for v in dirs)
+    assert torch.equal(dirs[2], random_directions(4, D, seed=0)[2])
+    assert not torch.equal(dirs[0], dirs[1])
+    q = random_planes(2, D, seed=0)[1]
+    torch.testing.assert_close(q.T @ q, torch.eye(2), atol=1e-6, rtol=0)

@@ -1,0 +1,202 @@
+"""`turnphase steer` on the tiny model: the edits act where and how they should, a zero edit is
+plain generation, a run writes a valid steer.json, and bad input is one line with nothing written."""
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+import torch
+from conftest import FAST_STEER
+from tiny_model import save_tiny_chat_model
+
+from turnphase.analysis.directions import Directions
+from turnphase.builders.activations import _decoder_layers
+from turnphase.builders.cli import main
+from turnphase.builders.model import load_model
+from turnphase.steering import SteerConfig, steer
+from turnphase.steering.conditions import conditions
+from turnphase.steering.edits import Ablate, Add, Rotate, plane_basis, unit
+from turnphase.steering.generate import Steerer
+from turnphase.steering.measures import MEASURES
+from turnphase.steering.prompts import make_prompts
+
+LAYER = 1
+
+
+@pytest.fixture(scope="module")
+def steerer(tiny_analysed, tiny_model_dir):
+    data, _ = tiny_analysed
+    loaded = load_model(str(tiny_model_dir), layers="all")
+    chats = {
+        0: [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Why is the sky blue?"}],
+        1: [{"role": "user", "content": "What is a coral reef? Tell me."}],
+        2: [{"role": "user", "content": "Is that really true?"}],
+    }
+    for c in chats.values():  # one assistant turn each, to prompt for
+        c.append({"role": "assistant", "content": "Because air scatters short wavelengths of light."})
+    prompts = make_prompts(loaded.tokenizer, chats, "mid", 0.5, 10, 0)
+    s = Steerer(
+        loaded.model,
+        loaded.tokenizer,
+        [p.ids for p in prompts],
+        LAYER,
+        max_new_tokens=12,
+        temperature=0.7,
+        top_p=0.9,
+    )
+    return s, loaded
+
+
+def edits(d_model: int):
+    rng = np.random.default_rng(0)
+    q, c = plane_basis(rng.standard_normal((d_model, 2)), rng.standard_normal(2))
+    mean = torch.from_numpy(rng.standard_normal(d_model)).float()
+    return {
+        "add": Add(unit(rng.standard_normal(d_model)), 0.7),
+        "rotate": Rotate(q, c, 120.0),
+        "ablate": Ablate(q, mean),
+    }
+
+
+@pytest.mark.parametrize("kind", ["add", "rotate", "ablate"])
+def test_each_edit_changes_the_layer_output_as_specified(steerer, kind):
+    """nnsight's edit at layer L gives the logits of a plain PyTorch hook applying the same function."""
+    s, loaded = steerer
+    edit = edits(loaded.d_model)[kind]
+    reference = s.generate(None, seed=0)
+    steered = s.log_probs(edit, reference, 5)
+    plain = s.log_probs(None, reference, 5)
+    block = _decoder_layers(loaded.model)[LAYER]
+    seen = []
+
+    def hook(module, args, output):
+        h = output[0] if isinstance(output, tuple) else output
+        seen.append(h.shape)
+        new = edit(h)
+        return (new, *output[1:]) if isinstance(output, tuple) else new
+
+    handle = block.register_forward_hook(hook)
+    try:
+        hooked = s.log_probs(None, reference, 5)
+    finally:
+        handle.remove()
+    assert seen, "the hook ran"
+    for a, b, p in zip(steered, hooked, plain, strict=True):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=0)
+        assert not torch.allclose(a, p, atol=1e-4)  # the edit did something
+
+
+def test_a_zero_edit_is_plain_generation_token_for_token(steerer):
+    s, loaded = steerer
+    plain = s.generate(None, seed=3, plain=True)
+    zero = edits(loaded.d_model)
+    zero["add"].a, zero["rotate"].degrees = 0.0, 0.0
+    for edit in (None, zero["add"], zero["rotate"]):
+        got = s.generate(edit, seed=3)
+        assert got.tokens == plain.tokens
+        np.testing.assert_allclose(got.p_end, plain.p_end, rtol=1e-5)
+    assert any(len(t) for t in plain.tokens)
+    strong = s.generate(edits(loaded.d_model)["add"], seed=3)
+    assert strong.tokens != plain.tokens
+
+
+def test_conditions_include_twenty_random_controls_per_strength_by_default(tiny_analysed):
+    data, report = tiny_analysed
+    d = Directions.load(report)
+    config = SteerConfig(str(data), str(report), [LAYER])
+    conds = conditions(d.layers[LAYER].folds[0], len(d.layers[LAYER].folds[0].mean), config, LAYER)
+    families = {}
+    for c in conds:
+        families.setdefault(c.family, []).append(c)
+    for family, members in families.items():
+        assert sum(c.is_random for c in members) == 20, family
+        assert any(not c.is_random for c in members), family
+    assert {f"add {a:g}" for a in config.add} <= families.keys()
+    assert any(c.target == "scrambled/probe/linear" for c in conds)
+
+
+def test_a_run_writes_a_valid_steer_json(tiny_analysed, tmp_path):
+    data, report = tiny_analysed
+    out = tmp_path / "steer"
+    assert (
+        main(["steer", str(data), "--report", str(report), "--layers", "1,3", "--out", str(out), *FAST_STEER])
+        == 0
+    )
+    result = json.loads((out / "steer.json").read_text())
+    assert result["steer_version"] == 1 and result["findings"]
+    assert set(result["layers"]) == {"1", "3"}
+    held = set(Directions.load(report).held_out(0).tolist())
+    for entry in result["layers"]["1"].values():
+        assert 1 <= entry["n_prompts"] <= 4
+        names = [c["name"] for c in entry["conditions"]]
+        assert (
+            "add probe/linear +0.1" in names
+            and "rotate plane/fourier -90" in names
+            and "ablate plane/trig" in names
+        )
+        assert all(len(v["length"]) == 3 for v in entry["random"].values())  # --random 3
+        for c in entry["conditions"]:
+            assert set(c["effect"]) == set(MEASURES)
+            assert 0 < c["effect"]["length"]["p"] <= 1
+            assert c["mean"]["kl"] >= -1e-6
+        assert len(entry["unsteered"]["p_end_curve"]) == 6
+    assert {p["conversation_id"] for p in result["prompts"]["start"]} <= held
+    for name in result["figures"]:
+        assert (out / name).stat().st_size > 0
+    assert (out / "summary.txt").read_text().startswith(result["findings"][0])
+
+
+def test_the_python_api_returns_the_result_without_a_folder(tiny_analysed):
+    data, report = tiny_analysed
+    config = SteerConfig(str(data), str(report), [3], settings=["start"], max_prompts=2, max_new_tokens=4)
+    config.add, config.rotate, config.n_random, config.kl_tokens = [0.2], [45.0], 2, 2
+    result = steer(config, verbose=False)
+    assert list(result["layers"]["3"]) == ["start"] and "figures" not in result
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--layers", "2"], "layer(s) [2] are not in the report"),
+        (["--layers", "1", "--fold", "9"], "fold 9 holds out no conversations"),
+        (["--layers", "1", "--add", "0.1,big"], "--add takes numbers"),
+        (["--layers", "1", "--rotate", "-90"], "--rotate: give positive numbers"),
+        (["--layers", "x"], "--layers takes numbers"),
+    ],
+)
+def test_bad_input_is_one_line_and_writes_nothing(tiny_analysed, tmp_path, capsys, args, message):
+    data, report = tiny_analysed
+    out = tmp_path / "steer"
+    assert main(["steer", str(data), "--report", str(report), "--out", str(out), *args]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and message in err[0], err
+    assert not out.exists() and not list(tmp_path.glob(".steer*"))
+
+
+def test_a_report_from_another_dataset_or_model_is_refused(tiny_analysed, tmp_path, capsys):
+    data, report = tiny_analysed
+    other = tmp_path / "other"
+    shutil.copytree(data, other)
+    prov = json.loads((other / "turnphase.json").read_text())
+    prov["seed"] = 12345
+    (other / "turnphase.json").write_text(json.dumps(prov))
+    out = tmp_path / "steer"
+    assert main(["steer", str(other), "--report", str(report), "--layers", "1", "--out", str(out)]) == 2
+    assert "made from another dataset" in capsys.readouterr().err
+    different = save_tiny_chat_model(tmp_path / "different", seed=1)
+    args = [
+        "steer",
+        str(data),
+        "--report",
+        str(report),
+        "--layers",
+        "1",
+        "--out",
+        str(out),
+        "--model",
+        str(different),
+    ]
+    assert main(args) == 2
+    assert "pass --force" in capsys.readouterr().err
+    assert not out.exists()
