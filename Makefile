@@ -3,8 +3,10 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 DATA ?= data/smollm2
 REPORT ?= report/smollm2
+STEER ?= steer/smollm2
+STEER_LAYERS ?= 19
 
-.PHONY: setup run test lint bench
+.PHONY: setup run steer test lint bench bench-steer
 
 setup: $(VENV)/.installed
 
@@ -22,6 +24,10 @@ run: setup
 	$(BIN)/turnphase analyze $(DATA) --out $(REPORT) --overwrite
 	@echo "figures and report.json: $(REPORT)/"
 
+# The causal test on what `make run` left (about 75 min on 2 cores at one layer).
+steer: setup
+	$(BIN)/turnphase steer $(DATA) --report $(REPORT) --layers $(STEER_LAYERS) --out $(STEER) --overwrite
+
 lint: setup
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
@@ -32,3 +38,6 @@ test: lint
 bench: setup
 	$(BIN)/python scripts/bench_build.py
 	$(BIN)/python scripts/bench_analysis.py
+
+bench-steer: setup
+	$(BIN)/python scripts/bench_steer.py --dataset $(DATA) --report $(REPORT)

@@ -28,6 +28,8 @@ from pathlib import Path
 
 import numpy as np
 
+from turnphase.analysis.planes import PLANES
+from turnphase.analysis.probes import PROBES
 from turnphase.analysis.stats import PCA
 from turnphase.builders.errors import TurnphaseError
 
@@ -35,14 +37,11 @@ DIRECTIONS_FILE = "directions.safetensors"
 FORMAT = "turnphase-directions"
 FORMAT_VERSION = 1
 SAVED_PAIRINGS = ("real", "scrambled")
-# file name -> (name in probes.Readout, target columns); probe rows use the configured scheme (0)
+# file name -> (name in probes.Readout, target columns); probes in the configured scheme (0), from
+# the probe registry; planes as (cos-like, sin-like) coordinates
 READOUTS = {
-    "probe/linear": ("acts/linear/0", ("phase",)),
-    "probe/trig": ("acts/trig/0", ("sin", "cos")),
-    "probe/helix": ("acts/helix/0", ("phase", "sin", "cos")),
-    "plane/pair": ("plane/pair", ("u0", "u1")),
-    "plane/fourier": ("plane/fourier", ("u0", "u1")),
-    "plane/trig": ("plane/trig", ("u0", "u1")),
+    **{f"probe/{p.name}": (f"acts/{p.name}/0", p.targets) for p in PROBES.values()},
+    **{f"plane/{name}": (f"plane/{name}", ("u0", "u1")) for name in PLANES},
 }
 
 
