@@ -33,7 +33,7 @@ from turnphase.analysis.token_view import write_token_view
 from turnphase.builders import schema
 from turnphase.builders.errors import TurnphaseError
 from turnphase.builders.provenance import fingerprint, turnphase_version
-from turnphase.builders.writer import atomic_write_json
+from turnphase.builders.writer import atomic_write_json, replace_folder
 
 REPORT_FILE = "report.json"
 REPORT_VERSION = 2
@@ -162,7 +162,7 @@ def analyze(
         if tmp is not None:
             directions.save(tmp / DIRECTIONS_FILE)
             atomic_write_json(tmp / REPORT_FILE, report)
-            _replace(tmp, out)
+            replace_folder(tmp, out)
     finally:
         if tmp is not None:
             shutil.rmtree(tmp, ignore_errors=True)
@@ -171,14 +171,6 @@ def analyze(
         if out is not None:
             print(f"report: {out / REPORT_FILE}; directions, figures and token views in {out}/")
     return AnalysisResult(report, directions, out)
-
-
-def _replace(tmp: Path, out: Path) -> None:
-    old = out.parent / f".{out.name}.old-{os.getpid()}"
-    if out.exists():
-        os.replace(out, old)
-    os.replace(tmp, out)
-    shutil.rmtree(old, ignore_errors=True)
 
 
 def _fold_rows(labels: Labels, folds: Folds, config: AnalysisConfig) -> list[np.ndarray] | None:

@@ -24,6 +24,11 @@ def _decoder_layers(envoy):
     raise ValueError("cannot find the decoder blocks of this model (tried model.layers, transformer.h)")
 
 
+def hidden_of(output):
+    """A decoder block's hidden states (some models return them first in a tuple)."""
+    return output[0] if isinstance(output, tuple) else output
+
+
 class LayerReader:
     """Read the residual stream after chosen decoder blocks.
 
@@ -44,9 +49,7 @@ class LayerReader:
         saved = []
         with torch.inference_mode(), self.lm.trace(ids):
             for L in self.layers:
-                out = self.blocks[L].output
-                out = out[0] if isinstance(out, tuple) else out
-                saved.append(out.save())
+                saved.append(hidden_of(self.blocks[L].output).save())
         return {
             L: s[0].float().cpu().numpy() for L, s in zip(self.layers, saved, strict=True)
         }  # (n, d_model)

@@ -22,6 +22,7 @@ import statistics
 import time
 
 import numpy as np
+import torch
 
 from turnphase.analysis.directions import Directions
 from turnphase.analysis.source import DatasetSource
@@ -53,12 +54,13 @@ def main() -> int:
     chats = conversations(src, directions.held_out(0))
     prompts = make_prompts(loaded.tokenizer, chats, "mid", 0.5, args.prompts, 0)
     found = directions.layers[args.layer].folds[0].readouts["real"]
-    q, centre = plane_basis(found["plane/trig"].weight, found["plane/trig"].bias)
+    mean = torch.from_numpy(directions.layers[args.layer].folds[0].mean).float()
+    q = plane_basis(found["plane/trig"].weight)
     variants = {
         "plain": (None, True),
         "nnsight": (None, False),
         "add": (Add(unit(found["probe/linear"].weight), 0.05), False),
-        "rotate": (Rotate(q, centre, 90.0), False),
+        "rotate": (Rotate(q, q.T @ mean, 90.0), False),
     }
     steerer = Steerer(
         loaded.model,

@@ -4,12 +4,15 @@
             the scrambled null's linear probe at +-a; random unit directions at a
     rotate  plane/trig and plane/fourier at +-theta (+: toward a later phase, the end of the turn);
             the scrambled null's trig plane at +-theta; random planes at theta
-    ablate  the linear direction, the trig and the Fourier plane (to the training mean); random
-            directions and random planes
+    ablate  the linear direction, the trig and the Fourier plane, the scrambled null's direction;
+            random directions and random planes
 
-A random control's sign or orientation means nothing (u and -u are equally likely), so one set of
-random draws at each magnitude is the control for both signs. Every condition in a `family` is
-compared with that family's random draws.
+Every rotation turns about the same point, the fold's training mean (its projection on the plane),
+and every ablation sets the component to the training mean's, so a phase plane and a random plane
+differ only in where they lie. How large each edit is in the end (|edit(h) - h| / |h|) is measured
+(measures.py `edit_size`). A random control's sign or orientation means nothing (u and -u are
+equally likely), so one set of random draws at each magnitude is the control for both signs. Every
+condition in a `family` is compared with that family's random draws.
 """
 
 from __future__ import annotations
@@ -19,17 +22,17 @@ from dataclasses import dataclass
 import torch
 
 from turnphase.analysis.directions import FoldDirections
-from turnphase.steering.config import PLANES, SteerConfig
+from turnphase.steering.config import PHASE_PLANES, SteerConfig
 from turnphase.steering.edits import Ablate, Add, Rotate, plane_basis, random_directions, random_planes, unit
 
 
 @dataclass
 class Condition:
-    name: str  # "add probe/linear +0.1", "rotate plane/trig -45", "random add 0.1 #3", ...
+    name: str  # "add probe/linear +0.1", "rotate plane/trig -90", "random add 0.1 #3", ...
     kind: str  # add, rotate, ablate
     target: str  # probe/linear, plane/trig, plane/fourier, scrambled/..., random/direction, random/plane
     strength: float  # a (add), degrees (rotate), 0 (ablate)
-    family: str  # the random family it is compared with: "add 0.1", "rotate 45", "ablate plane", ...
+    family: str  # the random family it is compared with: "add 0.1", "rotate 90", "ablate plane", ...
     edit: object
 
     @property
@@ -37,46 +40,42 @@ class Condition:
         return self.target.startswith("random/")
 
 
-def _signed(x: float) -> str:
-    return f"{x:+g}"
-
-
 def conditions(found: FoldDirections, d_model: int, config: SteerConfig, layer: int) -> list[Condition]:
     real, null = found.readouts["real"], found.readouts["scrambled"]
     mean = torch.from_numpy(found.mean).float()
-    u = {
+    directions = {
         "probe/linear": unit(real["probe/linear"].weight),
         "scrambled/probe/linear": unit(null["probe/linear"].weight),
     }
-    planes = {f"plane/{p}": plane_basis(real[f"plane/{p}"].weight, real[f"plane/{p}"].bias) for p in PLANES}
-    planes["scrambled/plane/trig"] = plane_basis(null["plane/trig"].weight, null["plane/trig"].bias)
+    planes = {f"plane/{p}": plane_basis(real[f"plane/{p}"].weight) for p in PHASE_PLANES}
+    planes["scrambled/plane/trig"] = plane_basis(null["plane/trig"].weight)
     seed = config.seed * 1000 + layer
-    dirs, basis = (
-        random_directions(config.n_random, d_model, seed),
-        random_planes(config.n_random, d_model, seed),
-    )
+    random_u = random_directions(config.n_random, d_model, seed)
+    random_q = random_planes(config.n_random, d_model, seed)
 
     out = []
     for a in config.add:
-        for target, v in u.items():
+        family = f"add {a:g}"
+        for target, u in directions.items():
             out += [
-                Condition(f"add {target} {_signed(s * a)}", "add", target, s * a, f"add {a:g}", Add(v, s * a))
+                Condition(f"add {target} {s * a:+g}", "add", target, s * a, family, Add(u, s * a))
                 for s in (1, -1)
             ]
         out += [
-            Condition(f"random add {a:g} #{i}", "add", "random/direction", a, f"add {a:g}", Add(v, a))
-            for i, v in enumerate(dirs)
+            Condition(f"random add {a:g} #{i}", "add", "random/direction", a, family, Add(u, a))
+            for i, u in enumerate(random_u)
         ]
     for theta in config.rotate:
-        for target, (q, c) in planes.items():
+        family = f"rotate {theta:g}"
+        for target, q in planes.items():
             out += [
                 Condition(
-                    f"rotate {target} {_signed(s * theta)}",
+                    f"rotate {target} {s * theta:+g}",
                     "rotate",
                     target,
                     s * theta,
-                    f"rotate {theta:g}",
-                    Rotate(q, c, s * theta),
+                    family,
+                    Rotate(q, q.T @ mean, s * theta),
                 )
                 for s in (1, -1)
             ]
@@ -86,31 +85,19 @@ def conditions(found: FoldDirections, d_model: int, config: SteerConfig, layer: 
                 "rotate",
                 "random/plane",
                 theta,
-                f"rotate {theta:g}",
+                family,
                 Rotate(q, q.T @ mean, theta),
             )
-            for i, q in enumerate(basis)
+            for i, q in enumerate(random_q)
         ]
-    out.append(
-        Condition(
-            "ablate probe/linear",
-            "ablate",
-            "probe/linear",
-            0.0,
-            "ablate direction",
-            Ablate(u["probe/linear"][:, None], mean),
-        )
-    )
-    for p in PLANES:
+    for target, u in directions.items():
         out.append(
-            Condition(
-                f"ablate plane/{p}",
-                "ablate",
-                f"plane/{p}",
-                0.0,
-                "ablate plane",
-                Ablate(planes[f"plane/{p}"][0], mean),
-            )
+            Condition(f"ablate {target}", "ablate", target, 0.0, "ablate direction", Ablate(u[:, None], mean))
+        )
+    for p in PHASE_PLANES:
+        target = f"plane/{p}"
+        out.append(
+            Condition(f"ablate {target}", "ablate", target, 0.0, "ablate plane", Ablate(planes[target], mean))
         )
     out += [
         Condition(
@@ -119,12 +106,12 @@ def conditions(found: FoldDirections, d_model: int, config: SteerConfig, layer: 
             "random/direction",
             0.0,
             "ablate direction",
-            Ablate(v[:, None], mean),
+            Ablate(u[:, None], mean),
         )
-        for i, v in enumerate(dirs)
+        for i, u in enumerate(random_u)
     ]
     out += [
         Condition(f"random ablate plane #{i}", "ablate", "random/plane", 0.0, "ablate plane", Ablate(q, mean))
-        for i, q in enumerate(basis)
+        for i, q in enumerate(random_q)
     ]
     return out

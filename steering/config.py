@@ -12,7 +12,7 @@ from turnphase.builders.errors import TurnphaseError
 
 Setting = Literal["start", "mid"]
 SETTINGS: tuple[Setting, ...] = ("start", "mid")
-PLANES = ("trig", "fourier")  # the phase planes rotated and ablated (directions.py plane/<name>)
+PHASE_PLANES = ("trig", "fourier")  # the planes rotated and ablated (directions.py plane/<name>)
 MIN_RANDOM = 2  # below this no spread; 20 or more for the reported runs (the default)
 
 
@@ -48,7 +48,7 @@ class SteerConfig:
     temperature: float = GenerationSettings.temperature
     top_p: float = GenerationSettings.top_p
     seed: int = 0
-    batch_size: int = 64  # prompts per generate call: bounds memory, not results
+    batch_size: int = 64  # prompts per generate call (sampling is seeded per call, so it is part of the run)
 
     # Interventions: each magnitude with both signs / directions
     add: list[float] = field(default_factory=lambda: [0.05, 0.2])  # a, in units of |h|
@@ -70,6 +70,8 @@ class SteerConfig:
             raise TurnphaseError("--layers: name at least one layer")
         if not self.settings or any(s not in SETTINGS for s in self.settings):
             raise TurnphaseError(f"--settings: choose from {', '.join(SETTINGS)}")
+        if self.fold < 0:
+            raise TurnphaseError(f"--fold must be 0 or more, got {self.fold}")
         if not 0 < self.cut < 1:
             raise TurnphaseError("--cut must be between 0 and 1 (the share of the assistant turn kept)")
         if self.n_random < MIN_RANDOM:

@@ -2,9 +2,10 @@
 
     add     h + a * |h| * u                              u a unit direction, |h| per position
     rotate  h + Q (R(theta) - I) (Q^T h - c)             Q (d, 2) an orthonormal basis of a phase plane,
-                                                         c the plane's centre in that basis: the
-                                                         in-plane part about the centre turns by theta,
-                                                         its length and everything orthogonal stay
+                                                         c a centre in that basis (steering uses the
+                                                         training mean's projection, for every plane):
+                                                         the in-plane part about the centre turns by
+                                                         theta, its length and everything orthogonal stay
     ablate  h - B (B^T h - B^T mu)                       B (d, k) orthonormal (a direction or a plane):
                                                          the component along B is set to the training
                                                          mean's
@@ -12,7 +13,8 @@
 Each edit is `h + delta(h)` with delta exactly 0 at zero strength, so a zero edit reproduces
 unsteered generation token for token. Planes come from a 2-D readout u = x @ W + b (directions.py):
 Q spans W's columns, oriented so that turning by +theta turns the readout's angle atan2(u1, u0) the
-same way (toward a later phase), and c is where the readout is zero.
+same way (toward a later phase) about the point where the readout is zero. The readout's angle moves
+by exactly theta only if Q^T W is a scaled rotation; otherwise by a monotone function of theta.
 """
 
 from __future__ import annotations
@@ -61,18 +63,16 @@ def unit(v: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(v / np.linalg.norm(v)).float()
 
 
-def plane_basis(weight: np.ndarray, bias: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
-    """(Q, centre) of the plane a 2-D readout u = x @ weight + bias (weight (d, 2)) reads.
+def plane_basis(weight: np.ndarray) -> torch.Tensor:
+    """Q (d, 2), an orthonormal basis of the plane a 2-D readout u = x @ weight + b reads.
 
-    With M = Q^T weight (2, 2), u = (Q^T x - c) @ M for x in the plane, c = -bias M^-1; Q's second
-    column is flipped if det M < 0, so the readout's angle grows with the angle in Q's coordinates."""
-    q, _ = np.linalg.qr(np.asarray(weight, dtype=np.float64))
-    m = q.T @ weight
-    if np.linalg.det(m) < 0:
+    For x in the plane u = (Q^T x) @ M + b with M = Q^T weight; Q's second column is flipped if
+    det M < 0, so the readout's angle (about its zero) grows with the angle in Q's coordinates."""
+    weight = np.asarray(weight, dtype=np.float64)
+    q, _ = np.linalg.qr(weight)
+    if np.linalg.det(q.T @ weight) < 0:
         q[:, 1] *= -1
-        m = q.T @ weight
-    centre = -np.asarray(bias, dtype=np.float64) @ np.linalg.inv(m)
-    return torch.from_numpy(q).float(), torch.from_numpy(centre).float()
+    return torch.from_numpy(q).float()
 
 
 def random_directions(n: int, d: int, seed: int) -> list[torch.Tensor]:

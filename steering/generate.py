@@ -6,9 +6,10 @@ processes exactly the positions a token is sampled from (the last prompt token, 
 token), and the edit applies to all of them. The prompt itself is never edited, so conditions
 differ only where the issue asks: on every generated position.
 
-    run = Steerer(loaded_model, prompts, layer=19, max_new_tokens=96)
-    out = run.generate(Add(u, 0.1), seed=0)   # out.tokens, out.p_end, out.ended
-    kl = run.kl(Add(u, 0.1), reference=run.generate(None, seed=0))
+    run = Steerer(model, tokenizer, prompt_ids, 19, max_new_tokens=48, temperature=0.7, top_p=0.9)
+    out = run.generate(Add(u, 0.1), seed=0)                   # out.tokens, out.p_end, out.ended
+    text = run.generate(None, seed=0)                         # the unsteered turns
+    kl, size = run.kl(Add(u, 0.1), text, run.log_probs(None, text, 32)[0], 32)
 """
 
 from __future__ import annotations
@@ -20,8 +21,9 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from turnphase.builders.activations import _decoder_layers
+from turnphase.builders.activations import _decoder_layers, hidden_of
 from turnphase.builders.conversations import end_of_turn_ids
+from turnphase.builders.errors import TurnphaseError
 from turnphase.builders.prefix_cache import PrefixCache
 
 Edit = Callable[[torch.Tensor], torch.Tensor]
@@ -37,11 +39,6 @@ class Generation:
     @property
     def length(self) -> np.ndarray:
         return np.array([len(t) for t in self.tokens])
-
-
-def _hidden(output):
-    """A decoder block's hidden states (some models return them first in a tuple)."""
-    return output[0] if isinstance(output, tuple) else output
 
 
 class _Steps:
@@ -81,6 +78,11 @@ class Steerer:
         self.lm = TransformersModel(model, tokenizer=tokenizer)
         self.at_layer(layer)
         self.cache = PrefixCache(model.config)
+        if not self.cache.supported:
+            raise TurnphaseError(
+                "steering needs a model whose every layer keeps a full-attention KV cache "
+                "(the prompts are computed once and reused); this one does not"
+            )
         self.keys = list(range(len(prompts)))
         self._prefill()
 
@@ -134,7 +136,7 @@ class Steerer:
                         with self.lm.generate(ids, streamer=steps, **kwargs) as tracer:
                             for _ in tracer.all():
                                 if edit is not None:
-                                    h = _hidden(self.block.output)
+                                    h = hidden_of(self.block.output)
                                     h[:] = edit(h)
                                 probs.append(self._p_end(self.lm.lm_head.output[:, -1]))
                     new = torch.stack(steps.steps[1:], dim=1)
@@ -152,11 +154,14 @@ class Steerer:
         """P(end of turn) under the model's own next-token distribution (temperature 1, no top-p)."""
         return torch.softmax(logits.float(), dim=-1)[:, self.eos_ids].sum(-1).cpu()
 
-    def log_probs(self, edit: Edit | None, reference: Generation, n_tokens: int) -> list[torch.Tensor]:
+    def log_probs(
+        self, edit: Edit | None, reference: Generation, n_tokens: int
+    ) -> tuple[list[torch.Tensor], np.ndarray]:
         """Per prompt, log-softmax (t, vocab) of the next-token distribution along the reference's
         first tokens (teacher forcing: the unsteered text), with `edit` at the layer on every fed
-        position; t = min(n_tokens, tokens generated + 1 for the end-of-turn token)."""
-        out = []
+        position; t = min(n_tokens, tokens generated + 1 for the end-of-turn token). Also (n,) the
+        edit's size there: the mean over those positions of |edit(h) - h| / |h| (0 without an edit)."""
+        logps, sizes = [], []
         for keys in self._batches():
             conts = [reference.tokens[k][: n_tokens - 1] for k in keys]
             rows = [self.prompts[k] + c for k, c in zip(keys, conts, strict=True)]
@@ -167,20 +172,26 @@ class Steerer:
             with torch.inference_mode(), warnings.catch_warnings():
                 warnings.simplefilter("ignore")
                 with self.lm.trace(ids[:, reused:], **kwargs):
+                    h = hidden_of(self.block.output)
                     if edit is not None:
-                        h = _hidden(self.block.output)
-                        h[:] = edit(h)
+                        new = edit(h)
+                        size = ((new - h).norm(dim=-1) / h.norm(dim=-1)).save()
+                        h[:] = new
                     logits = self.lm.lm_head.output.save()
             logp = torch.log_softmax(logits.float(), dim=-1)
+            width = logp.shape[1]
             for b, c in enumerate(conts):
-                out.append(logp[b, logp.shape[1] - len(c) - 1 :])
-        return out
+                fed = slice(width - len(c) - 1, width)  # the last prompt token and the continuation
+                logps.append(logp[b, fed])
+                sizes.append(float(size[b, fed].mean()) if edit is not None else 0.0)
+        return logps, np.array(sizes)
 
     def kl(
         self, edit: Edit, reference: Generation, unsteered: list[torch.Tensor], n_tokens: int
-    ) -> np.ndarray:
-        """(n,) mean over the first positions of the reference text of KL(steered || unsteered)."""
-        steered = self.log_probs(edit, reference, n_tokens)
-        return np.array(
-            [float((s.exp() * (s - u)).sum(-1).mean()) for s, u in zip(steered, unsteered, strict=True)]
-        )
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """(n,) mean over the first positions of the reference (unsteered) text of
+        KL(steered || unsteered), `unsteered` being log_probs(None, reference, n_tokens)'s; and (n,)
+        the edit's size there (log_probs)."""
+        steered, sizes = self.log_probs(edit, reference, n_tokens)
+        kl = [float((s.exp() * (s - u)).sum(-1).mean()) for s, u in zip(steered, unsteered, strict=True)]
+        return np.array(kl), sizes

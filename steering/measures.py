@@ -2,9 +2,12 @@
 
     length   tokens of the turn before the end-of-turn token (the budget, for turns that hit it)
     ended    1 if the end-of-turn token came within the budget
-    broken   1 if the turn has a role label, is empty or repeats the instruction (the build's checks)
+    broken   1 if the turn (in `mid`, the kept part of the turn and the continuation) has a role
+             label, is empty or repeats the instruction (the build's checks)
     p_end    mean over the turn's steps of P(end-of-turn token) under the model's distribution
     kl       mean KL(steered || unsteered) of the next-token distribution along the unsteered text
+    edit_size  mean |edit(h) - h| / |h| at layer L along the same positions: how large the edit
+             was (0 unsteered), so a phase plane's rotation can be compared in size with a random one's
 
 An effect is the mean over prompts of (condition - unsteered), paired by prompt, with a 95% percentile
 bootstrap interval over prompts; against the family's random draws it gets a z-score and an
@@ -18,18 +21,24 @@ import scipy.stats
 
 from turnphase.builders.conversations import turn_problem
 from turnphase.steering.generate import Generation
+from turnphase.steering.prompts import Prompt
 
-MEASURES = ("length", "ended", "broken", "p_end", "kl")
+MEASURES = ("length", "ended", "broken", "p_end", "kl", "edit_size")
+EDIT_MEASURES = ("kl", "edit_size")  # of an edit; 0 for the unsteered run by definition
 
 
-def per_prompt(gen: Generation, tokenizer, kl: np.ndarray) -> dict[str, np.ndarray]:
+def per_prompt(
+    gen: Generation, prompts: list[Prompt], tokenizer, kl: np.ndarray, size: np.ndarray
+) -> dict[str, np.ndarray]:
     texts = tokenizer.batch_decode(gen.tokens, skip_special_tokens=True)
+    turns = [p.kept_text + t for p, t in zip(prompts, texts, strict=True)]
     return {
         "length": gen.length.astype(float),
         "ended": gen.ended.astype(float),
-        "broken": np.array([turn_problem(t, True) is not None for t in texts], dtype=float),
+        "broken": np.array([turn_problem(t, True) is not None for t in turns], dtype=float),
         "p_end": np.nanmean(gen.p_end, axis=1),
         "kl": kl,
+        "edit_size": size,
     }
 
 

@@ -23,7 +23,8 @@ class Prompt:
     conversation_id: int
     round: int  # which assistant turn (0-based)
     ids: list[int]
-    natural_length: int  # tokens the dataset's own turn has from here to its end (the unsteered model's turn)
+    natural_length: int  # tokens the dataset's own turn has from here to its end
+    kept_text: str = ""  # `mid`: the part of the assistant turn the prompt already holds
 
 
 def conversations(src: DatasetSource, ids: np.ndarray) -> dict[int, list[dict]]:
@@ -48,7 +49,8 @@ def make_prompts(
             ids = tokenizer(text, add_special_tokens=False)["input_ids"]
             answer = tokenizer(messages[i]["content"], add_special_tokens=False)["input_ids"]
             kept = int(len(answer) * cut) if setting == "mid" else 0
-            prompts.append(Prompt(cid, rnd, ids + answer[:kept], len(answer) - kept))
+            kept_text = tokenizer.decode(answer[:kept], skip_special_tokens=True)
+            prompts.append(Prompt(cid, rnd, ids + answer[:kept], len(answer) - kept, kept_text))
     if not prompts:
         raise TurnphaseError("no prompts: the held-out conversations have no assistant turns")
     if len(prompts) > max_prompts:

@@ -22,12 +22,12 @@ from turnphase.analysis.source import DatasetSource
 from turnphase.builders.errors import TurnphaseError
 from turnphase.builders.model import DEFAULT_MODEL, LoadedModel, load_model
 from turnphase.builders.provenance import fingerprint, turnphase_version
-from turnphase.builders.writer import atomic_write_json
+from turnphase.builders.writer import atomic_write_json, replace_folder
 from turnphase.steering import figures
 from turnphase.steering.conditions import Condition, conditions
 from turnphase.steering.config import SteerConfig
 from turnphase.steering.generate import Generation, Steerer
-from turnphase.steering.measures import MEASURES, against_random, interval, per_prompt
+from turnphase.steering.measures import EDIT_MEASURES, MEASURES, against_random, interval, per_prompt
 from turnphase.steering.prompts import Prompt, conversations, make_prompts
 from turnphase.steering.summary import findings, table
 
@@ -64,7 +64,11 @@ def check_inputs(config: SteerConfig) -> tuple[Directions, DatasetSource, np.nda
 def load_dataset_model(config: SteerConfig, src: DatasetSource, d_model: int) -> LoadedModel:
     made_with = src.provenance["model"]
     wanted = config.model or made_with["id"]
-    loaded = load_model(None if wanted == DEFAULT_MODEL and config.model is None else wanted, layers="all")
+    loaded = load_model(
+        None if wanted == DEFAULT_MODEL and config.model is None else wanted,
+        layers="all",
+        revision=None if config.model else made_with.get("revision"),
+    )
     if loaded.weights_sha256 != made_with.get("weights_sha256") and not config.force:
         raise TurnphaseError(
             f"model {loaded.id!r} has weights sha256 {loaded.weights_sha256} but the dataset was made "
@@ -130,13 +134,14 @@ def run_setting(
 ) -> dict:
     tok = steerer.tokenizer
     unsteered = steerer.generate(None, config.seed)
-    reference = steerer.log_probs(None, unsteered, config.kl_tokens)
-    base = per_prompt(unsteered, tok, np.zeros(len(prompts)))
+    reference, _ = steerer.log_probs(None, unsteered, config.kl_tokens)
+    zero = np.zeros(len(prompts))
+    base = per_prompt(unsteered, prompts, tok, zero, zero)
     measured: list[tuple[Condition, dict[str, np.ndarray], Generation]] = []
     for cond in tqdm(conds, desc=desc, unit="condition"):
         gen = steerer.generate(cond.edit, config.seed)
-        kl = steerer.kl(cond.edit, unsteered, reference, config.kl_tokens)
-        measured.append((cond, per_prompt(gen, tok, kl), gen))
+        kl, size = steerer.kl(cond.edit, unsteered, reference, config.kl_tokens)
+        measured.append((cond, per_prompt(gen, prompts, tok, kl, size), gen))
 
     random: dict[str, dict[str, list[float]]] = {}
     for cond, m, _ in measured:
@@ -182,10 +187,10 @@ def run_setting(
                     "ci95": interval(base[k], config.n_bootstrap, config.seed),
                 }
                 for k in MEASURES
-                if k != "kl"
+                if k not in EDIT_MEASURES
             },
             "p_end_curve": _curve(unsteered),
-            "per_prompt": {k: base[k].tolist() for k in MEASURES if k != "kl"},
+            "per_prompt": {k: base[k].tolist() for k in MEASURES if k not in EDIT_MEASURES},
             "examples": tok.batch_decode(unsteered.tokens[:EXAMPLES], skip_special_tokens=True),
         },
         "conditions": entries,
@@ -211,10 +216,6 @@ def write(result: dict, out: Path) -> None:
         result["figures"] = figures.write_all(result, tmp)
         atomic_write_json(tmp / STEER_FILE, result)
         (tmp / "summary.txt").write_text(table(result) + "\n")
-        old = out.parent / f".{out.name}.old-{os.getpid()}"
-        if out.exists():
-            os.replace(out, old)
-        os.replace(tmp, out)
-        shutil.rmtree(old, ignore_errors=True)
+        replace_folder(tmp, out)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)

@@ -64,15 +64,20 @@ def table(result: dict) -> str:
     out = ["\n".join(result["findings"]), ""]
     for L, settings in result["layers"].items():
         for setting, entry in settings.items():
+            base = entry["unsteered"]
             out.append(
-                f"layer {L}, {setting}: effect on turn length (tokens) and P(end of turn), vs unsteered"
+                f"layer {L}, {setting}: effects vs unsteered (length {base['length']['value']:.1f} tokens, "
+                f"P(end) {base['p_end']['value']:.4f}, broken {base['broken']['value']:.2f}); "
+                "z and p against the random draws; KL and edit size |dh|/|h| are of the edit itself"
             )
-            out.append(f"{'condition':<32}{'length':>45}{'P(end)':>12}{'broken':>8}{'KL':>8}")
+            out.append(
+                f"{'condition':<32}{'length effect [95% CI]':>45}{'P(end)':>10}{'broken':>8}{'KL':>8}{'size':>7}"
+            )
             for c in entry["conditions"]:
                 e = c["effect"]
                 out.append(
-                    f"{c['name']:<32}{_fmt(e['length']):>45}{e['p_end']['value']:+12.4f}"
-                    f"{c['mean']['broken']:8.2f}{c['mean']['kl']:8.3f}"
+                    f"{c['name']:<32}{_fmt(e['length']):>45}{e['p_end']['value']:+10.4f}"
+                    f"{e['broken']['value']:+8.2f}{c['mean']['kl']:8.3f}{c['mean']['edit_size']:7.3f}"
                 )
             out.append("")
     return "\n".join(out)

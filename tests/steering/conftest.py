@@ -1,12 +1,8 @@
 import pytest
-from tiny_model import TINY_BUILD_ARGS, save_tiny_chat_model
+from steer_args import TINY_DATA_ARGS
+from tiny_model import save_tiny_chat_model
 
 from turnphase.builders.cli import main
-
-# 6 conversations x 2 rounds (3 analysis folds of 2); the steering tests' small grid
-TINY_DATA_ARGS = [*TINY_BUILD_ARGS, "-n", "6"]
-FAST_STEER = ["--prompts", "4", "--max-new-tokens", "6", "--add", "0.1,0.5", "--rotate", "90"]
-FAST_STEER += ["--random", "3", "--kl-tokens", "4", "--bootstrap", "50"]
 
 
 @pytest.fixture(scope="session")

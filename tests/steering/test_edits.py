@@ -23,9 +23,8 @@ def test_add_moves_along_u_by_a_times_the_norm(h):
 
 def test_rotate_turns_the_plane_part_about_its_centre_and_keeps_the_rest(h):
     rng = np.random.default_rng(0)
-    weight, bias = rng.standard_normal((D, 2)), rng.standard_normal(2)
-    q, centre = plane_basis(weight, bias)
-    q, centre = q.double(), centre.double()
+    q = plane_basis(rng.standard_normal((D, 2))).double()
+    centre = torch.from_numpy(rng.standard_normal(2))
     torch.testing.assert_close(q.T @ q, torch.eye(2, dtype=torch.float64))
     out = Rotate(q, centre, 30.0)(h)
     before, after = h @ q - centre, out @ q - centre
@@ -38,13 +37,14 @@ def test_rotate_turns_the_plane_part_about_its_centre_and_keeps_the_rest(h):
 
 
 def test_a_positive_rotation_turns_the_readouts_angle_forward(h):
-    """The plane's orientation: +theta moves the readout's phase atan2(u1, u0) forward, for any
-    readout (here one that mirrors the plane's coordinates)."""
+    """The plane's orientation: turned about the readout's zero, +theta moves the readout's phase
+    atan2(u1, u0) forward, for any readout (here ones that mirror the plane's coordinates)."""
     rng = np.random.default_rng(1)
     for _ in range(5):
         weight = rng.standard_normal((D, 2)) @ np.array([[1.0, 0.4], [0.2, -1.3]])
         bias = rng.standard_normal(2)
-        q, centre = plane_basis(weight, bias)
+        q = plane_basis(weight)
+        centre = torch.from_numpy(-bias @ np.linalg.inv(q.double().numpy().T @ weight)).float()
         x = h.reshape(-1, D)
         u0 = x.numpy() @ weight + bias
         u1 = Rotate(q.double(), centre.double(), 20.0)(x).numpy() @ weight + bias

@@ -7,7 +7,7 @@ import shutil
 import numpy as np
 import pytest
 import torch
-from conftest import FAST_STEER
+from steer_args import FAST_STEER
 from tiny_model import save_tiny_chat_model
 
 from turnphase.analysis.directions import Directions
@@ -50,7 +50,7 @@ def steerer(tiny_analysed, tiny_model_dir):
 
 def edits(d_model: int):
     rng = np.random.default_rng(0)
-    q, c = plane_basis(rng.standard_normal((d_model, 2)), rng.standard_normal(2))
+    q, c = plane_basis(rng.standard_normal((d_model, 2))), torch.from_numpy(rng.standard_normal(2)).float()
     mean = torch.from_numpy(rng.standard_normal(d_model)).float()
     return {
         "add": Add(unit(rng.standard_normal(d_model)), 0.7),
@@ -65,8 +65,8 @@ def test_each_edit_changes_the_layer_output_as_specified(steerer, kind):
     s, loaded = steerer
     edit = edits(loaded.d_model)[kind]
     reference = s.generate(None, seed=0)
-    steered = s.log_probs(edit, reference, 5)
-    plain = s.log_probs(None, reference, 5)
+    steered, size = s.log_probs(edit, reference, 5)
+    plain, no_size = s.log_probs(None, reference, 5)
     block = _decoder_layers(loaded.model)[LAYER]
     seen = []
 
@@ -78,13 +78,16 @@ def test_each_edit_changes_the_layer_output_as_specified(steerer, kind):
 
     handle = block.register_forward_hook(hook)
     try:
-        hooked = s.log_probs(None, reference, 5)
+        hooked, _ = s.log_probs(None, reference, 5)
     finally:
         handle.remove()
     assert seen, "the hook ran"
     for a, b, p in zip(steered, hooked, plain, strict=True):
         torch.testing.assert_close(a, b, atol=1e-5, rtol=0)
         assert not torch.allclose(a, p, atol=1e-4)  # the edit did something
+    assert (no_size == 0).all() and (size > 0).all()
+    if kind == "add":  # |a |h| u| / |h| = a at every position
+        np.testing.assert_allclose(size, 0.7, rtol=1e-5)
 
 
 def test_a_zero_edit_is_plain_generation_token_for_token(steerer):
