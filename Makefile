@@ -24,7 +24,7 @@ run: setup
 	$(BIN)/turnphase analyze $(DATA) --out $(REPORT) --overwrite
 	@echo "figures and report.json: $(REPORT)/"
 
-# The causal test on what `make run` left (about 75 min on 2 cores at one layer).
+# The causal test on what `make run` left (about 43 min per setting and layer on 2 cores).
 steer: setup
 	$(BIN)/turnphase steer $(DATA) --report $(REPORT) --layers $(STEER_LAYERS) --out $(STEER) --overwrite
 
