@@ -4,6 +4,7 @@ analysis found, against random directions, and measure how its assistant turns e
 from __future__ import annotations
 
 import argparse
+import dataclasses
 from pathlib import Path
 
 from turnphase.steering.config import SETTINGS, SteerConfig, numbers
@@ -86,18 +87,9 @@ def config_from(args: argparse.Namespace) -> SteerConfig:
     """The config, with lists of numbers checked here so a bad one is one line (TurnphaseError)."""
     args.layers = numbers("--layers", args.layers, int)
     args.add, args.rotate = numbers("--add", args.add, float), numbers("--rotate", args.rotate, float)
-    fields = ("report", "layers", "out", "overwrite", "model", "force", "revision", "fold", "settings", "cut")
-    fields += (
-        "max_prompts",
-        "max_new_tokens",
-        "add",
-        "rotate",
-        "n_random",
-        "kl_tokens",
-        "n_bootstrap",
-        "seed",
-    )
-    return SteerConfig(args.dataset, **{f: getattr(args, f) for f in (*fields, "batch_size")})
+    # every option's dest is the SteerConfig field it sets (the dataset is positional)
+    given = {f.name: getattr(args, f.name) for f in dataclasses.fields(SteerConfig) if hasattr(args, f.name)}
+    return SteerConfig(**given)
 
 
 def run(args: argparse.Namespace) -> int:
