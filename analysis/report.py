@@ -12,8 +12,6 @@ always a whole report.
 
 from __future__ import annotations
 
-import os
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -32,8 +30,9 @@ from turnphase.analysis.split import NULLS, Folds, make_folds, pairings
 from turnphase.analysis.token_view import write_token_view
 from turnphase.builders import schema
 from turnphase.builders.errors import TurnphaseError
+from turnphase.builders.lock import folder_lock
 from turnphase.builders.provenance import fingerprint, turnphase_version
-from turnphase.builders.writer import atomic_write_json, replace_folder
+from turnphase.builders.writer import atomic_write_json, staged_folder
 
 REPORT_FILE = "report.json"
 REPORT_VERSION = 2
@@ -62,10 +61,25 @@ def analyze(
     config: AnalysisConfig, out: Path | str | None = None, *, overwrite: bool = False, verbose: bool = True
 ) -> AnalysisResult:
     """Run the analysis. With `out`, write report.json, directions.safetensors, figures and token
-    views there (atomically: the folder appears whole or not at all); without, write nothing."""
-    out = None if out is None else Path(out)
-    if out is not None:
-        check_out(out, overwrite)
+    views there (atomically: the folder appears whole or not at all, and is locked meanwhile);
+    without, write nothing."""
+    if out is None:
+        report, directions = _analyze(config, None)
+    else:
+        out = Path(out)
+        with folder_lock(out, "turnphase analyze"):
+            check_out(out, overwrite)
+            with staged_folder(out) as tmp:  # made first: an unwritable place fails before the work
+                report, directions = _analyze(config, tmp)
+    if verbose:
+        print(table(report))
+        if out is not None:
+            print(f"report: {out / REPORT_FILE}; directions, figures and token views in {out}/")
+    return AnalysisResult(report, directions, out)
+
+
+def _analyze(config: AnalysisConfig, tmp: Path | None) -> tuple[dict, Directions]:
+    """The report and the directions; figures, token views and files go to `tmp` if given."""
     src = DatasetSource.open(
         config.source, streaming=config.streaming, batch_size=config.batch_size, revision=config.revision
     )
@@ -83,94 +97,79 @@ def analyze(
     cols = Columns(labels, BaselineFeatures(labels), grid.token_weights(FOURIER_KS).astype(np.float32))
     pairs = pairings(labels, folds, config)
     circle = rotation.circle_r2(labels, folds.fold)
-    view_tokens = src.conversation_tokens(view_conversation) if out is not None else None
+    view_tokens = src.conversation_tokens(view_conversation) if tmp is not None else None
 
-    tmp = None
-    if out is not None:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        tmp = out.parent / f".{out.name}.partial-{os.getpid()}"
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir()
-    try:
-        written = []
+    written = []
+    if tmp is not None:
+        roles = np.asarray(schema.ROLES)[labels.role]
+        n_template = labels.n_rows - labels.n
+        written.append(figures.token_counts(labels.round, roles, n_template, tmp / "token_counts.png"))
+    per_layer, baselines, found = {}, {}, {}
+    for layer in layers:
+        res = analyze_layer(src.layer(layer, labels), labels, folds, pairs, cols, grid, samples, config)
+        entry = layer_entry(res, labels, folds, circle, config, baselines)
+        found[layer] = layer_directions(res)
         if tmp is not None:
-            roles = np.asarray(schema.ROLES)[labels.role]
-            n_template = labels.n_rows - labels.n
-            written.append(figures.token_counts(labels.round, roles, n_template, tmp / "token_counts.png"))
-        per_layer, baselines, found = {}, {}, {}
-        for layer in layers:
-            res = analyze_layer(src.layer(layer, labels), labels, folds, pairs, cols, grid, samples, config)
-            entry = layer_entry(res, labels, folds, circle, config, baselines)
-            found[layer] = layer_directions(res)
-            if tmp is not None:
-                entry["figures"] = layer_figures(res, labels, samples, entry, tmp)
-                entry["token_view"] = write_token_view(
-                    tmp / f"layer{layer}_token_view.html",
-                    layer=layer,
-                    tokens=view_tokens,
-                    analysed_positions=labels.token_position[samples.view],
-                    estimate=res.view_estimate,
-                    corr=entry["planes"]["fourier"]["real"]["circcorr"]["value"],
-                    excluded_template=config.exclude_template,
-                )
-            per_layer[str(layer)] = entry
-        if tmp is not None:
-            written.append(figures.probe_r2_by_layer(layers, per_layer, tmp / "probe_r2_by_layer.png"))
-            written.append(figures.evidence_by_layer(layers, per_layer, tmp / "evidence_by_layer.png"))
-        report = {
+            entry["figures"] = layer_figures(res, labels, samples, entry, tmp)
+            entry["token_view"] = write_token_view(
+                tmp / f"layer{layer}_token_view.html",
+                layer=layer,
+                tokens=view_tokens,
+                analysed_positions=labels.token_position[samples.view],
+                estimate=res.view_estimate,
+                corr=entry["planes"]["fourier"]["real"]["circcorr"]["value"],
+                excluded_template=config.exclude_template,
+            )
+        per_layer[str(layer)] = entry
+    if tmp is not None:
+        written.append(figures.probe_r2_by_layer(layers, per_layer, tmp / "probe_r2_by_layer.png"))
+        written.append(figures.evidence_by_layer(layers, per_layer, tmp / "evidence_by_layer.png"))
+    report = {
+        "report_version": REPORT_VERSION,
+        "turnphase_version": turnphase_version(),
+        "source": config.source,
+        "model": src.model_id,
+        "dataset": {
+            "turnphase_version": src.provenance.get("turnphase_version"),
+            "layers": src.layers,
+            "d_model": src.d_model,
+            "dtype": str(src.dtype),
+            "seed": src.provenance.get("seed"),
+        },
+        "config": config.to_json(),
+        "split": {"kind": config.split, "seed": config.seed, **folds.summary(labels)},
+        "phase_scheme": config.phase_scheme,
+        "tokens": {
+            "rows": labels.n_rows,
+            "analysed": labels.n,
+            "template_excluded": labels.template_excluded,
+            "rounds_in_fourier": grid.n_rounds,
+        },
+        "token_view_conversation": view_conversation,
+        "layers": per_layer,
+        "summary": summary(per_layer),
+        "figures": written,
+        "directions": DIRECTIONS_FILE if tmp is not None else None,
+    }
+    report["findings"] = findings(report)
+    directions = Directions(
+        found,
+        *conversation_folds(labels.conversation, folds.fold, config.split),
+        metadata={
+            "source": config.source,
+            "dataset_fingerprint": fingerprint(src.provenance),
+            "model": src.provenance.get("model", {"id": src.model_id}),
+            "phase_scheme": config.phase_scheme,
+            "split": config.split,
+            "exclude_template": config.exclude_template,
             "report_version": REPORT_VERSION,
             "turnphase_version": turnphase_version(),
-            "source": config.source,
-            "model": src.model_id,
-            "dataset": {
-                "turnphase_version": src.provenance.get("turnphase_version"),
-                "layers": src.layers,
-                "d_model": src.d_model,
-                "dtype": str(src.dtype),
-                "seed": src.provenance.get("seed"),
-            },
-            "config": config.to_json(),
-            "split": {"kind": config.split, "seed": config.seed, **folds.summary(labels)},
-            "phase_scheme": config.phase_scheme,
-            "tokens": {
-                "rows": labels.n_rows,
-                "analysed": labels.n,
-                "template_excluded": labels.template_excluded,
-                "rounds_in_fourier": grid.n_rounds,
-            },
-            "token_view_conversation": view_conversation,
-            "layers": per_layer,
-            "summary": summary(per_layer),
-            "figures": written,
-            "directions": DIRECTIONS_FILE if tmp is not None else None,
-        }
-        report["findings"] = findings(report)
-        directions = Directions(
-            found,
-            *conversation_folds(labels.conversation, folds.fold, config.split),
-            metadata={
-                "source": config.source,
-                "dataset_fingerprint": fingerprint(src.provenance),
-                "model": src.provenance.get("model", {"id": src.model_id}),
-                "phase_scheme": config.phase_scheme,
-                "split": config.split,
-                "exclude_template": config.exclude_template,
-                "report_version": REPORT_VERSION,
-                "turnphase_version": turnphase_version(),
-            },
-        )
-        if tmp is not None:
-            directions.save(tmp / DIRECTIONS_FILE)
-            atomic_write_json(tmp / REPORT_FILE, report)
-            replace_folder(tmp, out)
-    finally:
-        if tmp is not None:
-            shutil.rmtree(tmp, ignore_errors=True)
-    if verbose:
-        print(table(report))
-        if out is not None:
-            print(f"report: {out / REPORT_FILE}; directions, figures and token views in {out}/")
-    return AnalysisResult(report, directions, out)
+        },
+    )
+    if tmp is not None:
+        directions.save(tmp / DIRECTIONS_FILE)
+        atomic_write_json(tmp / REPORT_FILE, report)
+    return report, directions
 
 
 def _fold_rows(labels: Labels, folds: Folds, config: AnalysisConfig) -> list[np.ndarray] | None:

@@ -23,7 +23,7 @@ import pyarrow.compute as pc
 
 from turnphase.analysis.config import AnalysisConfig
 from turnphase.builders import schema
-from turnphase.builders.errors import TurnphaseError
+from turnphase.builders.errors import TurnphaseError, one_line
 from turnphase.builders.provenance import read_provenance
 
 _HUB_ID = re.compile(r"^[\w.-]+/[\w.-]+$")
@@ -106,6 +106,11 @@ class LayerData:
                     "(conversation_id/position differ); run `turnphase validate` on the dataset"
                 )
             flat = pc.list_flatten(table.column(schema.ACTIVATION)).to_numpy()
+            if not np.isfinite(flat).all():
+                raise TurnphaseError(
+                    f"{self.src.source}: {self.config} rows {start}..{start + n - 1} hold non-finite "
+                    "activations; run `turnphase validate` on the dataset"
+                )
             yield Batch(start, flat.reshape(n, d))  # (rows, d_model)
             start += n
         if start != self.labels.n_rows:
@@ -126,6 +131,8 @@ class DatasetSource:
         try:
             self.layers = [int(L) for L in provenance["layers"]]
             self.d_model = int(provenance["model"]["d_model"])
+            if provenance["dtype"] not in schema.ARROW_FLOAT:
+                raise ValueError(f"dtype {provenance['dtype']!r}")
             self.dtype = np.dtype(provenance["dtype"])
             self.model_id = str(provenance["model"]["id"])
         except (KeyError, TypeError, ValueError) as e:
@@ -147,18 +154,79 @@ class DatasetSource:
                 raise TurnphaseError(
                     f"{source}: not a turnphase dataset (no readable {schema.PROVENANCE_FILE})"
                 ) from e
-            return cls(str(path), prov, streaming, batch_size)
-        if path.exists() or not _HUB_ID.match(source):
+            src = cls(str(path), prov, streaming, batch_size)
+        elif path.exists() or not _HUB_ID.match(source):
             raise TurnphaseError(f"{source}: no such dataset folder")
-        return cls(source, _hub_provenance(source, revision), streaming, batch_size, revision)
+        else:
+            src = cls(source, _hub_provenance(source, revision), streaming, batch_size, revision)
+        src.check_shards()
+        return src
+
+    @property
+    def local(self) -> bool:
+        return Path(self.source).is_dir()
+
+    def check_shards(self) -> None:
+        """Every shard's schema (from its Parquet footer) against the schema module, and the same
+        shard files in every per-token config, before anything is computed: a damaged or foreign
+        dataset fails here in one line instead of giving a report of garbage."""
+        import pyarrow.parquet as pq
+
+        if self.local:
+            from fsspec.implementations.local import LocalFileSystem
+
+            fs, root = LocalFileSystem(), str(Path(self.source).absolute())
+        else:
+            from urllib.parse import quote
+
+            from huggingface_hub import HfFileSystem
+
+            fs = HfFileSystem()
+            root = f"datasets/{self.source}" + (f"@{quote(self.revision, safe='')}" if self.revision else "")
+        names = {}
+        for config in [schema.CONVERSATIONS, schema.TOKENS, *map(schema.layer_config, self.layers)]:
+            try:
+                files = sorted(fs.glob(f"{root}/{config}/{schema.SHARD_GLOB}"))
+            except Exception as e:  # the Hub unreachable, a revision that does not exist
+                raise TurnphaseError(f"{self.source}: cannot list {config} ({one_line(e)})") from None
+            if not files:
+                raise TurnphaseError(f"{self.source}: {config} has no shards; run `turnphase validate`")
+            names[config] = [f.rsplit("/", 1)[-1] for f in files]
+            if config != schema.CONVERSATIONS and names[config] != names[schema.TOKENS]:
+                raise TurnphaseError(
+                    f"{self.source}: {config}'s shard files differ from the tokens config's; "
+                    "run `turnphase validate`"
+                )
+            expected = schema.schema_for(config, self.d_model, str(self.dtype))
+            for path, name in zip(files, names[config], strict=True):
+                try:
+                    with fs.open(path, "rb") as f:
+                        got = pq.ParquetFile(f).schema_arrow
+                except Exception as e:
+                    raise TurnphaseError(
+                        f"{self.source}: {config}/{name} is not readable Parquet ({one_line(e)})"
+                    ) from None
+                difference = schema.schema_difference(got, expected)
+                if difference:
+                    raise TurnphaseError(
+                        f"{self.source}: {config}/{name} does not have the dataset's schema ({difference}); "
+                        "run `turnphase validate`"
+                    )
 
     def tables(self, config: str, columns: list[str], batch_size: int | None = None) -> Iterator[pa.Table]:
         """Arrow batches of `config`'s columns in dataset row order."""
         import datasets
 
         try:
+            # A local folder is always read in place: a non-streamed load would first copy it into
+            # datasets' Arrow cache (254 MB for the default dataset, per run). In memory or not is
+            # decided by the caller (LayerData keeps what it read).
             ds = datasets.load_dataset(
-                self.source, config, split=schema.SPLIT, streaming=self.streaming, revision=self.revision
+                self.source,
+                config,
+                split=schema.SPLIT,
+                streaming=self.streaming or self.local,
+                revision=self.revision,
             )
             it = iter(ds.select_columns(columns).with_format("arrow").iter(batch_size or self.batch_size))
         except Exception as e:  # datasets raises many types for missing configs, shards or schemas
@@ -213,6 +281,12 @@ class DatasetSource:
             phase[k:m] = kept.column(config.phase_scheme).to_numpy()
             phase_other[k:m] = kept.column(other).to_numpy()
             iit[k:m] = kept.column("index_in_turn").to_numpy()
+            bad = ~((phase[k:m] >= 0) & (phase[k:m] <= 1) & (phase_other[k:m] >= 0) & (phase_other[k:m] <= 1))
+            if bad.any() or (iit[k:m] < 0).any() or (rnd[k:m] < 0).any():
+                raise TurnphaseError(
+                    f"{self.source}: the tokens config has turn tokens with a phase outside 0..1 (or NaN), "
+                    f"or a negative round or index_in_turn, in rows {start}..{end - 1}; run `turnphase validate`"
+                )
             start, k = end, m
         if start != n_rows:
             raise TurnphaseError(

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import time
 from dataclasses import fields
@@ -27,8 +28,21 @@ from turnphase.builders import conversations as conv
 from turnphase.builders import provenance, schema, writer
 from turnphase.builders.config import BuildConfig
 from turnphase.builders.errors import TurnphaseError
+from turnphase.builders.lock import folder_lock
 
 STATE_DIR = ".turnphase_build"
+
+
+def _read_json(path: Path, what_to_do: str) -> dict:
+    """A state or provenance file as a dict, or one line naming it and what to do."""
+    try:
+        data = json.loads(path.read_text())
+        if not isinstance(data, dict):
+            raise ValueError("not a JSON object")
+        return data
+    except (OSError, ValueError) as e:
+        reason = e.strerror if isinstance(e, OSError) and e.strerror else "corrupt"
+        raise TurnphaseError(f"{path} is {reason}: {what_to_do}") from None
 
 
 def _prepare_out(out: Path, fingerprint: str) -> str:
@@ -37,21 +51,42 @@ def _prepare_out(out: Path, fingerprint: str) -> str:
         return "new"
     if not out.is_dir():
         raise TurnphaseError(f"--out {out} exists and is not a folder")
-    state = out / STATE_DIR / "options.json"
-    if state.exists():
-        if json.loads(state.read_text())["fingerprint"] != fingerprint:
+    state_dir = out / STATE_DIR
+    start_over = f"delete {state_dir} to start over"
+    if (state_dir / "options.json").exists():
+        saved = _read_json(state_dir / "options.json", start_over).get("fingerprint")
+        if saved == fingerprint:
+            return "resume"
+        if (state_dir / "generation.json").exists() or any(out.glob(f"*/{schema.SHARD_GLOB}")):
             raise TurnphaseError(
-                f"--out {out} holds an unfinished build with other options; use another folder"
+                f"--out {out} holds an unfinished build with other options; rerun it with its "
+                f"options (in {state_dir / 'options.json'}), {start_over}, or use another folder"
             )
-        return "resume"
+        # A build that stopped before its first checkpoint left nothing worth resuming.
+        shutil.rmtree(state_dir)
+        return "new"
     if (out / schema.PROVENANCE_FILE).exists():
-        done = provenance.read_provenance(out).get("build_options", {}).get("fingerprint")
+        prov = _read_json(
+            out / schema.PROVENANCE_FILE, "the folder is not a usable dataset; use another --out"
+        )
+        done = (prov.get("build_options") or {}).get("fingerprint")
         if done != fingerprint:
             raise TurnphaseError(f"--out {out} holds a different build; use another folder")
         return "complete"
-    if any(out.iterdir()):
+    if any(p.name != STATE_DIR for p in out.iterdir()):
         raise TurnphaseError(f"--out {out} is not empty and holds no turnphase build; use another folder")
     return "new"
+
+
+def _check_writable(out: Path) -> None:
+    """Fail before the model loads if `out` cannot be written."""
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        probe = out / f".write-test-{os.getpid()}"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as e:
+        raise writer.write_error(out, e) from None
 
 
 def _generate(
@@ -70,9 +105,19 @@ def _generate(
         seed=cfg.seed,
     )
     checkpoint = state_dir / "generation.json"
+    start_over = f"delete {state_dir} to start over"
+    kv_sha256 = None
     if checkpoint.exists():
-        saved = json.loads(checkpoint.read_text())
-        convs, start, timing = conv.from_json(saved["conversations"]), saved["steps_done"], saved["timing"]
+        saved = _read_json(checkpoint, start_over)
+        try:
+            convs, start, timing = (
+                conv.from_json(saved["conversations"]),
+                saved["steps_done"],
+                saved["timing"],
+            )
+            kv_sha256 = saved.get("kv_cache_sha256")
+        except (KeyError, TypeError, ValueError):
+            raise TurnphaseError(f"{checkpoint} is corrupt: {start_over}") from None
     else:
         convs, start, timing = (
             conv.new_conversations(cfg.n_conversations, prompts),
@@ -83,8 +128,15 @@ def _generate(
     # The conversations' KV caches are checkpointed with them: a resumed build then computes
     # exactly what the uninterrupted one did (a fresh prefill would differ in the last bits).
     kv_file = state_dir / f"kv_cache_{start}.pt"
+    # Checked against the hash recorded with the checkpoint: a replaced or truncated file would
+    # silently change every token generated from here.
+    if kv_sha256 is not None and (not kv_file.exists() or provenance.sha256_file(kv_file) != kv_sha256):
+        raise TurnphaseError(f"{kv_file} is missing or does not match its checkpoint: {start_over}")
     if start and kv_file.exists():
-        chat.cache.load(kv_file)
+        try:
+            chat.cache.load(kv_file)
+        except Exception as e:  # torch refuses anything but tensors (weights_only)
+            raise TurnphaseError(f"{kv_file} cannot be loaded ({type(e).__name__}): {start_over}") from None
     base, t0 = dict(timing), time.perf_counter()
 
     def save(steps_done: int, convs: list[conv.Conversation]) -> None:
@@ -92,9 +144,12 @@ def _generate(
         timing["new_tokens"] = base["new_tokens"] + chat.new_tokens
         timing["prompt_tokens_fed"] = base.get("prompt_tokens_fed", 0) + chat.cache.fed_tokens
         timing["prompt_tokens_reused"] = base.get("prompt_tokens_reused", 0) + chat.cache.reused_tokens
-        if steps_done < 2 * cfg.rounds:
-            chat.cache.save(state_dir / f"kv_cache_{steps_done}.pt")
         snapshot = {"steps_done": steps_done, "conversations": conv.to_json(convs), "timing": timing}
+        if steps_done < 2 * cfg.rounds:
+            kv = state_dir / f"kv_cache_{steps_done}.pt"
+            with writer.atomic_path(kv) as tmp:
+                chat.cache.save(tmp)
+            snapshot["kv_cache_sha256"] = provenance.sha256_file(kv)
         writer.atomic_write_json(checkpoint, snapshot)
         for old in state_dir.glob("kv_cache_*.pt"):
             if old.name != f"kv_cache_{steps_done}.pt":
@@ -228,53 +283,72 @@ def summary(out: Path, prov: dict) -> str:
 
 
 def build(cfg: BuildConfig) -> dict:
-    """Run (or resume) a build; returns the provenance dict."""
+    """Run (or resume) a build; returns the provenance dict. The output folder is locked for the
+    build's whole life: a second build into it fails at once."""
+    with folder_lock(cfg.out, "turnphase build"):
+        return _build(cfg)
+
+
+def _build(cfg: BuildConfig) -> dict:
     options = cfg.data_options()
     fingerprint = provenance.fingerprint(options)
     out = cfg.out
     status = _prepare_out(out, fingerprint)
     if status == "complete":
-        prov = provenance.read_provenance(out)
-        print(f"{out} already holds this build (nothing to do)")
-        return prov
+        from turnphase.builders.validate import validate
 
-    from turnphase.builders.model import load_model
+        problems = validate(out)
+        if problems:
+            raise TurnphaseError(
+                f"{out} holds this build but it is damaged ({len(problems)} problem(s), the first: "
+                f"{problems[0]}); see `turnphase validate {out}`, then delete the folder to rebuild"
+            )
+        print(f"{out} already holds this build, and it validates (nothing to do)")
+        return provenance.read_provenance(out)
 
-    loaded = load_model(
-        cfg.model,
-        layers=cfg.layers,
-        revision=cfg.revision,
-        trust_remote_code=cfg.trust_remote_code,
-        device=cfg.device,
-    )
-    layers = loaded.layers
-    strategy = cfg.resolve_strategy(loaded.n_params)
-
-    created = status == "new"
+    created = not out.exists()
+    _check_writable(out)
     state_dir = out / STATE_DIR
-    writer.atomic_write_json(state_dir / "options.json", {"fingerprint": fingerprint, "options": options})
-    writer.remove_temp_files(out)
     try:
+        from turnphase.builders.limits import check_build_limits
+        from turnphase.builders.model import load_model
+
+        loaded = load_model(
+            cfg.model,
+            layers=cfg.layers,
+            revision=cfg.revision,
+            trust_remote_code=cfg.trust_remote_code,
+            device=cfg.device,
+        )
+        strategy = cfg.resolve_strategy(loaded.n_params)
+        check_build_limits(cfg, loaded, conv.load_prompts(strategy))
+        writer.atomic_write_json(state_dir / "options.json", {"fingerprint": fingerprint, "options": options})
+        writer.remove_temp_files(out)
         convs, generation = _generate(cfg, loaded, strategy, state_dir)
         kept = [c for c in convs if c.dropped is None]
         if not kept:
+            shutil.rmtree(state_dir)  # a rerun would fail the same way: leave nothing behind
             raise TurnphaseError(
                 "every conversation failed generation; nothing to write (see --max-attempts)"
             )
         writer.write_shard(out, schema.CONVERSATIONS, 0, 1, _conversations_table(kept, loaded.id))
-        extraction = _extract(cfg, loaded, layers, kept, out)
-    except TurnphaseError:
-        if created:
-            shutil.rmtree(out, ignore_errors=True)
+        extraction = _extract(cfg, loaded, loaded.layers, kept, out)
+    except BaseException:
+        # Before the first checkpoint there is nothing to resume: leave nothing that would block
+        # the folder (a later checkpoint is kept, and rerunning resumes from it).
+        if not (state_dir / "generation.json").exists():
+            shutil.rmtree(state_dir, ignore_errors=True)
+            if created:
+                shutil.rmtree(out, ignore_errors=True)
         raise
     generation["timing"]["extraction"] = extraction
     prov = provenance.make_provenance(
         model=loaded.describe(),
-        layers=layers,
+        layers=loaded.layers,
         dtype=cfg.dtype,
         seed=cfg.seed,
         generation=generation,
-        counts=_counts(out, convs, layers),
+        counts=_counts(out, convs, loaded.layers),
         license=cfg.license,
         build_options={"fingerprint": fingerprint, **options},
     )

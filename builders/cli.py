@@ -17,7 +17,7 @@ import argparse
 import importlib
 import sys
 
-from turnphase.builders.errors import TurnphaseError
+from turnphase.builders.errors import TurnphaseError, one_line
 
 # subcommand -> (module, one-line help)
 COMMANDS = {
@@ -51,6 +51,16 @@ def main(argv: list[str] | None = None) -> int:
         return int(module.run(args) or 0)
     except TurnphaseError as e:
         print(f"turnphase {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    except OSError as e:  # a file or device error no step turned into a TurnphaseError
+        where = f" ({e.filename})" if e.filename else ""
+        print(f"turnphase {args.command}: error: {e.strerror or one_line(e)}{where}", file=sys.stderr)
+        return 2
+    except MemoryError:
+        print(
+            f"turnphase {args.command}: error: out of memory; see --help for smaller settings",
+            file=sys.stderr,
+        )
         return 2
     except KeyboardInterrupt:
         print(f"turnphase {args.command}: interrupted; rerun the same command to resume", file=sys.stderr)

@@ -3,3 +3,9 @@
 
 class TurnphaseError(Exception):
     """Bad input or an unusable environment: the CLI prints `error: <message>` and exits 2."""
+
+
+def one_line(e: BaseException) -> str:
+    """An exception as one short line: its type and its message with the line breaks folded."""
+    text = " ".join(str(e).split())
+    return f"{type(e).__name__}: {text[:200]}" if text else type(e).__name__

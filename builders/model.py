@@ -7,6 +7,7 @@ from __future__ import annotations
 import hashlib
 import importlib.util
 import os
+import pickle
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -93,7 +94,11 @@ def load_model(
     else:
         source, shown_id = model_id, model_id
         kwargs["revision"] = revision
-        weights = _weights_hash(Path(model_id)) if os.path.isdir(model_id) else None
+        if os.path.isdir(model_id):
+            weights = _weights_hash(Path(model_id))
+        else:
+            _check_hub_id(model_id, revision)
+            weights = None
 
     def cannot_load(e: Exception) -> TurnphaseError:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
@@ -111,6 +116,11 @@ def load_model(
     chosen = resolve_layers(layers, n_layers)
     try:
         model = AutoModelForCausalLM.from_pretrained(source, dtype=torch.float32, **kwargs)
+    except pickle.UnpicklingError:
+        raise TurnphaseError(
+            f"cannot load model {shown_id!r}: its weights file holds more than tensors and is refused "
+            "(unpickling it could run code); use safetensors weights"
+        ) from None
     except (OSError, ValueError) as e:
         raise cannot_load(e) from None
     if weights is None and not os.path.isdir(source):
@@ -137,6 +147,32 @@ def load_model(
     )
 
 
+def _looks_like_path(model_id: str) -> bool:
+    """A Hub id is NAME or NAMESPACE/NAME; anything else (absolute, ./x, ~/x, a/b/c) is a path."""
+    return os.path.isabs(model_id) or model_id.startswith((".", "~")) or model_id.count("/") > 1
+
+
+def _check_hub_id(model_id: str, revision: str | None) -> None:
+    """Fail in one line, at once, for a missing local path or a model the Hub cannot give (instead
+    of transformers' minute of retries); a model already in the local cache needs no Hub."""
+    if _looks_like_path(model_id):
+        raise TurnphaseError(f"--model {model_id}: no such file or folder")
+    from huggingface_hub import constants, model_info, try_to_load_from_cache
+
+    if constants.HF_HUB_OFFLINE or isinstance(
+        try_to_load_from_cache(model_id, "config.json", revision=revision), str
+    ):
+        return
+    try:
+        model_info(model_id, revision=revision, timeout=10)
+    except Exception as e:  # not found, gated, no network: one line, whatever the type
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        raise TurnphaseError(
+            f"--model {model_id}: not a local folder or .gguf file, not in the Hugging Face cache, and "
+            f"the Hub cannot provide it ({type(e).__name__}: {first})"
+        ) from None
+
+
 def resolve_layers(spec: str, n_layers: int) -> list[int]:
     """`auto` (relative depth 0.44..0.81, the study's 7..13 of 16), `all`, `13-24`, `13,17,24`."""
     spec = spec.strip().lower()
@@ -150,6 +186,8 @@ def resolve_layers(spec: str, n_layers: int) -> list[int]:
         for part in spec.split(","):
             if "-" in part:
                 a, b = (int(x) for x in part.split("-"))
+                if a > b:
+                    raise TurnphaseError(f"--layers {spec!r}: {a}-{b} is an empty range; write {b}-{a}")
                 layers.update(range(a, b + 1))
             else:
                 layers.add(int(part))

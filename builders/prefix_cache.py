@@ -25,7 +25,6 @@ and every call starts from scratch with transformers' own cache.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Hashable, Sequence
 from pathlib import Path
 
@@ -162,9 +161,9 @@ class PrefixCache:
             self.entries.pop(key, None)
 
     def save(self, path: Path) -> None:
-        tmp = path.with_name(path.name + ".tmp")
-        torch.save(self.entries, tmp)
-        os.replace(tmp, path)
+        """Write the entries to `path` (the caller makes it atomic: `writer.atomic_path`)."""
+        with open(path, "wb") as f:  # a file object: a full disk raises OSError, not a RuntimeError
+            torch.save(self.entries, f)
 
     def load(self, path: Path) -> None:
         self.entries = torch.load(path, weights_only=True)

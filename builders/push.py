@@ -37,6 +37,7 @@ from huggingface_hub.errors import HfHubHTTPError
 
 from turnphase.builders import card, schema, writer
 from turnphase.builders.errors import TurnphaseError
+from turnphase.builders.lock import folder_lock
 from turnphase.builders.provenance import read_provenance, turnphase_version
 from turnphase.builders.validate import validate
 
@@ -80,6 +81,7 @@ def push_folder(
     revision: the branch to push to (created from `main` if missing); None means `main`.
     token: a Hugging Face token; None uses `huggingface_hub.get_token()`.
     Raises TurnphaseError on an invalid folder or repo id, a missing token, or a refusal by the Hub.
+    The folder is locked meanwhile: a build cannot write into it during the push.
     """
     folder = Path(folder)
     if not _REPO_ID_RE.match(repo_id):
@@ -87,7 +89,14 @@ def push_folder(
             f"repo id {repo_id!r} must be NAMESPACE/NAME, e.g. "
             f"alice/{card.variant_repo_name('HuggingFaceTB/SmolLM2-135M-Instruct')}"
         )
-    problems = validate(folder)
+    if not folder.is_dir():
+        raise TurnphaseError(f"{folder}: no such dataset folder")
+    with folder_lock(folder, "turnphase push"):
+        return _push(folder, repo_id, private=private, revision=revision, token=token)
+
+
+def _push(folder: Path, repo_id: str, *, private: bool, revision: str | None, token: str | None) -> str:
+    problems = validate(folder)  # the shards' sha256 included: what is uploaded is what was built
     if problems:
         raise TurnphaseError(
             f"{folder} is not a valid dataset, nothing pushed ({len(problems)} problem(s); "

@@ -117,6 +117,24 @@ def schema_for(config: str, d_model: int, dtype: Dtype) -> pa.Schema:
     raise ValueError(f"unknown config {config!r}")
 
 
+def schema_difference(got: pa.Schema, expected: pa.Schema) -> str | None:
+    """What differs between a shard's schema and the expected one, in a few words; None if equal."""
+    got, expected = got.remove_metadata(), expected.remove_metadata()
+    if got.equals(expected):
+        return None
+    names, want = got.names, expected.names
+    missing = [n for n in want if n not in names]
+    extra = [n for n in names if n not in want]
+    typed = [
+        f"{n} is {got.field(n).type}, not {expected.field(n).type}"
+        for n in want
+        if n in names and not got.field(n).type.equals(expected.field(n).type)
+    ]
+    parts = ([f"missing {', '.join(missing)}"] if missing else []) + typed
+    parts += [f"unexpected {', '.join(extra)}"] if extra else []
+    return "; ".join(parts) or f"columns in another order ({', '.join(names)})"
+
+
 # Rows per Parquet row group. A row group is the unit a streaming reader fetches, so per-token
 # configs use groups of about 2 MB of activations; conversations are small and few.
 ROW_GROUP_ROWS = {CONVERSATIONS: 64, TOKENS: 8192, "layer": 2048}

@@ -18,6 +18,7 @@ import pyarrow.parquet as pq
 from huggingface_hub import DatasetCard
 
 from turnphase.builders import schema
+from turnphase.builders.errors import one_line
 
 PHASE_TOL = 1e-6
 
@@ -27,13 +28,18 @@ def _card_configs(root: Path, problems: list[str]) -> dict[str, str]:
     try:
         card = DatasetCard.load(root / schema.CARD_FILE)
     except Exception as e:  # a missing or unparsable card is a problem to report, not a crash
-        problems.append(f"{schema.CARD_FILE}: cannot read the dataset card ({type(e).__name__}: {e})")
+        problems.append(f"{schema.CARD_FILE}: cannot read the dataset card ({one_line(e)})")
         return {}
     out = {}
-    for cfg in card.data.to_dict().get("configs") or []:
+    configs = card.data.to_dict().get("configs") or []
+    if not isinstance(configs, list) or not all(isinstance(c, dict) for c in configs):
+        problems.append(f"{schema.CARD_FILE}: `configs` is not a list of configs")
+        return {}
+    for cfg in configs:
         files = cfg.get("data_files") or []
-        paths = [f["path"] for f in files if f.get("split") == schema.SPLIT]
-        if len(paths) != 1:
+        files = files if isinstance(files, list) else []
+        paths = [f.get("path") for f in files if isinstance(f, dict) and f.get("split") == schema.SPLIT]
+        if len(paths) != 1 or not isinstance(cfg.get("config_name"), str):
             problems.append(
                 f"{schema.CARD_FILE}: config {cfg.get('config_name')} has no single '{schema.SPLIT}' path"
             )
@@ -65,12 +71,11 @@ def _open(path: Path, expected: pa.Schema, root: Path, problems: list[str]) -> p
         f = pq.ParquetFile(path)
         got = f.schema_arrow
     except Exception as e:
-        problems.append(f"{rel}: unreadable Parquet ({type(e).__name__}: {e})")
+        problems.append(f"{rel}: unreadable Parquet ({one_line(e)})")
         return None
-    if not got.remove_metadata().equals(expected.remove_metadata()):
-        problems.append(
-            f"{rel}: schema differs from the expected one: {got.remove_metadata()}".replace("\n", "; ")
-        )
+    difference = schema.schema_difference(got, expected)
+    if difference:
+        problems.append(f"{rel}: schema differs from the expected one: {difference}")
         return None
     return f
 
@@ -102,17 +107,65 @@ def _check_phases(tokens: pa.Table, rel: str, problems: list[str]) -> None:
         problems.append(f"{rel}: phase_round does not increase within a round")
 
 
-def validate(root: Path) -> list[str]:
+def _expected(prov: dict, problems: list[str]) -> tuple[list[int], int, str, dict, int, int] | None:
+    """layers, d_model, dtype, rows per config, conversations and tokens from the provenance, with
+    their types checked; None (and a problem per bad field) if any is unusable."""
+    bad = len(problems)
+
+    def get(*keys):
+        value = prov
+        for k in keys:
+            if not isinstance(value, dict) or k not in value:
+                problems.append(f"{schema.PROVENANCE_FILE}: {'.'.join(keys)} is missing")
+                return None
+            value = value[k]
+        return value
+
+    layers, d_model, dtype = get("layers"), get("model", "d_model"), get("dtype")
+    rows, n_conv, n_tokens = get("counts", "rows"), get("counts", "conversations"), get("counts", "tokens")
+    checks = [
+        ("layers", layers, isinstance(layers, list) and all(type(L) is int and L >= 0 for L in layers)),
+        ("model.d_model", d_model, type(d_model) is int and d_model > 0),
+        ("dtype", dtype, dtype in schema.ARROW_FLOAT),
+        ("counts.rows", rows, isinstance(rows, dict)),
+        ("counts.conversations", n_conv, type(n_conv) is int),
+        ("counts.tokens", n_tokens, type(n_tokens) is int),
+    ]
+    for name, value, ok in checks:
+        if value is not None and not ok:
+            problems.append(f"{schema.PROVENANCE_FILE}: {name} has an unusable value {value!r:.80}")
+    if len(problems) > bad:
+        return None
+    return layers, d_model, dtype, rows, n_conv, n_tokens
+
+
+def validate(root: Path, *, deep: bool = True) -> list[str]:
+    """One line per problem; [] means valid. Never raises: whatever cannot be read is a problem.
+
+    deep=False checks the provenance, the card, the shard lists and every shard's schema and row
+    count from the Parquet footers only (what `analyze` checks before it starts); deep=True also
+    reads the data: labels, phases, row alignment, finiteness and the shards' sha256."""
     root = Path(root)
+    try:
+        return _validate(root, deep)
+    except Exception as e:  # a last resort: a check that meets data nobody foresaw
+        return [f"{root}: cannot be checked ({one_line(e)})"]
+
+
+def _validate(root: Path, deep: bool) -> list[str]:
     if not root.is_dir():
         return [f"{root}: not a folder"]
     problems: list[str] = []
     try:
         prov = json.loads((root / schema.PROVENANCE_FILE).read_text())
-        layers, d_model, dtype = prov["layers"], prov["model"]["d_model"], prov["dtype"]
-        rows_expected = prov["counts"]["rows"]
+        if not isinstance(prov, dict):
+            raise ValueError("not a JSON object")
     except Exception as e:
-        return [f"{schema.PROVENANCE_FILE}: missing or unreadable ({type(e).__name__}: {e})"]
+        return [f"{schema.PROVENANCE_FILE}: missing or unreadable ({one_line(e)})"]
+    expected_values = _expected(prov, problems)
+    if expected_values is None:
+        return problems
+    layers, d_model, dtype, rows_expected, n_conv_expected, n_tokens_expected = expected_values
 
     expected = [schema.CONVERSATIONS, schema.TOKENS] + [schema.layer_config(L) for L in layers]
     card = _card_configs(root, problems)
@@ -134,13 +187,13 @@ def validate(root: Path) -> list[str]:
     for path in conv_files:
         f = _open(path, schema.CONVERSATIONS_SCHEMA, root, problems)
         n_conv += f.metadata.num_rows if f else 0
-    if n_conv != prov["counts"]["conversations"] or n_conv != rows_expected.get(schema.CONVERSATIONS):
-        problems.append(f"conversations: {n_conv} rows, provenance says {prov['counts']['conversations']}")
+    if n_conv != n_conv_expected or n_conv != rows_expected.get(schema.CONVERSATIONS):
+        problems.append(f"conversations: {n_conv} rows, provenance says {n_conv_expected}")
 
     token_files = _shards(root, schema.TOKENS, problems)
-    for L in layers:
-        layer_names = {p.name for p in _shards(root, schema.layer_config(L), problems)}
-        if layer_names != {p.name for p in token_files}:
+    layer_files = {L: _shards(root, schema.layer_config(L), problems) for L in layers}
+    for L, files in layer_files.items():
+        if {p.name for p in files} != {p.name for p in token_files}:
             problems.append(f"{schema.layer_config(L)}: shard files differ from tokens' shard files")
     n_tokens = 0
     layer_rows = dict.fromkeys(layers, 0)
@@ -148,34 +201,78 @@ def validate(root: Path) -> list[str]:
         f = _open(path, schema.TOKENS_SCHEMA, root, problems)
         if f is None:
             continue
-        tokens = f.read(columns=schema.KEY_LABEL_COLUMNS)
-        n_tokens += tokens.num_rows
-        _check_phases(tokens, str(path.relative_to(root)), problems)
+        n_tokens += f.metadata.num_rows
+        tokens = _read(f, path, root, problems, columns=schema.KEY_LABEL_COLUMNS) if deep else None
+        if tokens is not None:
+            _check_phases(tokens, str(path.relative_to(root)), problems)
         for L in layers:
             lpath = root / schema.layer_config(L) / path.name
-            rel = lpath.relative_to(root)
             if not lpath.exists():
                 continue  # reported by _shards
             lf = _open(lpath, schema.layer_schema(d_model, dtype), root, problems)
             if lf is None:
                 continue
             layer_rows[L] += lf.metadata.num_rows
-            labels = lf.read(columns=schema.KEY_LABEL_COLUMNS)
-            if not labels.equals(tokens):
-                problems.append(f"{rel}: key/label columns do not line up with {path.relative_to(root)}")
-            for i in range(lf.num_row_groups):
-                acts = lf.read_row_group(i, columns=[schema.ACTIVATION]).column(0)
-                values = pc.list_flatten(acts).to_numpy(zero_copy_only=False)
-                if not np.isfinite(values).all():
-                    problems.append(f"{rel}: non-finite activations in row group {i}")
-                    break
+            if tokens is not None:
+                _check_layer_shard(lf, lpath, tokens, path, root, problems)
 
-    if n_tokens != prov["counts"]["tokens"] or n_tokens != rows_expected.get(schema.TOKENS):
-        problems.append(f"tokens: {n_tokens} rows, provenance says {prov['counts']['tokens']}")
+    if n_tokens != n_tokens_expected or n_tokens != rows_expected.get(schema.TOKENS):
+        problems.append(f"tokens: {n_tokens} rows, provenance says {n_tokens_expected}")
     for L in layers:
         if layer_rows[L] != n_tokens:
             problems.append(f"{schema.layer_config(L)}: {layer_rows[L]} rows for {n_tokens} tokens")
+    if deep:
+        _check_hashes(root, prov, conv_files + token_files + sum(layer_files.values(), []), problems)
     return problems
+
+
+def _read(f: pq.ParquetFile, path: Path, root: Path, problems: list[str], **kwargs) -> pa.Table | None:
+    try:
+        return f.read(**kwargs)
+    except Exception as e:  # a damaged data page
+        problems.append(f"{path.relative_to(root)}: unreadable data ({one_line(e)})")
+        return None
+
+
+def _check_layer_shard(
+    lf: pq.ParquetFile, lpath: Path, tokens: pa.Table, tpath: Path, root: Path, problems: list[str]
+) -> None:
+    rel = lpath.relative_to(root)
+    labels = _read(lf, lpath, root, problems, columns=schema.KEY_LABEL_COLUMNS)
+    if labels is None:
+        return
+    if not labels.equals(tokens):
+        problems.append(f"{rel}: key/label columns do not line up with {tpath.relative_to(root)}")
+    for i in range(lf.num_row_groups):
+        try:
+            acts = lf.read_row_group(i, columns=[schema.ACTIVATION]).column(0)
+            values = pc.list_flatten(acts).to_numpy(zero_copy_only=False)
+        except Exception as e:
+            problems.append(f"{rel}: unreadable activations in row group {i} ({one_line(e)})")
+            return
+        if not np.isfinite(values).all():
+            problems.append(f"{rel}: non-finite activations in row group {i}")
+            return
+
+
+def _check_hashes(root: Path, prov: dict, files: list[Path], problems: list[str]) -> None:
+    """Every shard's sha256 against the provenance's record (what the build wrote)."""
+    from turnphase.builders.provenance import sha256_file
+
+    recorded = prov.get("sha256")
+    if not isinstance(recorded, dict):
+        problems.append(
+            f"{schema.PROVENANCE_FILE}: no sha256 record of the shards (rebuild with this version)"
+        )
+        return
+    on_disk = {str(p.relative_to(root)): p for p in files}
+    for rel in sorted(set(recorded) - set(on_disk)):
+        problems.append(f"{rel}: recorded in {schema.PROVENANCE_FILE} but missing")
+    for rel, path in sorted(on_disk.items()):
+        if rel not in recorded:
+            problems.append(f"{rel}: not recorded in {schema.PROVENANCE_FILE}'s sha256 list")
+        elif sha256_file(path) != recorded[rel]:
+            problems.append(f"{rel}: sha256 differs from {schema.PROVENANCE_FILE} (the file was changed)")
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:

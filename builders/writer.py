@@ -7,26 +7,52 @@ A shard that exists under its final name is complete; that is what resuming reli
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import shutil
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 
 from turnphase.builders import schema
+from turnphase.builders.errors import TurnphaseError
 
 
 def _temp_name(path: Path) -> Path:
     return path.with_name(f".{path.name}.{os.getpid()}.tmp")
 
 
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
+def write_error(path: Path, e: OSError) -> TurnphaseError:
+    """One line for a failed write that names the file and says what to do."""
+    if e.errno == errno.ENOSPC:
+        return TurnphaseError(f"no space left on device writing {path}: free space and rerun to resume")
+    reason = e.strerror or str(e).splitlines()[0]
+    return TurnphaseError(f"cannot write {path}: {reason}")
+
+
+@contextmanager
+def atomic_path(path: Path) -> Iterator[Path]:
+    """A temporary path next to `path` to write to; renamed to `path` when the block succeeds,
+    removed when it fails. A failed write (full disk, read-only folder) becomes one line."""
+    path = Path(path)
     tmp = _temp_name(path)
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        yield tmp
+        os.replace(tmp, path)
+    except OSError as e:
+        raise write_error(path, e) from None
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(data)
 
 
 def atomic_write_json(path: Path, obj: object) -> None:
@@ -43,6 +69,28 @@ def replace_folder(tmp: Path, out: Path) -> None:
     shutil.rmtree(old, ignore_errors=True)
 
 
+@contextmanager
+def staged_folder(out: Path) -> Iterator[Path]:
+    """A hidden folder beside `out` to write a result into (a report, a steering run); it replaces
+    `out` when the block succeeds and is removed when it fails, so `out` is always whole. Made on
+    entry, so an unwritable place fails before the work; failed writes become one line."""
+    out = Path(out)
+    tmp = out.parent / f".{out.name}.partial-{os.getpid()}"
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir()
+    except OSError as e:
+        raise write_error(out, e) from None
+    try:
+        yield tmp
+        replace_folder(tmp, out)
+    except OSError as e:
+        raise write_error(Path(e.filename) if e.filename else out, e) from None
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
 def shard_path(root: Path, config: str, index: int, n_shards: int) -> Path:
     return Path(root) / config / schema.shard_name(index, n_shards)
 
@@ -54,22 +102,20 @@ def write_shard(root: Path, config: str, index: int, n_shards: int, table: pa.Ta
     something to coerce silently.
     """
     path = shard_path(root, config, index, n_shards)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = _temp_name(path)
     # Dictionary-encode only the small categorical columns; activations compress poorly and
     # would waste time in a dictionary.
     dict_cols = [c for c in ("role", "topic", "model", "token") if c in table.column_names]
-    pq.write_table(
-        table,
-        tmp,
-        row_group_size=schema.row_group_rows(config),
-        compression="zstd",
-        use_dictionary=dict_cols,
-        write_statistics=["conversation_id", "position"]
-        if "position" in table.column_names
-        else ["conversation_id"],
-    )
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        pq.write_table(
+            table,
+            tmp,
+            row_group_size=schema.row_group_rows(config),
+            compression="zstd",
+            use_dictionary=dict_cols,
+            write_statistics=["conversation_id", "position"]
+            if "position" in table.column_names
+            else ["conversation_id"],
+        )
     return path
 
 
@@ -121,5 +167,18 @@ def finalize(root: Path, provenance: dict, repo_id: str | None = None) -> None:
         config: sum(f.stat().st_size for f in (Path(root) / config).glob(schema.SHARD_GLOB))
         for config in provenance["counts"]["rows"]
     }
+    provenance["sha256"] = shard_hashes(root, provenance["counts"]["rows"])
     atomic_write_json(Path(root) / schema.PROVENANCE_FILE, provenance)
     atomic_write_bytes(Path(root) / schema.CARD_FILE, render_card(provenance, repo_id).encode())
+
+
+def shard_hashes(root: Path, configs) -> dict[str, str]:
+    """sha256 of every shard of `configs`, keyed by its path in the folder (`tokens/train-...`):
+    the integrity record `validate` and `push` check."""
+    from turnphase.builders.provenance import sha256_file
+
+    return {
+        f"{config}/{f.name}": sha256_file(f)
+        for config in configs
+        for f in sorted((Path(root) / config).glob(schema.SHARD_GLOB))
+    }

@@ -9,8 +9,6 @@ come from one analysis fold: its models were fitted without the conversations th
 
 from __future__ import annotations
 
-import os
-import shutil
 from pathlib import Path
 
 import numpy as np
@@ -20,9 +18,10 @@ from turnphase.analysis.directions import Directions
 from turnphase.analysis.report import check_out
 from turnphase.analysis.source import DatasetSource
 from turnphase.builders.errors import TurnphaseError
+from turnphase.builders.lock import folder_lock
 from turnphase.builders.model import DEFAULT_MODEL, LoadedModel, load_model
 from turnphase.builders.provenance import fingerprint, turnphase_version
-from turnphase.builders.writer import atomic_write_json, replace_folder
+from turnphase.builders.writer import atomic_write_json, staged_folder
 from turnphase.steering import figures
 from turnphase.steering.conditions import Condition, conditions
 from turnphase.steering.config import SteerConfig
@@ -56,8 +55,6 @@ def check_inputs(config: SteerConfig) -> tuple[Directions, DatasetSource, np.nda
             f"fold {config.fold} holds out no conversations (the report has "
             f"{len(next(iter(directions.layers.values())).folds)} folds; a token split holds out none)"
         )
-    if config.out is not None:
-        check_out(Path(config.out), config.overwrite)
     return directions, src, held
 
 
@@ -82,6 +79,24 @@ def load_dataset_model(config: SteerConfig, src: DatasetSource, d_model: int) ->
 
 
 def steer(config: SteerConfig, *, verbose: bool = True) -> dict:
+    """Run the steering test; with `config.out`, write it there (locked meanwhile, whole or not at
+    all, the place checked for writing before the model loads)."""
+    if config.out is None:
+        result = _steer(config, None)
+    else:
+        out = Path(config.out)
+        with folder_lock(out, "turnphase steer"):
+            check_out(out, config.overwrite)
+            with staged_folder(out) as tmp:
+                result = _steer(config, tmp)
+    if verbose:
+        print(table(result))
+        if config.out is not None:
+            print(f"steer.json, figures and examples: {config.out}/")
+    return result
+
+
+def _steer(config: SteerConfig, tmp: Path | None) -> dict:
     directions, src, held = check_inputs(config)
     d_model = len(next(iter(directions.layers.values())).folds[0].mean)
     loaded = load_dataset_model(config, src, d_model)
@@ -120,12 +135,10 @@ def steer(config: SteerConfig, *, verbose: bool = True) -> dict:
         "layers": layers,
     }
     result["findings"] = findings(result)
-    if config.out is not None:
-        write(result, Path(config.out))
-    if verbose:
-        print(table(result))
-        if config.out is not None:
-            print(f"steer.json, figures and examples: {config.out}/")
+    if tmp is not None:
+        result["figures"] = figures.write_all(result, tmp)
+        atomic_write_json(tmp / STEER_FILE, result)
+        (tmp / "summary.txt").write_text(table(result) + "\n")
     return result
 
 
@@ -204,18 +217,3 @@ def _curve(gen: Generation) -> list[float | None]:
     with np.errstate(invalid="ignore"):
         mean = np.nansum(gen.p_end, axis=0) / running
     return [float(v) if r else None for v, r in zip(mean, running, strict=True)]
-
-
-def write(result: dict, out: Path) -> None:
-    """The folder appears whole or not at all."""
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.parent / f".{out.name}.partial-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
-    try:
-        result["figures"] = figures.write_all(result, tmp)
-        atomic_write_json(tmp / STEER_FILE, result)
-        (tmp / "summary.txt").write_text(table(result) + "\n")
-        replace_folder(tmp, out)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)

@@ -86,7 +86,7 @@ def test_same_seed_same_data_and_rerun_is_a_no_op(tiny_build, tiny_model_dir, tm
         assert read_config(again, config).equals(read_config(tiny_build, config)), config
     before = {p: p.stat().st_mtime_ns for p in again.rglob("*")}
     assert main(["build", "--out", str(again), "--model", str(tiny_model_dir), *TINY_ARGS]) == 0
-    assert "already holds this build" in capsys.readouterr().out
+    assert "already holds this build, and it validates" in capsys.readouterr().out
     assert {p: p.stat().st_mtime_ns for p in again.rglob("*")} == before
 
 
@@ -143,7 +143,7 @@ def test_bad_inputs_fail_with_one_line_and_write_nothing(tiny_model_dir, tiny_bu
 
     out = tmp_path / "out"
     base = ["build", "--out", str(out)]
-    assert "cannot load model" in _fails_cleanly(base + ["--model", str(tmp_path / "nope")], capsys, out)
+    assert "nope: no such file or folder" in _fails_cleanly(base + ["--model", str(tmp_path / "nope")], capsys, out)
     no_template = save_tiny_chat_model(tmp_path / "no-template", chat_template=None)
     assert "no chat template" in _fails_cleanly(base + ["--model", str(no_template)], capsys, out)
     assert "out of range" in _fails_cleanly(

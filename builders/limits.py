@@ -1,0 +1,79 @@
+"""What a build may ask of the model and the machine, checked after the model loads and before
+anything is written: a build that cannot fit fails in seconds with one line, not after minutes
+with a MemoryError or an allocation of 64 GB.
+
+- context: the longest conversation the options allow (system prompt, every round's turns at
+  their token limits, the template's markup, the longest generation instruction) must fit the
+  model's context window;
+- memory: every live conversation keeps its KV cache between calls (`prefix_cache`), and one
+  batched call holds a buffer per row besides; at the token limits that must fit the memory
+  available now (RAM, or the GPU's free memory).
+"""
+
+from __future__ import annotations
+
+from turnphase.builders.config import BuildConfig
+from turnphase.builders.errors import TurnphaseError
+
+GIB = 1024**3
+
+
+def longest_conversation(cfg: BuildConfig, tokenizer, prompts: dict) -> int:
+    """Tokens of the longest conversation the options allow (an upper bound)."""
+    empty = [{"role": "system", "content": prompts["system"]}]
+    empty += [{"role": r, "content": ""} for _ in range(cfg.rounds) for r in ("user", "assistant")]
+    markup = len(tokenizer.apply_chat_template(empty, tokenize=True, add_generation_prompt=True))
+    instructions = max(
+        len(tokenizer(v, add_special_tokens=False)["input_ids"])
+        for k, v in prompts.items()
+        if k not in ("description", "system") and isinstance(v, str)
+    )
+    turns = cfg.rounds * (cfg.user_max_new_tokens + cfg.assistant_max_new_tokens)
+    return markup + instructions + turns + 16  # 16: the instruction message's own markup
+
+
+def context_length(model) -> int | None:
+    config = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
+    n = getattr(config, "max_position_embeddings", None)
+    return int(n) if n else None
+
+
+def kv_bytes_per_token(model) -> int:
+    config = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
+    heads = config.num_attention_heads
+    kv_heads = getattr(config, "num_key_value_heads", None) or heads
+    head_dim = getattr(config, "head_dim", None) or config.hidden_size // heads
+    element = next(model.parameters()).element_size()
+    return config.num_hidden_layers * 2 * kv_heads * head_dim * element
+
+
+def available_memory(device: str) -> int:
+    if device.startswith("cuda"):
+        import torch
+
+        return int(torch.cuda.mem_get_info(torch.device(device))[0])
+    import psutil
+
+    return int(psutil.virtual_memory().available)
+
+
+def check_build_limits(cfg: BuildConfig, loaded, prompts: dict) -> dict:
+    """Raise TurnphaseError if the build cannot fit; returns what was checked (for the log)."""
+    longest = longest_conversation(cfg, loaded.tokenizer, prompts)
+    window = context_length(loaded.model)
+    if window is not None and longest > window:
+        raise TurnphaseError(
+            f"--rounds {cfg.rounds} with up to {cfg.user_max_new_tokens} + {cfg.assistant_max_new_tokens} "
+            f"new tokens per round makes conversations of up to {longest} tokens, beyond the model's "
+            f"context of {window}; lower --rounds, --user-max-new-tokens or --assistant-max-new-tokens"
+        )
+    rows = cfg.n_conversations + min(cfg.batch_size, cfg.n_conversations)
+    need = rows * longest * kv_bytes_per_token(loaded.model)
+    have = available_memory(cfg.device)
+    if need > have:
+        raise TurnphaseError(
+            f"{cfg.n_conversations} conversations of up to {longest} tokens need up to "
+            f"{need / GIB:.1f} GiB of KV caches, and {have / GIB:.1f} GiB of memory is available on "
+            f"{cfg.device}; lower -n (and build more datasets), --rounds or the max-new-tokens options"
+        )
+    return {"longest_conversation": longest, "context": window, "kv_cache_bytes": need, "available": have}
