@@ -24,7 +24,7 @@ import pyarrow.compute as pc
 from turnphase.analysis.config import AnalysisConfig
 from turnphase.builders import schema
 from turnphase.builders.errors import TurnphaseError, one_line
-from turnphase.builders.provenance import read_provenance
+from turnphase.builders.provenance import read_provenance, sha256_file
 
 _HUB_ID = re.compile(r"^[\w.-]+/[\w.-]+$")
 LABEL_BATCH = 8192
@@ -177,12 +177,13 @@ class DatasetSource:
 
             fs, root = LocalFileSystem(), str(Path(self.source).absolute())
         else:
-            from urllib.parse import quote
+            from huggingface_hub import HfApi, HfFileSystem
 
-            from huggingface_hub import HfFileSystem
-
-            fs = HfFileSystem()
-            root = f"datasets/{self.source}" + (f"@{quote(self.revision, safe='')}" if self.revision else "")
+            try:  # pinned to the commit, as datasets does: every shard read from one snapshot
+                sha = HfApi().dataset_info(self.source, revision=self.revision or "main").sha
+            except Exception as e:
+                raise TurnphaseError(f"{self.source}: cannot read the repository ({one_line(e)})") from None
+            fs, root = HfFileSystem(), f"datasets/{self.source}@{sha}"
         names = {}
         for config in [schema.CONVERSATIONS, schema.TOKENS, *map(schema.layer_config, self.layers)]:
             try:
@@ -212,6 +213,21 @@ class DatasetSource:
                         f"{self.source}: {config}/{name} does not have the dataset's schema ({difference}); "
                         "run `turnphase validate`"
                     )
+                if self.local:
+                    self._check_hash(Path(path), f"{config}/{name}")
+
+    def _check_hash(self, path: Path, rel: str) -> None:
+        """A local shard against the sha256 the build recorded (well under a second for the default
+        dataset). Hub shards are not hashed here: that would read each one twice; `push` checked
+        them against the record before uploading."""
+        recorded = self.provenance.get("sha256")
+        if not isinstance(recorded, dict):
+            return  # an older build without the record: `turnphase validate` says so
+        if recorded.get(rel) != sha256_file(path):
+            raise TurnphaseError(
+                f"{self.source}: {rel}'s sha256 differs from {schema.PROVENANCE_FILE} (the file was "
+                "changed or damaged after the build); run `turnphase validate`"
+            )
 
     def tables(self, config: str, columns: list[str], batch_size: int | None = None) -> Iterator[pa.Table]:
         """Arrow batches of `config`'s columns in dataset row order."""
@@ -276,6 +292,11 @@ class DatasetSource:
             pos[start:end] = t.column("position").to_numpy()
             keep[start:end] = kept_mask
             m = k + kept.num_rows
+            if kept.column("round").null_count or kept.column(other).null_count:
+                raise TurnphaseError(
+                    f"{self.source}: the tokens config has turn tokens without a round or a phase in "
+                    f"rows {start}..{end - 1}; run `turnphase validate`"
+                )
             role[k:m] = roles.to_numpy()
             rnd[k:m] = kept.column("round").to_numpy()
             phase[k:m] = kept.column(config.phase_scheme).to_numpy()

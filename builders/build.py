@@ -195,29 +195,28 @@ def _extract(cfg: BuildConfig, loaded, layers: list[int], kept: list[conv.Conver
     done = set.intersection(*(writer.complete_shards(out, c, n_shards) for c in configs))
     reader = LayerReader(loaded.model, loaded.tokenizer, layers)
     t0, n_forward = time.perf_counter(), 0
-    bar = tqdm(total=len(kept), desc="activations", unit="conv")
-    for index, chunk in enumerate(chunks):
-        if index in done:
-            bar.update(len(chunk))
-            continue
-        tables, acts = [], {L: [] for L in layers}
-        for c in chunk:
-            tokens = label_tokens(c.conversation_id, loaded.tokenizer, c.messages)
-            per_layer = reader(tokens.column("token_id").to_pylist())
-            n_forward += tokens.num_rows
-            tables.append(tokens)
+    with tqdm(total=len(kept), desc="activations", unit="conv") as bar:  # closed on errors too
+        for index, chunk in enumerate(chunks):
+            if index in done:
+                bar.update(len(chunk))
+                continue
+            tables, acts = [], {L: [] for L in layers}
+            for c in chunk:
+                tokens = label_tokens(c.conversation_id, loaded.tokenizer, c.messages)
+                per_layer = reader(tokens.column("token_id").to_pylist())
+                n_forward += tokens.num_rows
+                tables.append(tokens)
+                for L in layers:
+                    acts[L].append(per_layer[L])
+                bar.update(1)
+            tokens = pa.concat_tables(tables)
             for L in layers:
-                acts[L].append(per_layer[L])
-            bar.update(1)
-        tokens = pa.concat_tables(tables)
-        for L in layers:
-            try:
-                table = writer.layer_table(tokens, np.concatenate(acts[L]), cfg.dtype)
-            except ValueError as e:
-                raise TurnphaseError(f"layer {L}, shard {index}: {e}") from None
-            writer.write_shard(out, schema.layer_config(L), index, n_shards, table)
-        writer.write_shard(out, schema.TOKENS, index, n_shards, tokens)
-    bar.close()
+                try:
+                    table = writer.layer_table(tokens, np.concatenate(acts[L]), cfg.dtype)
+                except ValueError as e:
+                    raise TurnphaseError(f"layer {L}, shard {index}: {e}") from None
+                writer.write_shard(out, schema.layer_config(L), index, n_shards, table)
+            writer.write_shard(out, schema.TOKENS, index, n_shards, tokens)
     return {"seconds": time.perf_counter() - t0, "tokens_forwarded": n_forward, "shards": n_shards}
 
 

@@ -220,75 +220,76 @@ def generate_conversations(
     assistant) on. `on_step(steps_done, conversations)` is called after each step, for
     checkpointing. Returns the same list, with `dropped` set on the conversations left out."""
     total = 2 * settings.rounds
-    bar = tqdm(
+    with tqdm(  # closed on errors too, so an error line starts on a line of its own
         total=total * len(conversations), initial=start_step * len(conversations), desc="turns", unit="turn"
-    )
-    for step in range(start_step, total):
-        rnd, role = divmod(step, 2)
-        role_name = "user" if role == 0 else "assistant"
-        live = [c for c in conversations if c.dropped is None]
-        bar.update(len(conversations) - len(live))
-        pending = list(live)
-        attempts = {c.conversation_id: 0 for c in live}
-        fallback: dict[
-            int, str
-        ] = {}  # a sound user turn that is not a question, kept if nothing better comes
-        for attempt in range(settings.max_attempts):
-            last = attempt == settings.max_attempts - 1
-            retry = []
-            for b in range(0, len(pending), settings.batch_size):
-                group = pending[b : b + settings.batch_size]
-                # Chats that continue the conversation reuse its KV cache; the `reply` strategy's
-                # separate user chats are new text each round.
-                keys = [c.conversation_id for c in group]
-                if role_name == "user":
-                    chats = [_user_chat(c, prompts, settings.strategy, rnd == 0) for c in group]
-                    max_new = settings.user_max_new_tokens
-                    keys = keys if settings.strategy == "study" else None
-                else:
-                    chats = [c.messages for c in group]
-                    max_new = settings.assistant_max_new_tokens
-                replies = chat(chats, max_new, step_seed(settings.seed, step, attempt, b), keys)
-                for conv, (text, finished) in zip(group, replies, strict=True):
-                    cid = conv.conversation_id
-                    attempts[cid] += 1
-                    is_question = True
-                    if (
-                        role_name == "user"
-                        and settings.strategy == "reply"
-                        and (question := extract_question(text))
-                    ):
-                        # The reply only carries the question: a question found in it is the turn,
-                        # even when the reply around it ran on past the token limit.
-                        text, problem = question, turn_problem(question, True)
+    ) as bar:
+        for step in range(start_step, total):
+            rnd, role = divmod(step, 2)
+            role_name = "user" if role == 0 else "assistant"
+            live = [c for c in conversations if c.dropped is None]
+            bar.update(len(conversations) - len(live))
+            pending = list(live)
+            attempts = {c.conversation_id: 0 for c in live}
+            fallback: dict[
+                int, str
+            ] = {}  # a sound user turn that is not a question, kept if nothing better comes
+            for attempt in range(settings.max_attempts):
+                last = attempt == settings.max_attempts - 1
+                retry = []
+                for b in range(0, len(pending), settings.batch_size):
+                    group = pending[b : b + settings.batch_size]
+                    # Chats that continue the conversation reuse its KV cache; the `reply` strategy's
+                    # separate user chats are new text each round.
+                    keys = [c.conversation_id for c in group]
+                    if role_name == "user":
+                        chats = [_user_chat(c, prompts, settings.strategy, rnd == 0) for c in group]
+                        max_new = settings.user_max_new_tokens
+                        keys = keys if settings.strategy == "study" else None
                     else:
-                        problem = turn_problem(text, finished)
-                        if role_name == "user":
-                            # reply: no question was found above; study: the turn is the reply
-                            is_question = settings.strategy == "study" and "?" in text
-                    if problem is None and not is_question:
-                        fallback.setdefault(cid, text)
-                    if problem is None and is_question:
-                        conv.messages.append({"role": role_name, "content": text})
-                    elif last and cid in fallback:
-                        conv.messages.append({"role": role_name, "content": fallback[cid]})
-                        conv.non_question_user_turns += 1
-                    elif last:
-                        conv.dropped = f"round {rnd} {role_name} turn: {problem} after {attempt + 1} attempts"
+                        chats = [c.messages for c in group]
+                        max_new = settings.assistant_max_new_tokens
+                    replies = chat(chats, max_new, step_seed(settings.seed, step, attempt, b), keys)
+                    for conv, (text, finished) in zip(group, replies, strict=True):
+                        cid = conv.conversation_id
+                        attempts[cid] += 1
+                        is_question = True
+                        if (
+                            role_name == "user"
+                            and settings.strategy == "reply"
+                            and (question := extract_question(text))
+                        ):
+                            # The reply only carries the question: a question found in it is the turn,
+                            # even when the reply around it ran on past the token limit.
+                            text, problem = question, turn_problem(question, True)
+                        else:
+                            problem = turn_problem(text, finished)
+                            if role_name == "user":
+                                # reply: no question was found above; study: the turn is the reply
+                                is_question = settings.strategy == "study" and "?" in text
+                        if problem is None and not is_question:
+                            fallback.setdefault(cid, text)
+                        if problem is None and is_question:
+                            conv.messages.append({"role": role_name, "content": text})
+                        elif last and cid in fallback:
+                            conv.messages.append({"role": role_name, "content": fallback[cid]})
+                            conv.non_question_user_turns += 1
+                        elif last:
+                            conv.dropped = (
+                                f"round {rnd} {role_name} turn: {problem} after {attempt + 1} attempts"
+                            )
+                            bar.update(1)
+                            continue
+                        else:
+                            retry.append(conv)
+                            continue
+                        conv.attempts.append(attempts[cid])
                         bar.update(1)
-                        continue
-                    else:
-                        retry.append(conv)
-                        continue
-                    conv.attempts.append(attempts[cid])
-                    bar.update(1)
-            pending = retry
-            if not pending:
-                break
-        chat.keep_cache([c.conversation_id for c in conversations if c.dropped is None])
-        if on_step:
-            on_step(step + 1, conversations)
-    bar.close()
+                pending = retry
+                if not pending:
+                    break
+            chat.keep_cache([c.conversation_id for c in conversations if c.dropped is None])
+            if on_step:
+                on_step(step + 1, conversations)
     return conversations
 
 

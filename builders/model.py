@@ -8,6 +8,7 @@ import hashlib
 import importlib.util
 import os
 import pickle
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -115,7 +116,9 @@ def load_model(
     n_layers = int(text_config.num_hidden_layers)
     chosen = resolve_layers(layers, n_layers)
     try:
-        model = AutoModelForCausalLM.from_pretrained(source, dtype=torch.float32, **kwargs)
+        with warnings.catch_warnings():  # torch's note on a pickle's protocol, before it refuses it
+            warnings.filterwarnings("ignore", message="Detected pickle protocol")
+            model = AutoModelForCausalLM.from_pretrained(source, dtype=torch.float32, **kwargs)
     except pickle.UnpicklingError:
         raise TurnphaseError(
             f"cannot load model {shown_id!r}: its weights file holds more than tensors and is refused "

@@ -78,6 +78,23 @@ class BufferLayer(DynamicLayer):
         return self.keys, self.values
 
 
+class _WriteErrors:
+    """A file's `write` that remembers the OSError torch's zip writer turns into a RuntimeError."""
+
+    def __init__(self, f):
+        self.f, self.error = f, None
+
+    def write(self, data) -> int:
+        try:
+            return self.f.write(data)
+        except OSError as e:
+            self.error = e
+            raise
+
+    def flush(self) -> None:
+        self.f.flush()
+
+
 class PrefixCache:
     """token ids and their keys/values ([layers, 2, kv_heads, tokens, head_dim]) per key."""
 
@@ -161,9 +178,16 @@ class PrefixCache:
             self.entries.pop(key, None)
 
     def save(self, path: Path) -> None:
-        """Write the entries to `path` (the caller makes it atomic: `writer.atomic_path`)."""
-        with open(path, "wb") as f:  # a file object: a full disk raises OSError, not a RuntimeError
-            torch.save(self.entries, f)
+        """Write the entries to `path` (the caller makes it atomic: `writer.atomic_path`). A failed
+        write raises its OSError (torch reports it as "unexpected pos ..." otherwise)."""
+        with open(path, "wb") as f:
+            sink = _WriteErrors(f)
+            try:
+                torch.save(self.entries, sink)
+            except RuntimeError:
+                if sink.error is not None:
+                    raise sink.error from None
+                raise
 
     def load(self, path: Path) -> None:
         self.entries = torch.load(path, weights_only=True)

@@ -143,7 +143,9 @@ def test_bad_inputs_fail_with_one_line_and_write_nothing(tiny_model_dir, tiny_bu
 
     out = tmp_path / "out"
     base = ["build", "--out", str(out)]
-    assert "nope: no such file or folder" in _fails_cleanly(base + ["--model", str(tmp_path / "nope")], capsys, out)
+    assert "nope: no such file or folder" in _fails_cleanly(
+        base + ["--model", str(tmp_path / "nope")], capsys, out
+    )
     no_template = save_tiny_chat_model(tmp_path / "no-template", chat_template=None)
     assert "no chat template" in _fails_cleanly(base + ["--model", str(no_template)], capsys, out)
     assert "out of range" in _fails_cleanly(
