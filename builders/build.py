@@ -148,8 +148,7 @@ def _generate(
         if steps_done < 2 * cfg.rounds:
             kv = state_dir / f"kv_cache_{steps_done}.pt"
             with writer.atomic_path(kv) as tmp:
-                chat.cache.save(tmp)
-            snapshot["kv_cache_sha256"] = provenance.sha256_file(kv)
+                snapshot["kv_cache_sha256"] = chat.cache.save(tmp)
         writer.atomic_write_json(checkpoint, snapshot)
         for old in state_dir.glob("kv_cache_*.pt"):
             if old.name != f"kv_cache_{steps_done}.pt":

@@ -25,6 +25,7 @@ and every call starts from scratch with transformers' own cache.
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Hashable, Sequence
 from pathlib import Path
 
@@ -78,18 +79,21 @@ class BufferLayer(DynamicLayer):
         return self.keys, self.values
 
 
-class _WriteErrors:
-    """A file's `write` that remembers the OSError torch's zip writer turns into a RuntimeError."""
+class _HashingWriter:
+    """A file's `write` that hashes what it writes (torch writes sequentially) and remembers the
+    OSError that torch's zip writer would turn into a RuntimeError."""
 
     def __init__(self, f):
-        self.f, self.error = f, None
+        self.f, self.error, self.sha256 = f, None, hashlib.sha256()
 
     def write(self, data) -> int:
         try:
-            return self.f.write(data)
+            n = self.f.write(data)
         except OSError as e:
             self.error = e
             raise
+        self.sha256.update(data)
+        return n
 
     def flush(self) -> None:
         self.f.flush()
@@ -177,17 +181,19 @@ class PrefixCache:
         for key in keys:
             self.entries.pop(key, None)
 
-    def save(self, path: Path) -> None:
-        """Write the entries to `path` (the caller makes it atomic: `writer.atomic_path`). A failed
-        write raises its OSError (torch reports it as "unexpected pos ..." otherwise)."""
+    def save(self, path: Path) -> str:
+        """Write the entries to `path` (the caller makes it atomic: `writer.atomic_path`); returns
+        the file's sha256, computed as it is written. A failed write raises its OSError (torch
+        reports it as "unexpected pos ..." otherwise)."""
         with open(path, "wb") as f:
-            sink = _WriteErrors(f)
+            sink = _HashingWriter(f)
             try:
                 torch.save(self.entries, sink)
             except RuntimeError:
                 if sink.error is not None:
                     raise sink.error from None
                 raise
+        return sink.sha256.hexdigest()
 
     def load(self, path: Path) -> None:
         self.entries = torch.load(path, weights_only=True)

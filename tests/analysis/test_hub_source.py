@@ -14,6 +14,7 @@ import sys
 import threading
 from pathlib import Path
 
+import pyarrow.parquet as pq
 import pytest
 from git_mirror import commit_folder
 from reference import assert_same
@@ -24,6 +25,7 @@ from turnphase.analysis.report import analyze
 
 OLAH_SERVER = Path(__file__).parents[1] / "hub" / "olah_server.py"
 REPO_ID = "turnphase-test/turnphase-analysis"
+DAMAGED_ID = "turnphase-test/turnphase-damaged"
 TIMEOUT_S = 120
 
 
@@ -34,6 +36,11 @@ def hub(tmp_path_factory):
     root = tmp_path_factory.mktemp("olah_analysis")
     repo = write_synthetic_dataset(root / "mirrors" / "datasets" / REPO_ID)
     commit_folder(repo, "data")
+    # the same dataset with one layer shard that lost its activations
+    damaged = write_synthetic_dataset(root / "mirrors" / "datasets" / DAMAGED_ID)
+    shard = next((damaged / "layer_1").glob("*.parquet"))
+    pq.write_table(pq.read_table(shard).drop_columns(["activation"]), shard)
+    commit_folder(damaged, "data")
     config = root / "olah.toml"
     config.write_text(
         f'[basic]\nhost = "127.0.0.1"\nrepos-path = "{root / "cache"}"\nmirrors-path = ["{root / "mirrors"}"]\n'
@@ -91,4 +98,14 @@ def test_unknown_hub_id_is_one_line(hub, tmp_path):
     done = run_analyze(endpoint, tmp_path, "turnphase-test/absent", "--out", str(tmp_path / "r"))
     assert done.returncode == 2
     assert "turnphase-test/absent: not a local folder" in done.stderr
+    assert not (tmp_path / "r").exists()
+
+
+def test_a_damaged_hub_dataset_is_refused_before_any_work(hub, tmp_path):
+    """Shard schemas are read from the Parquet footers over the Hub API, before labels or layers."""
+    endpoint, _ = hub
+    done = run_analyze(endpoint, tmp_path, DAMAGED_ID, "--out", str(tmp_path / "r"), "--streaming")
+    assert done.returncode == 2, done.stderr[-2000:]
+    errors = [line for line in done.stderr.splitlines() if line.startswith("turnphase")]
+    assert len(errors) == 1 and "layer_1/train-" in errors[0] and "missing activation" in errors[0], errors
     assert not (tmp_path / "r").exists()
