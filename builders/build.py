@@ -17,6 +17,7 @@ import json
 import os
 import shutil
 import time
+from collections import Counter
 from dataclasses import fields
 from pathlib import Path
 
@@ -103,6 +104,9 @@ def _generate(
         top_p=cfg.top_p,
         batch_size=cfg.batch_size,
         seed=cfg.seed,
+        stop_runaway=cfg.stop_runaway,
+        repetition_penalty=cfg.repetition_penalty,
+        no_repeat_ngram_size=cfg.no_repeat_ngram_size,
     )
     checkpoint = state_dir / "generation.json"
     start_over = f"delete {state_dir} to start over"
@@ -255,6 +259,8 @@ def _counts(out: Path, convs: list[conv.Conversation], layers: list[int]) -> dic
         "turns": len(attempts),
         "retries": int(sum(attempts) - len(attempts)),
         "non_question_user_turns": int(sum(c.non_question_user_turns for c in kept)),
+        # every attempt that was not kept, by reason, dropped conversations included
+        "rejected_attempts": dict(sorted(sum((Counter(c.rejected) for c in convs), Counter()).items())),
         "rows": {schema.CONVERSATIONS: len(kept), schema.TOKENS: n_tokens}
         | {schema.layer_config(L): n_tokens for L in layers},
         "shards": {schema.TOKENS: len(files)},
@@ -267,6 +273,9 @@ def summary(out: Path, prov: dict) -> str:
         f"conversations: {c['conversations']} kept, {len(c['dropped'])} dropped; {c['turns']} turns, "
         f"{c['retries']} retries, {c['non_question_user_turns']} user turns kept without a question",
     ]
+    rejected = c.get("rejected_attempts") or {}
+    if rejected:
+        lines.append("attempts retried: " + ", ".join(f"{reason} {n}" for reason, n in rejected.items()))
     lines += [f"  dropped #{d['conversation_id']} ({d['topic']}): {d['reason']}" for d in c["dropped"]]
     for role, s in c["tokens_per_turn"].items():
         lines.append(
@@ -390,6 +399,18 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--top-p", type=float, default=0.9)
     p.add_argument("--batch-size", type=int, default=50, help="conversations per batched generate call")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--no-stop-runaway",
+        dest="stop_runaway",
+        action="store_false",
+        help="let a reply that repeats itself run to the token limit before it is retried",
+    )
+    p.add_argument(
+        "--repetition-penalty", type=float, default=None, help="transformers' repetition_penalty (off)"
+    )
+    p.add_argument(
+        "--no-repeat-ngram-size", type=int, default=0, help="transformers' no_repeat_ngram_size (0: off)"
+    )
     p.add_argument("--layers", default="auto", help="auto (relative depth 0.44-0.81), all, 13-24 or 13,17,24")
     p.add_argument("--dtype", choices=["float16", "float32"], default="float16")
     p.add_argument("--conversations-per-shard", type=int, default=10)

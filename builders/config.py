@@ -34,6 +34,9 @@ class BuildConfig:
     top_p: float = 0.9
     batch_size: int = 50  # conversations per batched generate call
     seed: int = 0
+    stop_runaway: bool = True  # stop and retry a reply as soon as it starts repeating itself
+    repetition_penalty: float | None = None  # transformers' generate option; off by default
+    no_repeat_ngram_size: int = 0  # transformers' generate option; 0 = off
 
     # What is stored.
     layers: str = "auto"  # auto (relative depth 0.44..0.81), all, 13-24, 13,17,24
@@ -59,6 +62,10 @@ class BuildConfig:
             raise TurnphaseError(f"--strategy {self.strategy!r}: use auto, study or reply")
         if self.dtype not in ("float16", "float32"):
             raise TurnphaseError(f"--dtype {self.dtype!r}: use float16 or float32")
+        if self.repetition_penalty is not None and not 0 < self.repetition_penalty <= 10:
+            raise TurnphaseError("--repetition-penalty must be in (0, 10]")
+        if self.no_repeat_ngram_size < 0:
+            raise TurnphaseError("--no-repeat-ngram-size must be 0 (off) or more")
         if not 0 < self.temperature <= 5 or not 0 < self.top_p <= 1:
             raise TurnphaseError("--temperature must be in (0, 5] and --top-p in (0, 1]")
 

@@ -15,13 +15,14 @@ Two prompting strategies (prompts live in `prompts/*.json`):
 
 from __future__ import annotations
 
+import difflib
 import hashlib
 import json
 import re
-from collections.abc import Callable, Hashable
+from collections.abc import Callable, Hashable, Sequence
 from dataclasses import asdict, dataclass, field
 from importlib import resources
-from typing import Literal
+from typing import Literal, NamedTuple
 
 from tqdm.auto import tqdm
 
@@ -74,6 +75,58 @@ def turn_problem(text: str, finished: bool) -> str | None:
     return None
 
 
+RUNAWAY_SPAN = 48  # tokens: a reply whose tail repeats for this long is looping
+RUNAWAY_MAX_PERIOD = 64  # the longest repeated block looked for (a sentence or two)
+MIN_USER_WORDS = 3  # a user turn shorter than this is no question ("mean?")
+OPENING_WORDS = 10  # a turn that opens with the same 10 words as an earlier one repeats it
+NEAR_REPEAT = 0.9  # difflib similarity of the words at or above which a turn repeats an earlier one
+
+
+def runaway(ids: Sequence[int]) -> bool:
+    """True when the tail of `ids` repeats itself: for some period L <= RUNAWAY_MAX_PERIOD, the
+    last max(RUNAWAY_SPAN, 2L) tokens are periodic with period L (a word, phrase or sentence said
+    over and over, which a small model keeps doing until the token limit)."""
+    n = len(ids)
+    for period in range(1, RUNAWAY_MAX_PERIOD + 1):
+        span = max(RUNAWAY_SPAN, 2 * period)
+        if span > n:
+            break
+        tail = ids[n - span :]
+        if tail[period:] == tail[:-period]:
+            return True
+    return False
+
+
+def _words(text: str) -> list[str]:
+    return re.findall(r"\w+", text.lower())
+
+
+def repeats(text: str, earlier: str) -> bool:
+    """`text` repeats `earlier` exactly or nearly: the same words, >= 90% similar words
+    (difflib), or the same opening of OPENING_WORDS words."""
+    a, b = _words(text), _words(earlier)
+    if not a or not b:
+        return False
+    if a == b or (len(a) >= OPENING_WORDS and a[:OPENING_WORDS] == b[:OPENING_WORDS]):
+        return True
+    return difflib.SequenceMatcher(None, a, b, autojunk=False).ratio() >= NEAR_REPEAT
+
+
+def conversation_problem(text: str, role: str, messages: list[dict]) -> str | None:
+    """Why a turn that is sound on its own does not fit its conversation, or None."""
+    if role == "user" and len(_words(text)) < MIN_USER_WORDS:
+        return f"user turn under {MIN_USER_WORDS} words"
+    if any(repeats(text, m["content"]) for m in messages if m["role"] in ("user", "assistant")):
+        return "repeats an earlier turn"
+    return None
+
+
+class Reply(NamedTuple):
+    text: str
+    finished: bool  # ended with an end-of-turn token
+    runaway: bool = False  # stopped early because it kept repeating itself
+
+
 @dataclass
 class Conversation:
     conversation_id: int
@@ -82,6 +135,7 @@ class Conversation:
     attempts: list[int] = field(default_factory=list)  # per non-system message
     non_question_user_turns: int = 0
     dropped: str | None = None  # why the conversation was left out
+    rejected: dict[str, int] = field(default_factory=dict)  # attempts rejected, by reason
 
     @property
     def last_answer(self) -> str:
@@ -99,6 +153,9 @@ class GenerationSettings:
     top_p: float = 0.9
     batch_size: int = 50
     seed: int = 0
+    stop_runaway: bool = True  # stop a reply as soon as it repeats itself (checked every chunk)
+    repetition_penalty: float | None = None  # transformers' option; off unless asked
+    no_repeat_ngram_size: int = 0  # transformers' option; 0 = off
 
 
 def end_of_turn_ids(model, tokenizer) -> list[int]:
@@ -132,8 +189,8 @@ class BatchedChat:
         max_new_tokens: int,
         seed: int,
         keys: list[Hashable] | None = None,
-    ) -> list[tuple[str, bool]]:
-        """Reply to each chat; returns (text, finished) with finished=False when cut off.
+    ) -> list[Reply]:
+        """Reply to each chat: its text, whether it ended, and whether it was stopped as a runaway.
 
         `keys` name the chats whose cache is kept for later calls (a conversation id); chats
         without a key keep theirs for this call only.
@@ -141,7 +198,8 @@ class BatchedChat:
         A batched `generate` keeps computing every row until the longest one stops, so one
         runaway reply would make the whole batch pay for the token limit. The budget is spent in
         chunks instead (256 -> 4 x 64, 64 -> 2 x 32): after each chunk only the unfinished rows go
-        on, from their cache plus what they wrote so far.
+        on, from their cache plus what they wrote so far, and a row that has started repeating
+        itself (`runaway`) stops there instead of looping to the limit.
         """
         import torch
 
@@ -153,7 +211,12 @@ class BatchedChat:
         # Chats without a key still reuse their cache between chunks, under a key of this call.
         call_keys = [k if k is not None else ("call", i) for i, k in enumerate(keys)]
         written: list[list[int]] = [[] for _ in chats]
-        finished = [False] * len(chats)
+        finished, looping = [False] * len(chats), [False] * len(chats)
+        options = {}
+        if self.settings.repetition_penalty is not None:
+            options["repetition_penalty"] = self.settings.repetition_penalty
+        if self.settings.no_repeat_ngram_size:
+            options["no_repeat_ngram_size"] = self.settings.no_repeat_ngram_size
         pending, budget = list(range(len(chats))), max_new_tokens
         torch.manual_seed(seed)
         while pending and budget > 0:
@@ -173,6 +236,7 @@ class BatchedChat:
                     eos_token_id=self.eos_ids,
                     pad_token_id=self.pad_id,
                     return_dict_in_generate=True,
+                    **options,
                 )
             still, generated = [], []
             for i, row in zip(pending, out.sequences[:, input_ids.shape[1] :].tolist(), strict=True):
@@ -181,16 +245,18 @@ class BatchedChat:
                 written[i] += new
                 generated.append(new)
                 self.new_tokens += len(row) if end is None else end + 1
-                if end is None:
-                    still.append(i)
-                else:
+                if end is not None:
                     finished[i] = True
+                elif self.settings.stop_runaway and runaway(written[i]):
+                    looping[i] = True
+                else:
+                    still.append(i)
             self.cache.store(row_keys, rows, mask, out.cache, generated)
             pending, budget = still, budget - chunk
         self.cache.forget(k for k, given in zip(call_keys, keys, strict=True) if given is None)
         return [
-            (self.tokenizer.decode(w, skip_special_tokens=True).strip(), f)
-            for w, f in zip(written, finished, strict=True)
+            Reply(self.tokenizer.decode(w, skip_special_tokens=True).strip(), f, r)
+            for w, f, r in zip(written, finished, looping, strict=True)
         ]
 
     def keep_cache(self, keys: list[Hashable]) -> None:
@@ -249,7 +315,8 @@ def generate_conversations(
                         chats = [c.messages for c in group]
                         max_new = settings.assistant_max_new_tokens
                     replies = chat(chats, max_new, step_seed(settings.seed, step, attempt, b), keys)
-                    for conv, (text, finished) in zip(group, replies, strict=True):
+                    for conv, reply in zip(group, replies, strict=True):
+                        text, finished, looped = Reply(*reply)
                         cid = conv.conversation_id
                         attempts[cid] += 1
                         is_question = True
@@ -262,10 +329,13 @@ def generate_conversations(
                             # even when the reply around it ran on past the token limit.
                             text, problem = question, turn_problem(question, True)
                         else:
-                            problem = turn_problem(text, finished)
+                            problem = "repeats itself (runaway)" if looped else turn_problem(text, finished)
                             if role_name == "user":
                                 # reply: no question was found above; study: the turn is the reply
                                 is_question = settings.strategy == "study" and "?" in text
+                        problem = problem or conversation_problem(text, role_name, conv.messages)
+                        if reason := problem or (None if is_question else "user turn without a question"):
+                            conv.rejected[reason] = conv.rejected.get(reason, 0) + 1
                         if problem is None and not is_question:
                             fallback.setdefault(cid, text)
                         if problem is None and is_question:

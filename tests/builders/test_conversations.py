@@ -77,7 +77,7 @@ def _convs(n):
 
 def test_retries_drops_and_non_questions_are_recorded():
     convs, prompts = _convs(3)
-    ok = ("Why?", True)
+    ok = ("Why is that?", True)
     chat = ScriptedChat(
         {
             0: [ok, ("Because.", True)],  # clean
@@ -103,7 +103,10 @@ def test_retries_drops_and_non_questions_are_recorded():
 def test_a_turn_that_keeps_failing_drops_the_conversation():
     convs, prompts = _convs(2)
     chat = ScriptedChat(
-        {0: [("Why?", True), ("Because.", True)], 1: [("Why?", True)] + [("too long", False)] * 3}
+        {
+            0: [("Why is that?", True), ("Because.", True)],
+            1: [("Why is that?", True)] + [("too long", False)] * 3,
+        }
     )
     conv.generate_conversations(convs, chat, prompts, conv.GenerationSettings(rounds=1, max_attempts=3))
     assert convs[0].dropped is None
@@ -121,8 +124,11 @@ def test_study_strategy_uses_a_temporary_instruction_and_removes_it():
         def __call__(self, chats, max_new_tokens, seed, keys_=None):
             seen.append(chats[0])
             keys.append(keys_)
+            n = len(seen)  # a new turn each call: a repeated one would be retried
             return [
-                ("Why does it matter?", True) if chats[0][-1]["role"] == "system" else ("It matters.", True)
+                (f"Why does point {n} matter?", True)
+                if chats[0][-1]["role"] == "system"
+                else (f"Point {n} matters because it is true.", True)
             ]
 
         def keep_cache(self, keys_):
@@ -141,3 +147,92 @@ def test_topics_and_prompts_ship_with_the_package():
     for strategy in ("study", "reply"):
         prompts = conv.load_prompts(strategy)
         assert {"system", "first_user", "followup_user", "description"} <= prompts.keys()
+
+
+def _periodic(block, n):
+    return (block * (n // len(block) + 1))[:n]
+
+
+@pytest.mark.parametrize(
+    ("ids", "loops"),
+    [
+        (list(range(200)), False),  # no repetition
+        ([7] * 47, False),  # too short to call
+        (list(range(100)) + [7] * 48, True),  # one token over and over
+        (list(range(100)) + _periodic([1, 2, 3, 4, 5], 48), True),  # a phrase
+        (list(range(100)) + _periodic(list(range(500, 560)), 120), True),  # a 60-token sentence, twice
+        (list(range(100)) + _periodic(list(range(500, 570)), 139), False),  # 70 > the longest period
+        (_periodic([1, 2, 3, 4, 5], 60) + list(range(100)), False),  # repeated, then moved on
+    ],
+)
+def test_runaway(ids, loops):
+    assert conv.runaway(ids) == loops
+
+
+def test_repeats_and_conversation_problems():
+    earlier = "The answer is no, it is not possible to travel with bicycles on that train."
+    assert conv.repeats(earlier, earlier)
+    assert conv.repeats("the answer is NO it is not possible to travel with bicycles on that train", earlier)
+    assert conv.repeats(earlier.replace("that train", "the train"), earlier)  # near-exact
+    # the same ten-word opening, whatever follows
+    assert conv.repeats("The answer is no, it is not possible to travel with bikes at all, sadly.", earlier)
+    assert not conv.repeats("Bicycles can travel on most regional trains outside rush hours.", earlier)
+    messages = [
+        {"role": "system", "content": "You help."},
+        {"role": "user", "content": "Why is the sky blue?"},
+    ]
+    assert conv.conversation_problem("mean?", "user", messages) == "user turn under 3 words"
+    assert conv.conversation_problem("Why is the sky blue?", "user", messages) == "repeats an earlier turn"
+    assert (
+        conv.conversation_problem("Why is the sky blue?", "assistant", messages) == "repeats an earlier turn"
+    )
+    assert conv.conversation_problem("Because air scatters blue light.", "assistant", messages) is None
+    assert (
+        conv.conversation_problem("You help.", "assistant", messages) is None
+    )  # the system prompt is no turn
+
+
+def test_repeated_short_and_runaway_turns_are_retried_and_counted():
+    convs, prompts = _convs(1)
+    q1, a1 = "Why is the sky blue?", "Air scatters short wavelengths more than long ones."
+    chat = ScriptedChat(
+        {
+            0: [
+                ("Why?", True),  # too short
+                (q1, True),
+                conv.Reply("la la la", False, True),  # stopped as a runaway
+                (a1, True),
+                (q1, True),  # the same question again
+                ("And at sunset, why is it red?", True),
+                (a1, True),  # the same answer again
+                ("At sunset light crosses more air, so the blue is scattered away.", True),
+            ]
+        }
+    )
+    conv.generate_conversations(convs, chat, prompts, conv.GenerationSettings(rounds=2, max_attempts=3))
+    (c,) = convs
+    assert c.dropped is None and c.attempts == [2, 2, 2, 2]
+    assert c.rejected == {
+        "user turn under 3 words": 1,
+        "repeats itself (runaway)": 1,
+        "repeats an earlier turn": 2,
+    }
+    turns = [m["content"] for m in c.messages[1:]]
+    assert len(set(turns)) == len(turns) == 4
+
+
+@pytest.mark.parametrize("stop", [True, False])
+def test_batched_chat_stops_a_runaway_at_the_end_of_a_chunk(stop, tmp_path, monkeypatch):
+    """Wiring: a reply the detector calls a runaway stops after its first chunk (256 -> 64 tokens)
+    unless `stop_runaway` is off; the tiny model is made never to end its turn."""
+    from tiny_model import save_tiny_chat_model
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    folder = save_tiny_chat_model(tmp_path / "endless", eos_bias=-20.0)
+    model, tok = AutoModelForCausalLM.from_pretrained(folder).eval(), AutoTokenizer.from_pretrained(folder)
+    monkeypatch.setattr(conv, "runaway", lambda ids: len(ids) >= 64)
+    chat = conv.BatchedChat(model, tok, conv.GenerationSettings(stop_runaway=stop))
+    replies = chat([[{"role": "user", "content": "Tell me a story."}]] * 2, 256, seed=0)
+    assert [r.finished for r in replies] == [False, False]
+    assert [r.runaway for r in replies] == [stop, stop]
+    assert chat.new_tokens == 2 * (64 if stop else 256)

@@ -66,12 +66,16 @@ def _nan_activations(ds):
 
 
 def _nan_phase(ds):
+    tokens = pq.read_table(ds / "tokens" / SHARD)
+    analysed = pc.and_(pc.is_valid(tokens.column("phase")), pc.invert(tokens.column("is_template")))
+    row = int(np.flatnonzero(analysed.to_numpy(zero_copy_only=False))[3])  # a content token
+
     def poison(t):
         i = t.schema.get_field_index("phase")
         phase = t.column(i).to_numpy(zero_copy_only=False).copy()
-        turn = np.flatnonzero(~np.isnan(phase))
-        phase[turn[3]] = np.nan
-        return t.set_column(i, t.schema.field(i), pa.array(phase, type=pa.float32()))
+        system = np.isnan(phase)  # nulls, kept null below
+        phase[row] = np.nan
+        return t.set_column(i, t.schema.field(i), pa.array(phase, type=pa.float32(), mask=system))
 
     for config in ("tokens", "layer_1", "layer_3"):
         _rewrite(ds / config / SHARD, poison)

@@ -50,7 +50,7 @@ def _add_turns(chats, replies):
     # follow-ups of different lengths: the new tokens are left-padded after the cached ones,
     # so a row's real tokens have a hole between them
     follow_ups = ["Is that really true?", "Why?"]
-    for c, (text, _), follow_up in zip(chats, replies, follow_ups, strict=True):
+    for c, (text, *_), follow_up in zip(chats, replies, follow_ups, strict=True):
         c += [{"role": "assistant", "content": text}, {"role": "user", "content": follow_up}]
 
 
@@ -101,7 +101,7 @@ def test_an_entry_holds_the_prompt_and_the_reply_it_computed(tiny):
     tokens, kv = chat.cache.entries["a"]
     prompt = _ids(tokenizer, chats[0])
     assert tokens[: len(prompt)] == prompt
-    text, finished = replies[0]
+    text, finished, _ = replies[0]
     held = tokenizer.decode(tokens[len(prompt) :], skip_special_tokens=True).strip()
     # a reply cut off at the limit lacks its last token: it was sampled but never fed back
     assert held == text if finished else text.startswith(held)
