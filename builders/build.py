@@ -90,10 +90,41 @@ def _check_writable(out: Path) -> None:
         raise writer.write_error(out, e) from None
 
 
+def _source_generation(cfg: BuildConfig, info: dict) -> dict:
+    """What the provenance and card say about conversations read from a source."""
+    regenerated = cfg.regenerate == "assistant"
+    where = info["source"] + (f" at {info['revision'][:12]}" if info.get("revision") else "")
+    return {
+        "strategy": "source, assistant regenerated" if regenerated else "source",
+        "rounds": cfg.rounds,
+        "description": (
+            f"Conversations read from {where} ({info['read']} read, {info['eligible']} with at least "
+            f"{cfg.rounds} rounds, {cfg.n_conversations if info['sampled'] else info['eligible']} used"
+            f"{', a seeded sample' if info['sampled'] else ''}), cut at {cfg.rounds} rounds. "
+            + (
+                "The user turns are the source's, verbatim; every assistant turn was written by the "
+                "model under study, so assistant tokens are its own."
+                if regenerated
+                else "Every turn is the source's, as it is: assistant turns written by another model "
+                "are off-distribution for the model under study."
+            )
+            + f" System messages: {cfg.system}."
+        ),
+        "prompts": {"system_prompt": cfg.system_prompt} if cfg.system == "replace" else {},
+        "source": info,
+        "regenerate": cfg.regenerate,
+    }
+
+
 def _generate(
-    cfg: BuildConfig, loaded, strategy: str, state_dir: Path
+    cfg: BuildConfig, loaded, strategy: str, state_dir: Path, source: tuple | None = None
 ) -> tuple[list[conv.Conversation], dict]:
-    prompts = conv.load_prompts(strategy)
+    """Generate (or regenerate the assistant turns of) the conversations, checkpointed; `source`
+    is (conversations, info) when they are read instead of generated."""
+    if source is not None and cfg.regenerate == "none":
+        convs, info = source
+        return convs, _source_generation(cfg, info) | {"timing": {"seconds": 0.0, "new_tokens": 0}}
+    prompts = conv.load_prompts(strategy) if source is None else {}
     settings = conv.GenerationSettings(
         strategy=strategy,
         rounds=cfg.rounds,
@@ -124,7 +155,9 @@ def _generate(
             raise TurnphaseError(f"{checkpoint} is corrupt: {start_over}") from None
     else:
         convs, start, timing = (
-            conv.new_conversations(cfg.n_conversations, prompts),
+            conv.new_conversations(cfg.n_conversations, prompts)
+            if source is None
+            else _regenerating(source[0]),
             0,
             {"seconds": 0.0, "new_tokens": 0, "prompt_tokens_fed": 0, "prompt_tokens_reused": 0},
         )
@@ -160,15 +193,73 @@ def _generate(
 
     conv.generate_conversations(convs, chat, prompts, settings, start_step=start, on_step=save)
     chat.cache.keep(())
-    generation = {
-        "strategy": strategy,
-        "rounds": cfg.rounds,
-        "description": prompts["description"],
-        "prompts": {k: v for k, v in prompts.items() if k != "description"},
-        "settings": {f.name: getattr(settings, f.name) for f in fields(settings)},
-        "timing": timing,
-    }
+    if source is None:
+        generation = {
+            "strategy": strategy,
+            "rounds": cfg.rounds,
+            "description": prompts["description"],
+            "prompts": {k: v for k, v in prompts.items() if k != "description"},
+        }
+    else:
+        generation = _source_generation(cfg, source[1])
+    generation["settings"] = {f.name: getattr(settings, f.name) for f in fields(settings)}
+    generation["timing"] = timing
     return convs, generation
+
+
+def _regenerating(convs: list[conv.Conversation]) -> list[conv.Conversation]:
+    """Source conversations reduced to their system messages, with their user turns given."""
+    for c in convs:
+        c.user_turns = [m["content"] for m in c.messages if m["role"] == "user"]
+        c.messages = [m for m in c.messages if m["role"] == "system"]
+        c.attempts = []
+    return convs
+
+
+def _read_source(cfg: BuildConfig) -> tuple[list[conv.Conversation], dict]:
+    """Read `--conversations` (before the model loads: a bad source fails in seconds)."""
+    from turnphase.builders.sources import SourceOptions, read_source
+
+    return read_source(
+        SourceOptions(
+            source=cfg.conversations,
+            rounds=cfg.rounds,
+            n=cfg.n_conversations,
+            seed=cfg.seed,
+            column=cfg.messages_column,
+            system=cfg.system,
+            system_prompt=cfg.system_prompt,
+            config=cfg.conversations_config,
+            split=cfg.conversations_split,
+            revision=cfg.conversations_revision,
+        )
+    )
+
+
+def _fit_context(cfg: BuildConfig, loaded, source: tuple) -> tuple[list[conv.Conversation], dict]:
+    """Skip (and count) the read conversations the model's context cannot hold."""
+    from turnphase.builders.limits import context_length
+
+    convs, info = source
+    budget = cfg.rounds * cfg.assistant_max_new_tokens if cfg.regenerate == "assistant" else 0
+    window = context_length(loaded.model)
+    lengths = []
+    for c in convs:
+        kept = [m for m in c.messages if cfg.regenerate == "none" or m["role"] != "assistant"]
+        lengths.append(len(loaded.tokenizer.apply_chat_template(kept, tokenize=True)) + budget)
+    fits = [n <= window for n in lengths] if window else [True] * len(convs)
+    if not all(fits):
+        info["skipped"]["longer than the model's context"] = fits.count(False)
+        convs = [c for c, ok in zip(convs, fits, strict=True) if ok]
+        info["rows"] = [r for r, ok in zip(info["rows"], fits, strict=True) if ok]
+        for i, c in enumerate(convs):
+            c.conversation_id = i
+    if not convs:
+        raise TurnphaseError(
+            f"{cfg.conversations}: no conversation fits the model's context of {window} tokens"
+        )
+    info["longest"] = max(n for n, ok in zip(lengths, fits, strict=True) if ok)
+    return convs, info
 
 
 def _conversations_table(kept: list[conv.Conversation], model_id: str) -> pa.Table:
@@ -257,7 +348,7 @@ def _counts(out: Path, convs: list[conv.Conversation], layers: list[int]) -> dic
         "tokens_by_role": {r: int((role == r).sum()) for r in schema.ROLES},
         "tokens_per_turn": per_turn,
         "turns": len(attempts),
-        "retries": int(sum(attempts) - len(attempts)),
+        "retries": int(sum(max(a - 1, 0) for a in attempts)),  # 0 attempts: a turn read from a source
         "non_question_user_turns": int(sum(c.non_question_user_turns for c in kept)),
         # every attempt that was not kept, by reason, dropped conversations included
         "rejected_attempts": dict(sorted(sum((Counter(c.rejected) for c in convs), Counter()).items())),
@@ -273,6 +364,12 @@ def summary(out: Path, prov: dict) -> str:
         f"conversations: {c['conversations']} kept, {len(c['dropped'])} dropped; {c['turns']} turns, "
         f"{c['retries']} retries, {c['non_question_user_turns']} user turns kept without a question",
     ]
+    if source := prov["generation"].get("source"):
+        skipped = ", ".join(f"{why} {n}" for why, n in source["skipped"].items()) or "none"
+        lines.append(
+            f"read from {source['source']}: {source['read']} conversations, skipped: {skipped}; "
+            f"assistant turns {'regenerated' if prov['generation']['regenerate'] == 'assistant' else 'as read'}"
+        )
     rejected = c.get("rejected_attempts") or {}
     if rejected:
         lines.append("attempts retried: " + ", ".join(f"{reason} {n}" for reason, n in rejected.items()))
@@ -320,6 +417,7 @@ def _build(cfg: BuildConfig) -> dict:
         from turnphase.builders.limits import check_build_limits
         from turnphase.builders.model import load_model
 
+        source = _read_source(cfg) if cfg.conversations else None
         loaded = load_model(
             cfg.model,
             layers=cfg.layers,
@@ -328,10 +426,12 @@ def _build(cfg: BuildConfig) -> dict:
             device=cfg.device,
         )
         strategy = cfg.resolve_strategy(loaded.n_params)
-        check_build_limits(cfg, loaded, conv.load_prompts(strategy))
+        source = source and _fit_context(cfg, loaded, source)
+        if source is None or cfg.regenerate == "assistant":  # nothing is generated otherwise
+            check_build_limits(cfg, loaded, conv.load_prompts(strategy), source and source[1]["longest"])
         writer.atomic_write_json(state_dir / "options.json", {"fingerprint": fingerprint, "options": options})
         writer.remove_temp_files(out)
-        convs, generation = _generate(cfg, loaded, strategy, state_dir)
+        convs, generation = _generate(cfg, loaded, strategy, state_dir, source)
         kept = [c for c in convs if c.dropped is None]
         if not kept:
             shutil.rmtree(state_dir)  # a rerun would fail the same way: leave nothing behind
@@ -389,6 +489,31 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         default="auto",
         help="prompting: the study's dual-role prompts, or ask for the user's question as a reply "
         "(auto: reply below 1B parameters)",
+    )
+    p.add_argument(
+        "--conversations",
+        metavar="SOURCE",
+        default=None,
+        help="read conversations instead of generating them: a .jsonl/.json/.parquet file, a folder "
+        "of them, or a Hub dataset id (layouts: messages, conversation, conversations)",
+    )
+    p.add_argument("--conversations-config", default=None, help="Hub dataset config of --conversations")
+    p.add_argument("--conversations-split", default="train", help="Hub dataset split of --conversations")
+    p.add_argument("--conversations-revision", default=None, help="Hub dataset revision of --conversations")
+    p.add_argument("--messages-column", default=None, help="the column holding each conversation's messages")
+    p.add_argument(
+        "--system",
+        choices=["keep", "drop", "replace"],
+        default="keep",
+        help="the source's system messages (replace: by --system-prompt)",
+    )
+    p.add_argument("--system-prompt", default=None, help="the system message with --system replace")
+    p.add_argument(
+        "--regenerate",
+        choices=["none", "assistant"],
+        default="none",
+        help="none: store the source's turns as they are; assistant: keep its user turns and let the "
+        "model write every assistant turn (its own tokens)",
     )
     p.add_argument(
         "--max-attempts", type=int, default=4, help="attempts per turn before a conversation is dropped"

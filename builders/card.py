@@ -112,6 +112,8 @@ def render_card(provenance: dict, repo_id: str | None = None, revision: str | No
         strategy=gen["strategy"],
         seed=provenance["seed"],
         generation_text=gen["description"],
+        source=gen.get("source"),
+        regenerate=gen.get("regenerate"),
         prompts_json=json.dumps(gen["prompts"], indent=2),
         repo_id=repo_id or f"YOUR_NAME/{variant_repo_name(model['id'])}",
         variant_name=variant_repo_name(model["id"]),

@@ -38,6 +38,16 @@ class BuildConfig:
     repetition_penalty: float | None = None  # transformers' generate option; off by default
     no_repeat_ngram_size: int = 0  # transformers' generate option; 0 = off
 
+    # Conversations read instead of generated (builders/sources.py): a file, folder or Hub dataset.
+    conversations: str | None = None
+    conversations_config: str | None = None
+    conversations_split: str = "train"
+    conversations_revision: str | None = None
+    messages_column: str | None = None
+    system: Literal["keep", "drop", "replace"] = "keep"  # the source's system messages
+    system_prompt: str | None = None  # with system="replace"
+    regenerate: Literal["none", "assistant"] = "none"  # let the model write the assistant turns
+
     # What is stored.
     layers: str = "auto"  # auto (relative depth 0.44..0.81), all, 13-24, 13,17,24
     dtype: Literal["float16", "float32"] = "float16"
@@ -58,6 +68,10 @@ class BuildConfig:
                 raise TurnphaseError(
                     f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}"
                 )
+        if self.system == "replace" and not self.system_prompt:
+            raise TurnphaseError("--system replace needs --system-prompt TEXT")
+        if self.conversations is None and (self.regenerate != "none" or self.messages_column):
+            raise TurnphaseError("--regenerate and --messages-column apply to --conversations only")
         if self.strategy not in ("auto", "study", "reply"):
             raise TurnphaseError(f"--strategy {self.strategy!r}: use auto, study or reply")
         if self.dtype not in ("float16", "float32"):

@@ -136,6 +136,9 @@ class Conversation:
     non_question_user_turns: int = 0
     dropped: str | None = None  # why the conversation was left out
     rejected: dict[str, int] = field(default_factory=dict)  # attempts rejected, by reason
+    # Given user turns, one per round (a source read with `--regenerate assistant`): kept verbatim,
+    # and only the assistant turns are generated.
+    user_turns: list[str] | None = None
 
     @property
     def last_answer(self) -> str:
@@ -295,6 +298,12 @@ def generate_conversations(
             live = [c for c in conversations if c.dropped is None]
             bar.update(len(conversations) - len(live))
             pending = list(live)
+            if role_name == "user":
+                for c in (c for c in live if c.user_turns is not None):
+                    c.messages.append({"role": "user", "content": c.user_turns[rnd]})
+                    c.attempts.append(0)  # given, not generated
+                    bar.update(1)
+                pending = [c for c in live if c.user_turns is None]
             attempts = {c.conversation_id: 0 for c in live}
             fallback: dict[
                 int, str

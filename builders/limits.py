@@ -57,9 +57,11 @@ def available_memory(device: str) -> int:
     return int(psutil.virtual_memory().available)
 
 
-def check_build_limits(cfg: BuildConfig, loaded, prompts: dict) -> dict:
-    """Raise TurnphaseError if the build cannot fit; returns what was checked (for the log)."""
-    longest = longest_conversation(cfg, loaded.tokenizer, prompts)
+def check_build_limits(cfg: BuildConfig, loaded, prompts: dict, longest: int | None = None) -> dict:
+    """Raise TurnphaseError if the build cannot fit; returns what was checked (for the log).
+    `longest`: the longest conversation when they are read from a source (already checked
+    against the context, one by one), instead of the bound the generation options allow."""
+    longest = longest or longest_conversation(cfg, loaded.tokenizer, prompts)
     window = context_length(loaded.model)
     if window is not None and longest > window:
         raise TurnphaseError(
