@@ -238,7 +238,7 @@ def _read_source(cfg: BuildConfig) -> tuple[list[conv.Conversation], dict]:
 
 def _fit_context(cfg: BuildConfig, loaded, source: tuple) -> tuple[list[conv.Conversation], dict]:
     """Skip (and count) the read conversations the model's context cannot hold."""
-    from turnphase.builders.limits import context_length
+    from turnphase.builders.limits import chat_tokens, context_length
 
     convs, info = source
     budget = cfg.rounds * cfg.assistant_max_new_tokens if cfg.regenerate == "assistant" else 0
@@ -246,7 +246,7 @@ def _fit_context(cfg: BuildConfig, loaded, source: tuple) -> tuple[list[conv.Con
     lengths = []
     for c in convs:
         kept = [m for m in c.messages if cfg.regenerate == "none" or m["role"] != "assistant"]
-        lengths.append(len(loaded.tokenizer.apply_chat_template(kept, tokenize=True)) + budget)
+        lengths.append(chat_tokens(loaded.tokenizer, kept) + budget)
     fits = [n <= window for n in lengths] if window else [True] * len(convs)
     if not all(fits):
         info["skipped"]["longer than the model's context"] = fits.count(False)

@@ -18,11 +18,19 @@ from turnphase.builders.errors import TurnphaseError
 GIB = 1024**3
 
 
+def chat_tokens(tokenizer, messages: list[dict], *, add_generation_prompt: bool = False) -> int:
+    """Tokens of `messages` rendered with the chat template (as the build tokenizes them)."""
+    text = tokenizer.apply_chat_template(
+        messages, tokenize=False, add_generation_prompt=add_generation_prompt
+    )
+    return len(tokenizer(text, add_special_tokens=False)["input_ids"])
+
+
 def longest_conversation(cfg: BuildConfig, tokenizer, prompts: dict) -> int:
     """Tokens of the longest conversation the options allow (an upper bound)."""
     empty = [{"role": "system", "content": prompts["system"]}]
     empty += [{"role": r, "content": ""} for _ in range(cfg.rounds) for r in ("user", "assistant")]
-    markup = len(tokenizer.apply_chat_template(empty, tokenize=True, add_generation_prompt=True))
+    markup = chat_tokens(tokenizer, empty, add_generation_prompt=True)
     instructions = max(
         len(tokenizer(v, add_special_tokens=False)["input_ids"])
         for k, v in prompts.items()

@@ -3,6 +3,7 @@
     .venv/bin/python scripts/bench_build.py                 # everything, ~20 min on 2 cores
     .venv/bin/python scripts/bench_build.py --skip-full-build
     .venv/bin/python scripts/bench_build.py --only decode_step,extraction
+    .venv/bin/python scripts/bench_build.py --only runaway_stop   # two default builds, about 25 min
 
 1. batched generation (50 conversations) vs one conversation at a time: same prompts, same token
    budget (every sequence generates exactly --new-tokens tokens). Target: >= 8x tokens/s.
@@ -16,6 +17,10 @@
 5. Parquet write throughput of layer shards, and bytes per token per layer on disk vs the raw
    d_model x dtype bytes.
 6. Wall time of the default full build (`turnphase build`, 50 topics x 5 rounds). Target: <= 15 min.
+7. (only when asked: two more default builds) the default build with replies that repeat
+   themselves stopped at the end of their chunk vs run to the token limit (`--no-stop-runaway`):
+   wall-time ratio (target >= 1.25x), tokens generated, conversations dropped (target < 15%) and
+   verbatim repeated turns kept (target 0).
 """
 
 from __future__ import annotations
@@ -207,28 +212,62 @@ def parquet(d_model: int, n_tokens: int, dtype: str) -> dict:
     }
 
 
-def full_build() -> dict:
+def verbatim_repeats(conversations: list[dict]) -> int:
+    """Turns whose text (whitespace aside) equals an earlier turn's of the same conversation."""
+    n = 0
+    for row in conversations:
+        seen = set()
+        for m in row["messages"]:
+            if m["role"] == "system":
+                continue
+            text = " ".join(m["content"].split())
+            n += text in seen
+            seen.add(text)
+    return n
+
+
+def full_build(*extra: str) -> dict:
+    """The default build (`turnphase build` in a subprocess), with `extra` options."""
+    import pyarrow.parquet as pq
+
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "smollm2"
         t0 = time.perf_counter()
         subprocess.run(
-            [sys.executable, "-m", "turnphase.builders.cli", "build", "--out", str(out)], check=True
+            [sys.executable, "-m", "turnphase.builders.cli", "build", "--out", str(out), *extra], check=True
         )
         wall = time.perf_counter() - t0
         prov = json.loads((out / schema.PROVENANCE_FILE).read_text())
         size = sum(f.stat().st_size for f in out.rglob("*.parquet"))
+        repeats = verbatim_repeats(pq.read_table(out / schema.CONVERSATIONS).to_pylist())
     timing = prov["generation"]["timing"]
     return {
+        "options": list(extra),
         "wall_minutes": wall / 60,
         "generation_minutes": timing["seconds"] / 60,
         "generation_tokens_per_s": timing["new_tokens"] / timing["seconds"],
+        "new_tokens": timing["new_tokens"],
         "extraction_minutes": timing["extraction"]["seconds"] / 60,
         "conversations": prov["counts"]["conversations"],
         "dropped": len(prov["counts"]["dropped"]),
+        "rejected_attempts": prov["counts"]["rejected_attempts"],
+        "verbatim_repeated_turns": repeats,
         "tokens": prov["counts"]["tokens"],
         "dataset_MB": size / 1e6,
         "prompt_tokens_fed": timing["prompt_tokens_fed"],
         "prompt_tokens_reused": timing["prompt_tokens_reused"],
+    }
+
+
+def runaway_stop() -> dict:
+    """The default build with replies that repeat themselves stopped early, and without (each
+    then runs to the token limit before it is retried), one after the other in this run."""
+    without = full_build("--no-stop-runaway")
+    with_stop = full_build()
+    return {
+        "with": with_stop,
+        "without": without,
+        "speedup": without["wall_minutes"] / with_stop["wall_minutes"],
     }
 
 
@@ -246,8 +285,9 @@ def in_process(only: set[str], args) -> dict:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parts = ["generation", "kv_reuse", "decode_step", "extraction", "parquet", "full_build"]
-    p.add_argument("--only", default=",".join(parts), help=f"comma-separated parts: {','.join(parts)}")
+    parts = ["generation", "kv_reuse", "decode_step", "extraction", "parquet", "full_build", "runaway_stop"]
+    default = [part for part in parts if part != "runaway_stop"]
+    p.add_argument("--only", default=",".join(default), help=f"comma-separated parts: {','.join(parts)}")
     p.add_argument("--skip-full-build", action="store_true")
     p.add_argument("--new-tokens", type=int, default=128, help="per sequence; about a mean assistant turn")
     p.add_argument("--sequential", type=int, default=5, help="conversations generated one at a time")
@@ -263,6 +303,8 @@ def main() -> None:
     results = in_process(only, args)  # the model is let go before the full build's subprocess
     if "full_build" in only:
         results["full_build"] = full_build()
+    if "runaway_stop" in only:
+        results["runaway_stop"] = runaway_stop()
     print(json.dumps(results, indent=2))
     for name, result in results.items():
         print(SUMMARY[name](result))
@@ -296,6 +338,13 @@ SUMMARY = {  # one line per part
         f"default full build (50 x 5): {f['wall_minutes']:.1f} min wall (target <= 15), "
         f"{f['conversations']} conversations, {f['dropped']} dropped, {f['tokens']} tokens, "
         f"{f['dataset_MB']:.0f} MB; prompt tokens fed {f['prompt_tokens_fed']}, reused {f['prompt_tokens_reused']}"
+    ),
+    "runaway_stop": lambda r: (
+        f"default build with runaway replies stopped early vs run to the limit: {r['speedup']:.2f}x "
+        f"({r['with']['wall_minutes']:.1f} vs {r['without']['wall_minutes']:.1f} min; target >= 1.25x), "
+        f"{r['with']['new_tokens']} vs {r['without']['new_tokens']} tokens generated, dropped "
+        f"{r['with']['dropped']} vs {r['without']['dropped']} of 50 (target < 15%), verbatim repeated turns "
+        f"kept {r['with']['verbatim_repeated_turns']} vs {r['without']['verbatim_repeated_turns']} (target 0)"
     ),
 }
 

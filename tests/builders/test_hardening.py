@@ -240,3 +240,20 @@ def test_read_only_places_fail_before_the_model_or_the_data_is_read(tiny_build, 
     assert "cannot" in errors[0] and "Read-only file system" in errors[0]
     assert "cannot" in errors[1] and "Read-only file system" in errors[1]
     assert Path(ro).exists() and not any(Path(ro).iterdir())
+
+
+def test_the_context_bound_holds_every_built_conversation(tiny_build, tiny_model_dir):
+    from transformers import AutoTokenizer
+
+    from turnphase.builders.config import BuildConfig
+    from turnphase.builders.limits import longest_conversation
+
+    cfg = BuildConfig(out=Path("unused"), rounds=2, user_max_new_tokens=24, assistant_max_new_tokens=24)
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
+    bound = longest_conversation(cfg, tokenizer, conversations.load_prompts("reply"))
+    positions = pq.read_table(tiny_build / "tokens", columns=["conversation_id", "position"]).to_pydict()
+    lengths = {}
+    for cid, pos in zip(positions["conversation_id"], positions["position"], strict=True):
+        lengths[cid] = max(lengths.get(cid, 0), pos + 1)
+    assert max(lengths.values()) <= bound
+    assert 2 * (24 + 24) < bound < 2 * (24 + 24) + 400  # turns, markup and the instruction; no more

@@ -9,6 +9,8 @@ import os
 import subprocess
 import sys
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -62,6 +64,14 @@ def olah_hub(tmp_path_factory):
     repo = root / "mirrors" / "datasets" / OLAH_REPO_ID
     write_synthetic_dataset(repo, **DATASET)
     commit_folder(repo, "turnphase synthetic dataset")
+    with olah_serving(root) as endpoint:
+        yield endpoint, OLAH_REPO_ID, repo
+
+
+@contextmanager
+def olah_serving(root: Path) -> Iterator[str]:
+    """olah, offline, serving the git repos under `root/mirrors/{datasets,models}/NS/NAME`; yields
+    its endpoint and stops it on exit."""
     config = root / "olah.toml"
     config.write_text(
         "[basic]\n"
@@ -80,8 +90,7 @@ def olah_hub(tmp_path_factory):
         env=os.environ | {"OMP_NUM_THREADS": "1"},
     )
     try:
-        endpoint = _read_endpoint(server)
-        yield endpoint, OLAH_REPO_ID, repo
+        yield _read_endpoint(server)
     finally:
         server.terminate()
         try:
