@@ -58,3 +58,20 @@ def test_activations_equal_a_plain_forward(small_build):
         expected = hidden[L + 1][0].numpy()
         # float16 storage: relative error of a half-precision rounding, on values up to a few hundred
         np.testing.assert_allclose(stored, expected, rtol=2e-3, atol=2e-2)
+
+
+def test_without_a_system_message_the_templates_default_line_is_first_turn_markup():
+    """SmolLM2's template adds its own system line when a conversation has none (`--system drop`):
+    those tokens belong to the first user turn, flagged as template markup."""
+    from transformers import AutoTokenizer
+
+    from turnphase.builders.phases import label_tokens
+
+    gguf = default_gguf()
+    tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+    messages = [{"role": "user", "content": "Why is the sky blue?"}, {"role": "assistant", "content": "Air."}]
+    assert "You are a helpful AI assistant" in tokenizer.apply_chat_template(messages, tokenize=False)
+    tokens = label_tokens(0, tokenizer, messages).to_pydict()
+    content = "".join(t for t, tpl in zip(tokens["token"], tokens["is_template"], strict=True) if not tpl)
+    assert "helpful" not in content and "Why is the sky blue?" in content
+    assert set(tokens["role"]) == {"user", "assistant"}
