@@ -7,9 +7,9 @@ import json
 
 import pyarrow.parquet as pq
 import pytest
-from conftest import olah_serving
 from git_mirror import commit_folder
 from hub_clients import hub_env, run_cli
+from olah_serving import olah_serving
 from tiny_model import TINY_BUILD_ARGS, save_tiny_chat_model
 
 from turnphase.builders import schema
