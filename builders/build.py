@@ -395,6 +395,11 @@ def build(cfg: BuildConfig) -> dict:
 
 def _build(cfg: BuildConfig) -> dict:
     options = cfg.data_options()
+    # Conversations read from a source are read first (a bad source fails before anything else),
+    # and what they are (file hashes, Hub commit) is part of the build's identity.
+    source = _read_source(cfg) if cfg.conversations else None
+    if source is not None:
+        options["source_identity"] = {k: source[1].get(k) for k in ("files", "revision")}
     fingerprint = provenance.fingerprint(options)
     out = cfg.out
     status = _prepare_out(out, fingerprint)
@@ -417,7 +422,6 @@ def _build(cfg: BuildConfig) -> dict:
         from turnphase.builders.limits import check_build_limits
         from turnphase.builders.model import load_model
 
-        source = _read_source(cfg) if cfg.conversations else None
         loaded = load_model(
             cfg.model,
             layers=cfg.layers,
