@@ -184,6 +184,7 @@ class DatasetSource:
             except Exception as e:
                 raise TurnphaseError(f"{self.source}: cannot read the repository ({one_line(e)})") from None
             fs, root = HfFileSystem(), f"datasets/{self.source}@{sha}"
+            self.revision = sha  # and every later read from the same commit
         names = {}
         for config in [schema.CONVERSATIONS, schema.TOKENS, *map(schema.layer_config, self.layers)]:
             try:
