@@ -136,6 +136,7 @@ def _generate(
         batch_size=cfg.batch_size,
         seed=cfg.seed,
         stop_runaway=cfg.stop_runaway,
+        check_repeats=cfg.check_repeats,
         repetition_penalty=cfg.repetition_penalty,
         no_repeat_ngram_size=cfg.no_repeat_ngram_size,
     )
@@ -529,10 +530,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch-size", type=int, default=50, help="conversations per batched generate call")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument(
-        "--no-stop-runaway",
-        dest="stop_runaway",
-        action="store_false",
-        help="let a reply that repeats itself run to the token limit before it is retried",
+        "--stop-runaway",
+        action="store_true",
+        help="stop a reply whose tail has become periodic at the end of its chunk, and retry it",
+    )
+    p.add_argument(
+        "--check-repeats",
+        action="store_true",
+        help="retry a turn that repeats an earlier one of its conversation, and a user turn under 3 words",
     )
     p.add_argument(
         "--repetition-penalty", type=float, default=None, help="transformers' repetition_penalty (off)"

@@ -34,7 +34,9 @@ class BuildConfig:
     top_p: float = 0.9
     batch_size: int = 50  # conversations per batched generate call
     seed: int = 0
-    stop_runaway: bool = True  # stop and retry a reply as soon as it starts repeating itself
+    # Off by default: on the default build they dropped 25 of 50 conversations, not fewer (README).
+    stop_runaway: bool = False  # stop and retry a reply as soon as it starts repeating itself
+    check_repeats: bool = False  # retry repeated turns and user turns under 3 words
     repetition_penalty: float | None = None  # transformers' generate option; off by default
     no_repeat_ngram_size: int = 0  # transformers' generate option; 0 = off
 

@@ -156,7 +156,8 @@ class GenerationSettings:
     top_p: float = 0.9
     batch_size: int = 50
     seed: int = 0
-    stop_runaway: bool = True  # stop a reply as soon as it repeats itself (checked every chunk)
+    stop_runaway: bool = False  # stop a reply as soon as it repeats itself (checked every chunk)
+    check_repeats: bool = False  # retry a turn that repeats an earlier one, or a user turn under 3 words
     repetition_penalty: float | None = None  # transformers' option; off unless asked
     no_repeat_ngram_size: int = 0  # transformers' option; 0 = off
 
@@ -342,7 +343,8 @@ def generate_conversations(
                             if role_name == "user":
                                 # reply: no question was found above; study: the turn is the reply
                                 is_question = settings.strategy == "study" and "?" in text
-                        problem = problem or conversation_problem(text, role_name, conv.messages)
+                        if settings.check_repeats:
+                            problem = problem or conversation_problem(text, role_name, conv.messages)
                         if reason := problem or (None if is_question else "user turn without a question"):
                             conv.rejected[reason] = conv.rejected.get(reason, 0) + 1
                         if problem is None and not is_question:

@@ -3,7 +3,7 @@
     .venv/bin/python scripts/bench_build.py                 # everything, ~20 min on 2 cores
     .venv/bin/python scripts/bench_build.py --skip-full-build
     .venv/bin/python scripts/bench_build.py --only decode_step,extraction
-    .venv/bin/python scripts/bench_build.py --only runaway_stop   # two default builds, about 25 min
+    .venv/bin/python scripts/bench_build.py --only runaway_stop   # two more default builds (each 13-55 min here)
 
 1. batched generation (50 conversations) vs one conversation at a time: same prompts, same token
    budget (every sequence generates exactly --new-tokens tokens). Target: >= 8x tokens/s.
@@ -17,8 +17,9 @@
 5. Parquet write throughput of layer shards, and bytes per token per layer on disk vs the raw
    d_model x dtype bytes.
 6. Wall time of the default full build (`turnphase build`, 50 topics x 5 rounds). Target: <= 15 min.
-7. (only when asked: two more default builds) the default build with replies that repeat
-   themselves stopped at the end of their chunk vs run to the token limit (`--no-stop-runaway`):
+7. (only when asked: two more default builds) the default build with `--stop-runaway
+   --check-repeats` (replies that repeat themselves stopped at the end of their chunk, repeated
+   and too-short turns retried) vs the default build:
    wall-time ratio (target >= 1.25x), tokens generated, conversations dropped (target < 15%) and
    verbatim repeated turns kept (target 0).
 """
@@ -260,10 +261,10 @@ def full_build(*extra: str) -> dict:
 
 
 def runaway_stop() -> dict:
-    """The default build with replies that repeat themselves stopped early, and without (each
-    then runs to the token limit before it is retried), one after the other in this run."""
-    without = full_build("--no-stop-runaway")
-    with_stop = full_build()
+    """The default build, and the same with `--stop-runaway --check-repeats` (replies that repeat
+    themselves stopped early, repeated and too-short turns retried), one after the other."""
+    without = full_build()
+    with_stop = full_build("--stop-runaway", "--check-repeats")
     return {
         "with": with_stop,
         "without": without,
@@ -340,7 +341,7 @@ SUMMARY = {  # one line per part
         f"{f['dataset_MB']:.0f} MB; prompt tokens fed {f['prompt_tokens_fed']}, reused {f['prompt_tokens_reused']}"
     ),
     "runaway_stop": lambda r: (
-        f"default build with runaway replies stopped early vs run to the limit: {r['speedup']:.2f}x "
+        f"default build with --stop-runaway --check-repeats vs without: {r['speedup']:.2f}x "
         f"({r['with']['wall_minutes']:.1f} vs {r['without']['wall_minutes']:.1f} min; target >= 1.25x), "
         f"{r['with']['new_tokens']} vs {r['without']['new_tokens']} tokens generated, dropped "
         f"{r['with']['dropped']} vs {r['without']['dropped']} of 50 (target < 15%), verbatim repeated turns "

@@ -209,7 +209,8 @@ def test_repeated_short_and_runaway_turns_are_retried_and_counted():
             ]
         }
     )
-    conv.generate_conversations(convs, chat, prompts, conv.GenerationSettings(rounds=2, max_attempts=3))
+    settings = conv.GenerationSettings(rounds=2, max_attempts=3, check_repeats=True)
+    conv.generate_conversations(convs, chat, prompts, settings)
     (c,) = convs
     assert c.dropped is None and c.attempts == [2, 2, 2, 2]
     assert c.rejected == {
