@@ -60,8 +60,11 @@ def folder_lock(folder: Path, holder: str) -> Iterator[None]:
         os.close(fd)
     try:
         started = time.strftime("%Y-%m-%d %H:%M:%S")
-        os.ftruncate(fd, 0)
-        os.write(fd, f"{holder} (pid {os.getpid()} on {socket.gethostname()}, since {started})".encode())
+        try:  # the holder's name is a courtesy for the message; a full disk must not stop the work
+            os.ftruncate(fd, 0)
+            os.write(fd, f"{holder} (pid {os.getpid()} on {socket.gethostname()}, since {started})".encode())
+        except OSError:
+            pass
         yield
     finally:
         path.unlink(missing_ok=True)
