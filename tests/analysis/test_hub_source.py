@@ -11,22 +11,20 @@ import json
 import os
 import subprocess
 import sys
-import threading
 from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
 from git_mirror import commit_folder
+from olah_serving import olah_serving
 from reference import assert_same
 from synthetic import write_synthetic_dataset
 
 from turnphase.analysis.config import AnalysisConfig
 from turnphase.analysis.report import analyze
 
-OLAH_SERVER = Path(__file__).parents[1] / "hub" / "olah_server.py"
 REPO_ID = "turnphase-test/turnphase-analysis"
 DAMAGED_ID = "turnphase-test/turnphase-damaged"
-TIMEOUT_S = 120
 
 
 @pytest.fixture(scope="module")
@@ -41,28 +39,8 @@ def hub(tmp_path_factory):
     shard = next((damaged / "layer_1").glob("*.parquet"))
     pq.write_table(pq.read_table(shard).drop_columns(["activation"]), shard)
     commit_folder(damaged, "data")
-    config = root / "olah.toml"
-    config.write_text(
-        f'[basic]\nhost = "127.0.0.1"\nrepos-path = "{root / "cache"}"\nmirrors-path = ["{root / "mirrors"}"]\n'
-        "[accessibility]\noffline = true\n"
-    )
-    with open(root / "olah.log", "w") as log:
-        server = subprocess.Popen(
-            [sys.executable, str(OLAH_SERVER), str(config), str(root / "logs")],
-            stdout=subprocess.PIPE,
-            stderr=log,
-            text=True,
-        )
-        line: list[str] = []
-        reader = threading.Thread(target=lambda: line.append(server.stdout.readline()), daemon=True)
-        reader.start()
-        reader.join(TIMEOUT_S)
-        try:
-            assert line and line[0].startswith("http://"), f"olah did not start: {line}"
-            yield line[0].strip(), repo
-        finally:
-            server.terminate()
-            server.wait(timeout=10)
+    with olah_serving(root) as endpoint:
+        yield endpoint, repo
 
 
 def run_analyze(endpoint: str, home: Path, *args: str) -> subprocess.CompletedProcess:

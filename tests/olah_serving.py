@@ -14,7 +14,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-HERE = Path(__file__).parent
+OLAH_SERVER = Path(__file__).parent / "hub" / "olah_server.py"
 SERVER_START_TIMEOUT_S = 60
 
 
@@ -33,7 +33,7 @@ def olah_serving(root: Path) -> Iterator[str]:
     )
     log = open(root / "olah.log", "w")
     server = subprocess.Popen(
-        [sys.executable, str(HERE / "olah_server.py"), str(config), str(root / "logs")],
+        [sys.executable, str(OLAH_SERVER), str(config), str(root / "logs")],
         stdout=subprocess.PIPE,
         stderr=log,
         text=True,
