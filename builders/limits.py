@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from turnphase.builders.config import BuildConfig
 from turnphase.builders.errors import TurnphaseError
+from turnphase.builders.model import text_config_of
 
 GIB = 1024**3
 
@@ -41,13 +42,13 @@ def longest_conversation(cfg: BuildConfig, tokenizer, prompts: dict) -> int:
 
 
 def context_length(model) -> int | None:
-    config = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
+    config = text_config_of(model.config)
     n = getattr(config, "max_position_embeddings", None)
     return int(n) if n else None
 
 
 def kv_bytes_per_token(model) -> int:
-    config = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
+    config = text_config_of(model.config)
     heads = config.num_attention_heads
     kv_heads = getattr(config, "num_key_value_heads", None) or heads
     head_dim = getattr(config, "head_dim", None) or config.hidden_size // heads

@@ -59,6 +59,11 @@ class LoadedModel:
         }
 
 
+def text_config_of(config):
+    """The language model's config (multimodal configs nest it)."""
+    return config.get_text_config() if hasattr(config, "get_text_config") else config
+
+
 def _weights_hash(folder: Path) -> str | None:
     files = sorted(folder.glob("*.safetensors")) or sorted(folder.glob("*.bin"))
     if not files:
@@ -112,7 +117,7 @@ def load_model(
         raise cannot_load(e) from None
     if not getattr(tokenizer, "chat_template", None):
         raise TurnphaseError(f"model {shown_id!r} has no chat template; turnphase needs a chat model")
-    text_config = config.get_text_config() if hasattr(config, "get_text_config") else config
+    text_config = text_config_of(config)
     n_layers = int(text_config.num_hidden_layers)
     chosen = resolve_layers(layers, n_layers)
     try:
