@@ -42,10 +42,14 @@ def make_provenance(
 ) -> dict:
     """Assemble the provenance dict.
 
-    model: {id, revision, weights_sha256, n_layers, d_model, chat_template_sha256}
+    model: {id, revision, weights_sha256, n_layers, d_model, n_params, chat_template_sha256,
+            license (the model's, as its metadata states it; "unknown" if none does)}
+    license: the dataset's licence, for its card
     generation: {strategy, rounds, description, prompts, settings...}
     counts: {conversations, dropped: [{conversation_id, topic, reason}], tokens,
-             tokens_by_role, rows: {config: n}, shards: {config: n}, ...}
+             tokens_by_role, rows: {config: n}, shards: {config: n}, ...}; `writer.finalize` adds
+             bytes (Parquet bytes per config) and arrow_bytes (per config, the Arrow size `datasets`
+             gives as the split's `num_bytes`; missing in builds from before it was recorded)
     """
     return {
         "turnphase_version": turnphase_version(),

@@ -42,6 +42,11 @@ def layer_config(layer: int) -> str:
     return f"layer_{layer}"
 
 
+def config_names(layers, *, conversations: bool = True) -> list[str]:
+    """A dataset's configs in their order: conversations, tokens, then one per stored layer."""
+    return ([CONVERSATIONS] if conversations else []) + [TOKENS] + [layer_config(L) for L in layers]
+
+
 def parse_layer_config(name: str) -> int | None:
     """`layer_13` -> 13; anything else -> None."""
     m = _LAYER_RE.match(name)

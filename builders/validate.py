@@ -15,7 +15,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
-from huggingface_hub import DatasetCard
+from datasets.info import DatasetInfosDict
+from huggingface_hub import DatasetCard, DatasetCardData
 
 from turnphase.builders import schema
 from turnphase.builders.errors import one_line
@@ -23,18 +24,18 @@ from turnphase.builders.errors import one_line
 PHASE_TOL = 1e-6
 
 
-def _card_configs(root: Path, problems: list[str]) -> dict[str, str]:
-    """config name -> data_files glob, from the card's YAML."""
+def _card_configs(root: Path, problems: list[str]) -> tuple[dict[str, str], DatasetCardData | None]:
+    """config name -> data_files glob, from the card's YAML; and the YAML (None if unreadable)."""
     try:
         card = DatasetCard.load(root / schema.CARD_FILE)
     except Exception as e:  # a missing or unparsable card is a problem to report, not a crash
         problems.append(f"{schema.CARD_FILE}: cannot read the dataset card ({one_line(e)})")
-        return {}
+        return {}, None
     out = {}
     configs = card.data.to_dict().get("configs") or []
     if not isinstance(configs, list) or not all(isinstance(c, dict) for c in configs):
         problems.append(f"{schema.CARD_FILE}: `configs` is not a list of configs")
-        return {}
+        return {}, card.data
     for cfg in configs:
         files = cfg.get("data_files") or []
         files = files if isinstance(files, list) else []
@@ -45,7 +46,37 @@ def _card_configs(root: Path, problems: list[str]) -> dict[str, str]:
             )
             continue
         out[cfg["config_name"]] = paths[0]
-    return out
+    return out, card.data
+
+
+def _check_card_sizes(data: DatasetCardData, prov: dict, rows: dict, problems: list[str]) -> None:
+    """The card's split sizes against the provenance: `num_examples` against the rows and, where the
+    build recorded them (`counts.arrow_bytes`; older builds did not), `num_bytes` against the
+    Arrow sizes `datasets` computes."""
+    try:
+        infos = DatasetInfosDict.from_dataset_card_data(data)
+        splits = {name: info.splits.get(schema.SPLIT) for name, info in infos.items() if info.splits}
+    except Exception as e:  # whatever the YAML holds, one line
+        problems.append(f"{schema.CARD_FILE}: unreadable `dataset_info` ({one_line(e)})")
+        return
+    arrow = prov["counts"].get("arrow_bytes")
+    arrow = arrow if isinstance(arrow, dict) else {}
+    for name, n_rows in rows.items():
+        split = splits.get(name)
+        if split is None:
+            if name in arrow:
+                problems.append(
+                    f"{schema.CARD_FILE}: config {name} has no '{schema.SPLIT}' sizes in dataset_info"
+                )
+            continue
+        if split.num_examples != n_rows:
+            problems.append(
+                f"{schema.CARD_FILE}: config {name} says {split.num_examples} rows, provenance {n_rows}"
+            )
+        if name in arrow and split.num_bytes != arrow[name]:
+            problems.append(
+                f"{schema.CARD_FILE}: config {name} says num_bytes {split.num_bytes}, Arrow size {arrow[name]}"
+            )
 
 
 def _shards(root: Path, config: str, problems: list[str]) -> list[Path]:
@@ -167,8 +198,11 @@ def _validate(root: Path, deep: bool) -> list[str]:
         return problems
     layers, d_model, dtype, rows_expected, n_conv_expected, n_tokens_expected = expected_values
 
-    expected = [schema.CONVERSATIONS, schema.TOKENS] + [schema.layer_config(L) for L in layers]
-    card = _card_configs(root, problems)
+    expected = schema.config_names(layers)
+    card, card_data = _card_configs(root, problems)
+    if card_data is not None:  # configs the card does not list are reported below, once
+        listed = {name: rows_expected.get(name) for name in expected if name in card}
+        _check_card_sizes(card_data, prov, listed, problems)
     for name in expected:
         if name not in card:
             problems.append(f"{schema.CARD_FILE}: config {name} is not listed")

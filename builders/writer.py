@@ -163,13 +163,29 @@ def finalize(root: Path, provenance: dict, repo_id: str | None = None) -> None:
     """Write the provenance JSON, then the card: a folder with a card is a finished build."""
     from turnphase.builders.card import render_card
 
-    provenance["counts"]["bytes"] = {
-        config: sum(f.stat().st_size for f in (Path(root) / config).glob(schema.SHARD_GLOB))
+    shards = {
+        config: sorted((Path(root) / config).glob(schema.SHARD_GLOB))
         for config in provenance["counts"]["rows"]
+    }
+    provenance["counts"]["bytes"] = {
+        config: sum(f.stat().st_size for f in files) for config, files in shards.items()
+    }
+    provenance["counts"]["arrow_bytes"] = {
+        config: sum(arrow_nbytes(f) for f in files) for config, files in shards.items()
     }
     provenance["sha256"] = shard_hashes(root, provenance["counts"]["rows"])
     atomic_write_json(Path(root) / schema.PROVENANCE_FILE, provenance)
     atomic_write_bytes(Path(root) / schema.CARD_FILE, render_card(provenance, repo_id).encode())
+
+
+def arrow_nbytes(path: Path) -> int:
+    """The Arrow (in-memory) size of a shard as `datasets` counts a split's `num_bytes`: it reads
+    a Parquet file in batches of its first row group's size and adds up each batch's `nbytes`."""
+    f = pq.ParquetFile(path)
+    if f.metadata.num_row_groups == 0:
+        return 0
+    batches = f.iter_batches(batch_size=f.metadata.row_group(0).num_rows)
+    return sum(pa.Table.from_batches([batch]).nbytes for batch in batches)
 
 
 def shard_hashes(root: Path, configs) -> dict[str, str]:
