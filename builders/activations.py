@@ -10,7 +10,7 @@ import numpy as np
 import torch
 
 
-def _decoder_layers(envoy):
+def decoder_blocks(envoy):
     """The envoy of the model's list of decoder blocks (Llama/Mistral/Qwen `model.layers`,
     GPT-2 style `transformer.h`)."""
     for path in ("model.layers", "model.model.layers", "transformer.h", "model.language_model.layers"):
@@ -40,7 +40,7 @@ class LayerReader:
         from nnsight import TransformersModel
 
         self.lm = TransformersModel(model, tokenizer=tokenizer)
-        self.blocks = _decoder_layers(self.lm)
+        self.blocks = decoder_blocks(self.lm)
         self.layers = list(layers)
         self.device = next(model.parameters()).device
 

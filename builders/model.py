@@ -8,11 +8,13 @@ import hashlib
 import importlib.util
 import os
 import pickle
+import struct
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
-from turnphase.builders.errors import TurnphaseError
+from turnphase.builders.errors import ConfigError, TurnphaseError, one_line
+from turnphase.builders.layers import resolve_layers
 from turnphase.builders.provenance import sha256_file
 
 DEFAULT_MODEL = "HuggingFaceTB/SmolLM2-135M-Instruct"
@@ -45,6 +47,7 @@ class LoadedModel:
     d_model: int
     n_params: int
     layers: list[int]  # the decoder blocks to read, resolved from the --layers spec
+    license: str | None = None  # as the model's publisher states it (see model_license)
 
     def describe(self) -> dict:
         template = self.tokenizer.chat_template or ""
@@ -56,6 +59,7 @@ class LoadedModel:
             "d_model": self.d_model,
             "n_params": self.n_params,
             "chat_template_sha256": hashlib.sha256(template.encode()).hexdigest(),
+            "license": self.license or "unknown",
         }
 
 
@@ -117,6 +121,7 @@ def load_model(
         raise cannot_load(e) from None
     if not getattr(tokenizer, "chat_template", None):
         raise TurnphaseError(f"model {shown_id!r} has no chat template; turnphase needs a chat model")
+    _check_chat_template(tokenizer, shown_id)
     text_config = text_config_of(config)
     n_layers = int(text_config.num_hidden_layers)
     chosen = resolve_layers(layers, n_layers)
@@ -139,6 +144,12 @@ def load_model(
             weights = _weights_hash(Path(snapshot_download(source, revision=revision, local_files_only=True)))
         except Exception:
             weights = None
+    from turnphase.builders.activations import decoder_blocks
+
+    try:
+        decoder_blocks(model)
+    except ValueError as e:
+        raise TurnphaseError(f"model {shown_id!r}: {e}; turnphase cannot read or steer its layers") from None
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     model.eval().to(device)
@@ -152,7 +163,99 @@ def load_model(
         d_model=int(text_config.hidden_size),
         n_params=sum(p.numel() for p in model.parameters()),
         layers=chosen,
+        license=model_license(str(gguf) if "gguf_file" in kwargs else model_id, revision),
     )
+
+
+def model_license(source: str, revision: str | None = None) -> str | None:
+    """The licence the model's publisher states: a GGUF file's `general.license`, a local folder's
+    README.md front matter, or a Hub model's card (its cached README.md, else the Hub when online).
+    Best effort: None when nothing says or nothing can be read, never an error."""
+    from huggingface_hub import constants, metadata_load, model_info, try_to_load_from_cache
+
+    try:
+        if source.lower().endswith(".gguf"):
+            return _gguf_string(Path(source), "general.license")
+        if os.path.isdir(source):
+            readme = Path(source) / "README.md"
+        else:
+            cached = try_to_load_from_cache(source, "README.md", revision=revision)
+            if not isinstance(cached, str):
+                if constants.HF_HUB_OFFLINE:
+                    return None
+                card = model_info(source, revision=revision, timeout=10).card_data
+                return _license_of(card.to_dict() if card else {})
+            readme = Path(cached)
+        return _license_of(metadata_load(readme) or {}) if readme.is_file() else None
+    except Exception:  # offline, gated, unparsable: the licence stays unknown, the build goes on
+        return None
+
+
+def _license_of(meta: dict) -> str | None:
+    """A model card's `license`, or the name an `other` licence gives itself."""
+    value = meta.get("license")
+    if value == "other" and meta.get("license_name"):
+        value = meta["license_name"]
+    if isinstance(value, list):
+        value = ", ".join(map(str, value))
+    return str(value) if value else None
+
+
+def _gguf_string(path: Path, key: str) -> str | None:
+    """A string value from a GGUF file's key/value header (format v2 and v3, little-endian). Read
+    by hand up to `key`: gguf.GGUFReader parses the whole vocabulary first (8 s for the default)."""
+    from gguf import GGUF_MAGIC
+    from gguf import GGUFValueType as T
+
+    sizes = {T.UINT8: 1, T.INT8: 1, T.BOOL: 1, T.UINT16: 2, T.INT16: 2, T.UINT32: 4, T.INT32: 4}
+    sizes |= {T.FLOAT32: 4, T.UINT64: 8, T.INT64: 8, T.FLOAT64: 8}
+    with open(path, "rb") as f:
+
+        def number(fmt: str) -> int:
+            return struct.unpack(f"<{fmt}", f.read(struct.calcsize(fmt)))[0]
+
+        def skip(kind: T) -> None:
+            if kind == T.STRING:
+                f.seek(number("Q"), os.SEEK_CUR)
+            elif kind == T.ARRAY:
+                item, n = T(number("I")), number("Q")
+                if item in sizes:
+                    f.seek(n * sizes[item], os.SEEK_CUR)
+                else:
+                    for _ in range(n):
+                        skip(item)
+            else:
+                f.seek(sizes[kind], os.SEEK_CUR)
+
+        if number("I") != GGUF_MAGIC or number("I") not in (2, 3):
+            return None
+        number("Q")  # the tensor count
+        for _ in range(number("Q")):
+            name, kind = f.read(number("Q")).decode("utf-8", "replace"), T(number("I"))
+            if name == key and kind == T.STRING:
+                return f.read(number("Q")).decode("utf-8", "replace")
+            skip(kind)
+    return None
+
+
+def _check_chat_template(tokenizer, shown_id: str) -> None:
+    """Phases are labelled from each message's place in the rendered chat (phases.py), which needs
+    a template that renders a conversation's prefix as a prefix of the whole: checked here, on a
+    sample conversation, before any weights load or any text is generated."""
+    from turnphase.builders.phases import message_spans
+
+    sample = [
+        {"role": "user", "content": "What is a tide?"},
+        {"role": "assistant", "content": "The rise and fall of the sea."},
+        {"role": "user", "content": "Why does it happen twice a day?"},
+        {"role": "assistant", "content": "The moon pulls on both sides of the Earth."},
+    ]
+    try:
+        message_spans(tokenizer, sample)
+    except Exception as e:  # ValueError from the check, or the template's own error
+        raise TurnphaseError(
+            f"model {shown_id!r}: its chat template cannot be used to label phases ({one_line(e)})"
+        ) from None
 
 
 def _looks_like_path(model_id: str) -> bool:
@@ -164,7 +267,7 @@ def _check_hub_id(model_id: str, revision: str | None) -> None:
     """Fail in one line, at once, for a missing local path or a model the Hub cannot give (instead
     of transformers' minute of retries); a model already in the local cache needs no Hub."""
     if _looks_like_path(model_id):
-        raise TurnphaseError(f"--model {model_id}: no such file or folder")
+        raise ConfigError("model", f"{model_id}: no such file or folder")
     from huggingface_hub import constants, model_info, try_to_load_from_cache
 
     if constants.HF_HUB_OFFLINE or isinstance(
@@ -175,35 +278,8 @@ def _check_hub_id(model_id: str, revision: str | None) -> None:
         model_info(model_id, revision=revision, timeout=10)
     except Exception as e:  # not found, gated, no network: one line, whatever the type
         first = (str(e).strip().splitlines() or [type(e).__name__])[0]
-        raise TurnphaseError(
-            f"--model {model_id}: not a local folder or .gguf file, not in the Hugging Face cache, and "
-            f"the Hub cannot provide it ({type(e).__name__}: {first})"
+        raise ConfigError(
+            "model",
+            f"{model_id}: not a local folder or .gguf file, not in the Hugging Face cache, and "
+            f"the Hub cannot provide it ({type(e).__name__}: {first})",
         ) from None
-
-
-def resolve_layers(spec: str, n_layers: int) -> list[int]:
-    """`auto` (relative depth 0.44..0.81, the study's 7..13 of 16), `all`, `13-24`, `13,17,24`."""
-    spec = spec.strip().lower()
-    if spec == "auto":
-        lo, hi = round(0.44 * n_layers), round(0.81 * n_layers)
-        return list(range(lo, hi + 1))
-    if spec == "all":
-        return list(range(n_layers))
-    layers: set[int] = set()
-    try:
-        for part in spec.split(","):
-            if "-" in part:
-                a, b = (int(x) for x in part.split("-"))
-                if a > b:
-                    raise TurnphaseError(f"--layers {spec!r}: {a}-{b} is an empty range; write {b}-{a}")
-                layers.update(range(a, b + 1))
-            else:
-                layers.add(int(part))
-    except ValueError:
-        raise TurnphaseError(f"--layers {spec!r}: use auto, all, 13-24 or 13,17,24") from None
-    bad = sorted(L for L in layers if not 0 <= L < n_layers)
-    if bad or not layers:
-        raise TurnphaseError(
-            f"--layers {spec!r}: layer(s) {bad} out of range; the model has layers 0..{n_layers - 1}"
-        )
-    return sorted(layers)

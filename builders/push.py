@@ -29,6 +29,7 @@ scrubbed of it before they are shown.
 from __future__ import annotations
 
 import argparse
+import logging
 import re
 from pathlib import Path
 
@@ -61,10 +62,6 @@ def _hub_error(e: BaseException) -> BaseException | None:
             return e
         e = e.__cause__
     return None
-
-
-def _config_names(provenance: dict) -> list[str]:
-    return card.config_names(provenance["layers"])
 
 
 def push_folder(
@@ -113,7 +110,7 @@ def _push(folder: Path, repo_id: str, *, private: bool, revision: str | None, to
             folder / schema.CARD_FILE, card.render_card(provenance, repo_id, revision).encode()
         )
         model = provenance["model"]["id"]
-        configs = _config_names(provenance)
+        configs = schema.config_names(provenance["layers"])
         api.upload_folder(
             repo_id=repo_id,
             repo_type=REPO_TYPE,
@@ -167,5 +164,5 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     url = push_folder(args.folder, args.repo_id, private=args.private, revision=args.revision)
-    print(f"pushed {args.folder} to {url}")
+    logging.getLogger(__name__).info("pushed %s to %s", args.folder, url)
     return 0

@@ -7,7 +7,7 @@ import argparse
 import dataclasses
 from pathlib import Path
 
-from turnphase.steering.config import SETTINGS, SteerConfig, numbers
+from turnphase.steering.config import SETTINGS, SteerConfig
 
 
 def _list(text: str) -> list[str]:
@@ -20,7 +20,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--report", required=True, help="`turnphase analyze` output folder (directions.safetensors)"
     )
-    p.add_argument("--layers", required=True, type=_list, help="layers to steer, e.g. 19 or 17,19")
+    p.add_argument(
+        "--layers",
+        required=True,
+        help="layers to steer: 19, 17,19, 17-19, or all (the report's); ~40 min each",
+    )
     p.add_argument("--out", type=Path, required=True, help="folder for steer.json, figures and summary.txt")
     p.add_argument("--overwrite", action="store_true", help="replace a non-empty --out")
     p.add_argument("--model", default=None, help="default: the dataset's model, from its provenance")
@@ -32,61 +36,51 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "--fold",
         type=int,
         default=d.fold,
-        help="analysis fold: its directions, its held-out prompts (%(default)s)",
+        help="analysis fold: its directions, its held-out prompts",
     )
-    p.add_argument("--settings", type=_list, default=d.settings, help=f"{','.join(SETTINGS)} (default: both)")
+    p.add_argument("--settings", type=_list, default=d.settings, help=f"prompts, any of {','.join(SETTINGS)}: at the start of each assistant turn, or partway into it")
     p.add_argument(
         "--cut",
         type=float,
         default=d.cut,
-        help="share of the assistant turn kept in `mid` prompts (%(default)s)",
+        help="share of the assistant turn kept in `mid` prompts",
     )
     p.add_argument(
         "--prompts",
         dest="max_prompts",
         type=int,
         default=d.max_prompts,
-        help="prompts per setting (%(default)s)",
+        help="prompts per setting",
     )
-    p.add_argument(
-        "--max-new-tokens", type=int, default=d.max_new_tokens, help="token budget of a turn (%(default)s)"
-    )
-    p.add_argument("--add", type=_list, default=d.add, help="a grid, each used with both signs (%(default)s)")
-    p.add_argument(
-        "--rotate", type=_list, default=d.rotate, help="angle grid in degrees, both ways (%(default)s)"
-    )
+    p.add_argument("--max-new-tokens", type=int, default=d.max_new_tokens, help="token budget of a turn")
+    p.add_argument("--add", type=_list, default=d.add, help="a grid, each used with both signs")
+    p.add_argument("--rotate", type=_list, default=d.rotate, help="angle grid in degrees, both ways")
     p.add_argument(
         "--random",
         dest="n_random",
         type=int,
         default=d.n_random,
-        help="random directions and planes per strength (%(default)s)",
+        help="random directions and planes per strength",
     )
     p.add_argument(
         "--kl-tokens",
         type=int,
         default=d.kl_tokens,
-        help="positions of unsteered text for the KL (%(default)s)",
+        help="positions of unsteered text for the KL",
     )
     p.add_argument(
         "--bootstrap",
         dest="n_bootstrap",
         type=int,
         default=d.n_bootstrap,
-        help="resamples for the intervals (%(default)s)",
+        help="resamples for the intervals",
     )
-    p.add_argument(
-        "--seed", type=int, default=d.seed, help="sampling, prompt sample and random draws (%(default)s)"
-    )
-    p.add_argument(
-        "--batch-size", type=int, default=d.batch_size, help="prompts per generate call (%(default)s)"
-    )
+    p.add_argument("--seed", type=int, default=d.seed, help="sampling, prompt sample and random draws")
+    p.add_argument("--batch-size", type=int, default=d.batch_size, help="prompts per generate call")
 
 
 def config_from(args: argparse.Namespace) -> SteerConfig:
-    """The config, with lists of numbers checked here so a bad one is one line (TurnphaseError)."""
-    args.layers = numbers("--layers", args.layers, int)
-    args.add, args.rotate = numbers("--add", args.add, float), numbers("--rotate", args.rotate, float)
+    """The config; a bad value raises ConfigError naming its field (the CLI shows the flag)."""
     # every option's dest is the SteerConfig field it sets (the dataset is positional)
     given = {f.name: getattr(args, f.name) for f in dataclasses.fields(SteerConfig) if hasattr(args, f.name)}
     return SteerConfig(**given)

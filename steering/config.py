@@ -8,7 +8,8 @@ from pathlib import Path
 from typing import Literal
 
 from turnphase.builders.conversations import GenerationSettings
-from turnphase.builders.errors import TurnphaseError
+from turnphase.builders.errors import ConfigError
+from turnphase.builders.layers import Spec, parse_layers
 
 Setting = Literal["start", "mid"]
 SETTINGS: tuple[Setting, ...] = ("start", "mid")
@@ -16,13 +17,13 @@ PHASE_PLANES = ("trig", "fourier")  # the planes rotated and ablated (directions
 MIN_RANDOM = 2  # below this no spread; 20 or more for the reported runs (the default)
 
 
-def numbers(flag: str, values, kind=float) -> list:
-    """Each value as `kind`, or TurnphaseError naming the flag."""
+def numbers(field: str, values, kind=float) -> list:
+    """Each value as `kind`, or ConfigError naming the field."""
     try:
         return [kind(v) for v in values]
     except (TypeError, ValueError):
-        raise TurnphaseError(
-            f"{flag} takes numbers separated by commas, not {','.join(map(str, values))!r}"
+        raise ConfigError(
+            field, f"takes numbers separated by commas, not {','.join(map(str, values))!r}"
         ) from None
 
 
@@ -31,7 +32,7 @@ class SteerConfig:
     # What to read
     dataset: str  # dataset folder or Hub id: prompts and the model's identity
     report: str  # `turnphase analyze` output folder (or its directions.safetensors)
-    layers: list[int]
+    layers: Spec | str  # the one layer grammar (builders/layers.py); auto/all: the report's layers
     revision: str | None = None  # the dataset's Hub branch, tag or commit
     model: str | None = None  # None: the dataset's model, from its provenance
     force: bool = False  # steer a model whose weights hash differs from the dataset's
@@ -61,26 +62,27 @@ class SteerConfig:
     overwrite: bool = False
 
     def __post_init__(self) -> None:
-        self.add, self.rotate = [float(a) for a in self.add], [float(a) for a in self.rotate]
+        self.add, self.rotate = numbers("add", self.add), numbers("rotate", self.rotate)
         for name in ("add", "rotate"):
             grid = getattr(self, name)
             if not grid or any(not math.isfinite(a) or a <= 0 for a in grid):
-                raise TurnphaseError(f"--{name}: give positive numbers (each is used with both signs)")
-        if not self.layers:
-            raise TurnphaseError("--layers: name at least one layer")
+                raise ConfigError(name, "give positive numbers (each is used with both signs)")
+        self.layers = parse_layers(self.layers)  # auto/all: every layer of the report
         if not self.settings or any(s not in SETTINGS for s in self.settings):
-            raise TurnphaseError(f"--settings: choose from {', '.join(SETTINGS)}")
+            raise ConfigError("settings", f"choose from {', '.join(SETTINGS)}")
         if self.fold < 0:
-            raise TurnphaseError(f"--fold must be 0 or more, got {self.fold}")
+            raise ConfigError("fold", f"must be 0 or more, got {self.fold}")
         if not 0 < self.cut < 1:
-            raise TurnphaseError("--cut must be between 0 and 1 (the share of the assistant turn kept)")
+            raise ConfigError("cut", "must be between 0 and 1 (the share of the assistant turn kept)")
         if self.n_random < MIN_RANDOM:
-            raise TurnphaseError(f"--random must be at least {MIN_RANDOM} (20 or more for a reported result)")
+            raise ConfigError("n_random", f"must be at least {MIN_RANDOM} (20 or more for a reported result)")
         for name in ("max_prompts", "max_new_tokens", "kl_tokens", "n_bootstrap", "batch_size"):
             if getattr(self, name) < 1:
-                raise TurnphaseError(f"--{name.replace('_', '-')} must be at least 1")
-        if not 0 < self.temperature <= 5 or not 0 < self.top_p <= 1:
-            raise TurnphaseError("--temperature must be in (0, 5] and --top-p in (0, 1]")
+                raise ConfigError(name, "must be at least 1")
+        if not 0 < self.temperature <= 5:
+            raise ConfigError("temperature", "must be in (0, 5]")
+        if not 0 < self.top_p <= 1:
+            raise ConfigError("top_p", "must be in (0, 1]")
 
     def to_json(self) -> dict:
         return {k: str(v) if isinstance(v, Path) else v for k, v in asdict(self).items()}

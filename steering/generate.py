@@ -21,7 +21,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from turnphase.builders.activations import _decoder_layers, hidden_of
+from turnphase.builders.activations import decoder_blocks, hidden_of
 from turnphase.builders.conversations import end_of_turn_ids
 from turnphase.builders.errors import TurnphaseError
 from turnphase.builders.prefix_cache import PrefixCache
@@ -88,7 +88,7 @@ class Steerer:
 
     def at_layer(self, layer: int) -> None:
         """Edit this layer from now on (the cached prompts do not depend on it)."""
-        self.layer, self.block = layer, _decoder_layers(self.lm)[layer]
+        self.layer, self.block = layer, decoder_blocks(self.lm)[layer]
 
     def _prefill(self) -> None:
         """Keys and values of every prompt but its last token (which each condition feeds, edited)."""

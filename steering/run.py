@@ -9,16 +9,18 @@ come from one analysis fold: its models were fitted without the conversations th
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import numpy as np
-from tqdm.auto import tqdm
 
 from turnphase.analysis.directions import Directions
 from turnphase.analysis.report import check_out
 from turnphase.analysis.source import DatasetSource
 from turnphase.builders.errors import TurnphaseError
+from turnphase.builders.layers import select_layers
 from turnphase.builders.lock import folder_lock
+from turnphase.builders.log import progress
 from turnphase.builders.model import DEFAULT_MODEL, LoadedModel, load_model
 from turnphase.builders.provenance import fingerprint, turnphase_version
 from turnphase.builders.writer import atomic_write_json, staged_folder
@@ -29,6 +31,8 @@ from turnphase.steering.generate import Generation, Steerer
 from turnphase.steering.measures import EDIT_MEASURES, MEASURES, against_random, interval, per_prompt
 from turnphase.steering.prompts import Prompt, conversations, make_prompts
 from turnphase.steering.summary import findings, table
+
+log = logging.getLogger(__name__)
 
 STEER_FILE = "steer.json"
 STEER_VERSION = 1
@@ -44,11 +48,7 @@ def check_inputs(config: SteerConfig) -> tuple[Directions, DatasetSource, np.nda
             f"{config.report} was made from another dataset than {config.dataset} "
             "(its dataset fingerprint differs); steer with the dataset it analysed"
         )
-    missing = [L for L in config.layers if L not in directions.layers]
-    if missing:
-        raise TurnphaseError(
-            f"layer(s) {missing} are not in the report (layers: {', '.join(map(str, sorted(directions.layers)))})"
-        )
+    config.layers = select_layers(config.layers, directions.layers)  # auto/all: the report's; recorded
     held = directions.held_out(config.fold)
     if len(held) == 0:
         raise TurnphaseError(
@@ -90,9 +90,9 @@ def steer(config: SteerConfig, *, verbose: bool = True) -> dict:
             with staged_folder(out) as tmp:
                 result = _steer(config, tmp)
     if verbose:
-        print(table(result))
+        log.info("%s", table(result))
         if config.out is not None:
-            print(f"steer.json, figures and examples: {config.out}/")
+            log.info("steer.json, figures and examples: %s/", config.out)
     return result
 
 
@@ -151,7 +151,7 @@ def run_setting(
     zero = np.zeros(len(prompts))
     base = per_prompt(unsteered, prompts, tok, zero, zero)
     measured: list[tuple[Condition, dict[str, np.ndarray], Generation]] = []
-    for cond in tqdm(conds, desc=desc, unit="condition"):
+    for cond in progress(conds, desc=desc, unit="condition"):
         gen = steerer.generate(cond.edit, config.seed)
         kl, size = steerer.kl(cond.edit, unsteered, reference, config.kl_tokens)
         measured.append((cond, per_prompt(gen, prompts, tok, kl, size), gen))

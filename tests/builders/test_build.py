@@ -5,7 +5,7 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 import torch
-from conftest import TINY_ARGS
+from tiny_model import TINY_BUILD_ARGS as TINY_ARGS
 
 from turnphase.builders import activations, schema
 from turnphase.builders.cli import main

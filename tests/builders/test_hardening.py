@@ -17,7 +17,7 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 import torch
-from conftest import TINY_ARGS
+from tiny_model import TINY_BUILD_ARGS as TINY_ARGS
 
 from turnphase.builders import conversations, schema
 from turnphase.builders.cli import main
@@ -164,7 +164,7 @@ def test_wording_of_common_mistakes(tiny_model_dir, tmp_path, capsys):
     out = tmp_path / "out"
     assert "5-3 is an empty range" in _one_line_error(_build(out, tiny_model_dir, "--layers", "5-3"), capsys)
     line = _one_line_error(["build", "--out", str(out), "--model", "./no/such/model"], capsys)
-    assert line.endswith("--model ./no/such/model: no such file or folder")
+    assert line.endswith("--model: ./no/such/model: no such file or folder")
     assert not out.exists()
 
 

@@ -10,7 +10,7 @@ import json
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from conftest import TINY_ARGS
+from tiny_model import TINY_BUILD_ARGS as TINY_ARGS
 
 from turnphase.builders import schema
 from turnphase.builders.cli import main

@@ -11,7 +11,7 @@ from steer_args import FAST_STEER
 from tiny_model import save_tiny_chat_model
 
 from turnphase.analysis.directions import Directions
-from turnphase.builders.activations import _decoder_layers
+from turnphase.builders.activations import decoder_blocks
 from turnphase.builders.cli import main
 from turnphase.builders.model import load_model
 from turnphase.steering import SteerConfig, steer
@@ -67,7 +67,7 @@ def test_each_edit_changes_the_layer_output_as_specified(steerer, kind):
     reference = s.generate(None, seed=0)
     steered, size = s.log_probs(edit, reference, 5)
     plain, no_size = s.log_probs(None, reference, 5)
-    block = _decoder_layers(loaded.model)[LAYER]
+    block = decoder_blocks(loaded.model)[LAYER]
     seen = []
 
     def hook(module, args, output):
