@@ -1,7 +1,8 @@
 """Per-layer activations, read with nnsight during one forward pass per conversation.
 
 "Layer L" is the output of decoder block L (0-based), which equals `hidden_states[L + 1]` of a
-plain transformers forward with `output_hidden_states=True`.
+plain transformers forward with `output_hidden_states=True` for every block but the last (there
+transformers applies the final norm to `hidden_states[-1]`; turnphase stores the block output).
 """
 
 from __future__ import annotations

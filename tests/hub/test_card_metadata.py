@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datasets
 import yaml
+from datasets.info import DatasetInfosDict
 from huggingface_hub import DatasetCard
 
 from turnphase.builders import card, schema
@@ -22,13 +23,16 @@ def test_card_yaml_has_what_the_hub_reads(dataset):
     assert meta["license"] == prov["license"]
     assert "feature-extraction" in meta["task_categories"]
     assert {"interpretability", "activations", "turnphase"} <= set(meta["tags"])
-    expected = card.config_names(prov["layers"])
+    expected = schema.config_names(prov["layers"])
     assert [c["config_name"] for c in meta["configs"]] == expected
     for c in meta["configs"]:
         assert c["data_files"] == [{"split": "train", "path": schema.data_files_glob(c["config_name"])}]
     d_model, dtype = prov["model"]["d_model"], prov["dtype"]
+    # read back through datasets' public reader of card metadata
+    infos = DatasetInfosDict.from_dataset_card_data(DatasetCard(text).data)
+    assert sorted(infos) == sorted(expected)
     for info in meta["dataset_info"]:
-        features = datasets.Features._from_yaml_list(info["features"])
+        features = infos[info["config_name"]].features
         want = datasets.Features.from_arrow_schema(schema.schema_for(info["config_name"], d_model, dtype))
         assert features == want
         assert info["splits"][0]["num_examples"] == prov["counts"]["rows"][info["config_name"]]
