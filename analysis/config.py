@@ -11,9 +11,22 @@ from typing import Literal
 
 import numpy as np
 
+from turnphase.builders.errors import ConfigError
+from turnphase.builders.layers import parse_layers
+
 SplitKind = Literal["conversation", "token"]
 PhaseScheme = Literal["phase", "phase_round"]
 PHASE_SCHEMES: tuple[PhaseScheme, ...] = ("phase", "phase_round")
+FigureFormat = Literal["png", "pdf", "svg"]
+FIGURE_FORMATS: tuple[FigureFormat, ...] = ("png", "pdf", "svg")
+
+
+def check_figure_options(figure_format: str, dpi: int) -> None:
+    """The figure options of analyze and steer, checked alike."""
+    if figure_format not in FIGURE_FORMATS:
+        raise ConfigError("figure_format", f"use one of {', '.join(FIGURE_FORMATS)}, not {figure_format!r}")
+    if not 30 <= dpi <= 1200:
+        raise ConfigError("dpi", f"must be between 30 and 1200, not {dpi}")
 
 
 def default_alphas() -> list[float]:
@@ -26,7 +39,7 @@ class AnalysisConfig:
     # What to read
     source: str  # dataset folder or Hub dataset id
     revision: str | None = None  # Hub branch, tag or commit (Hub ids only)
-    layers: list[int] | None = None  # None: every layer the dataset holds
+    layers: list[int] | str | None = None  # None, auto, all: every layer the dataset holds; 13-24, 13,17
     streaming: bool = False  # stream shards instead of loading the layer into memory
 
     # Which tokens and labels
@@ -49,24 +62,39 @@ class AnalysisConfig:
     # Output
     batch_size: int = 4096  # activation rows per accumulation step: bounds memory, not results
     max_scatter: int = 3000  # points per scatter figure
+    figure_format: FigureFormat = "png"  # pdf and svg keep text and lines as vectors (scatters stay raster)
+    dpi: int = 150  # pixels per inch of PNGs and of the rasterised scatters in PDF/SVG
 
     def __post_init__(self) -> None:
+        if self.layers is not None:  # the one layer grammar; auto/all: every layer the dataset holds
+            parsed = parse_layers(self.layers)
+            self.layers = None if parsed in ("auto", "all") else parsed
         if self.split not in ("conversation", "token"):
-            raise ValueError(f"split must be 'conversation' or 'token', not {self.split!r}")
+            raise ConfigError("split", f"must be 'conversation' or 'token', not {self.split!r}")
         if self.phase_scheme not in PHASE_SCHEMES:
-            raise ValueError(f"phase scheme must be 'phase' or 'phase_round', not {self.phase_scheme!r}")
+            raise ConfigError("phase_scheme", f"must be 'phase' or 'phase_round', not {self.phase_scheme!r}")
         if self.folds < 3:
-            raise ValueError("at least 3 folds are needed: one held out, two to choose the ridge penalty on")
-        if self.n_pcs < 2 or self.fourier_pcs < 2:
-            raise ValueError("at least 2 principal components are needed for a plane")
+            raise ConfigError(
+                "folds", "at least 3 are needed: one held out, two to choose the ridge penalty on"
+            )
+        for name in ("n_pcs", "fourier_pcs"):
+            if getattr(self, name) < 2:
+                raise ConfigError(name, "at least 2 principal components are needed for a plane")
         if self.grid < 8 or self.grid % 2:
-            raise ValueError("the phase grid needs an even number of at least 8 points")
+            raise ConfigError("grid", "the phase grid needs an even number of at least 8 points")
         if not self.alphas or min(self.alphas) <= 0:
-            raise ValueError("ridge penalties must be positive")
+            raise ConfigError("alphas", "ridge penalties must be positive")
         if self.continuity_window < 1:
-            raise ValueError("the continuity window needs at least 1 token")
-        if self.batch_size < 1 or self.n_bootstrap < 1 or self.max_scatter < 1:
-            raise ValueError("batch size, bootstrap resamples and scatter size must be positive")
+            raise ConfigError("continuity_window", "needs at least 1 token")
+        for name in ("batch_size", "n_bootstrap", "max_scatter"):
+            if getattr(self, name) < 1:
+                raise ConfigError(name, "must be at least 1")
+        if self.figure_format not in FIGURE_FORMATS:
+            raise ConfigError(
+                "figure_format", f"use one of {', '.join(FIGURE_FORMATS)}, not {self.figure_format!r}"
+            )
+        if not 30 <= self.dpi <= 1200:
+            raise ConfigError("dpi", f"must be between 30 and 1200, not {self.dpi}")
 
     @property
     def other_scheme(self) -> PhaseScheme:

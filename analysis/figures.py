@@ -1,8 +1,9 @@
-"""The study's figures, one PNG each, labelled to be read without the code.
+"""The study's figures and the cross-layer ones, labelled to be read without the code.
 
-Each function takes plain arrays and a path. Figures are built on `matplotlib.figure.Figure`
-(Agg canvas, no pyplot state), so drawing works headless and leaves nothing open. Real data and
-the scrambled control sit side by side on shared scales wherever the study compared them.
+Each function takes plain arrays (or report entries) and returns a `matplotlib.figure.Figure`
+(Agg canvas, no pyplot state), so drawing works headless and leaves nothing open; `save` writes
+it as PNG, PDF or SVG with its title in the file's metadata. Real data and the nulls sit side by
+side on shared scales wherever the study compared them.
 """
 
 from __future__ import annotations
@@ -10,22 +11,55 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+from matplotlib.colors import Colormap, ListedColormap
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 from matplotlib.transforms import blended_transform_factory
 
-PHASE_CMAP = "twilight"  # cyclic: phase 0 and 1 get the same colour, as they should
+
+def _lab_to_srgb(lab: np.ndarray) -> np.ndarray:
+    """CIELAB (D65) -> sRGB in 0..1, (n, 3) -> (n, 3). By hand: matplotlib has no colour-space maths."""
+    fy = (lab[:, 0] + 16) / 116
+    f = np.stack([fy + lab[:, 1] / 500, fy, fy - lab[:, 2] / 200], axis=1)
+    d = 6 / 29
+    xyz = np.where(f > d, f**3, 3 * d * d * (f - 4 / 29)) * [0.95047, 1.0, 1.08883]
+    to_linear = np.array([[3.2406, -1.5372, -0.4986], [-0.9689, 1.8758, 0.0415], [0.0557, -0.2040, 1.0570]])
+    lin = np.clip(xyz @ to_linear.T, 0, 1)
+    return np.where(lin <= 0.0031308, 12.92 * lin, 1.055 * lin ** (1 / 2.4) - 0.055)
+
+
+def cyclic_phase_cmap(n: int = 256, lightness: float = 60, swing: float = 12, chroma: float = 36) -> Colormap:
+    """A circle in CIELAB: hue turns once while lightness rises and falls by `swing`, so every phase
+    differs in lightness or in yellow-blue (what colour-blind readers see) and no phase is near white.
+    Phase 0 (user turn starts) khaki, 0.25 light teal, 0.5 (assistant starts) blue, 0.75 dark rose.
+    The defaults are the largest circle about L* 60 inside the sRGB gamut. (matplotlib's `twilight`
+    is white at 0 and 1: those tokens vanish on a white page.)"""
+    t = np.linspace(0, 2 * np.pi, n)  # both ends the same colour: cmap(0) == cmap(1)
+    lab = np.stack([lightness + swing * np.sin(t), -chroma * np.sin(t), chroma * np.cos(t)], axis=1)
+    return ListedColormap(_lab_to_srgb(lab), name="turnphase_cyclic")
+
+
+PHASE_CMAP = cyclic_phase_cmap()  # cyclic: phase 0 and 1 get the same colour, as they should
 PHASE_LABEL = "true phase (0 user turn starts, 0.5 assistant starts, 1 round ends)"
 ROLE_COLORS = {"user": "tab:orange", "assistant": "tab:blue"}
-DPI = 110
+_METADATA = {  # the title, and no timestamp: the same run gives the same files
+    "png": lambda title: {"Title": title},
+    "pdf": lambda title: {"Title": title, "CreationDate": None},
+    "svg": lambda title: {"Title": title, "Date": None},
+}
 
 
-def _save(fig: Figure, path: Path) -> str:
-    fig.savefig(path, dpi=DPI)  # constrained layout already fits the margins; "tight" would draw twice
-    return path.name
+def save(fig: Figure, path: Path, dpi: int) -> None:
+    """Write `fig` in the format its suffix names (png, pdf, svg), its title in the metadata."""
+    title = fig.get_suptitle()
+    if not title:
+        raise ValueError(f"{path.name}: every figure gets a title (suptitle)")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    # constrained layout already fits the margins; bbox "tight" would draw twice
+    fig.savefig(path, dpi=dpi, metadata=_METADATA[path.suffix[1:]](title))
 
 
-def token_counts(rounds: np.ndarray, roles: np.ndarray, n_excluded: int, path: Path) -> str:
+def token_counts(rounds: np.ndarray, roles: np.ndarray, n_excluded: int) -> Figure:
     """Analysed tokens per round, split by role. rounds: (n,), roles: (n,) role names."""
     fig = Figure(figsize=(7, 4), layout="constrained")
     ax = fig.add_subplot()
@@ -37,9 +71,9 @@ def token_counts(rounds: np.ndarray, roles: np.ndarray, n_excluded: int, path: P
     ax.set_xticks(ids)
     ax.set_xlabel("round (0-based)")
     ax.set_ylabel("tokens, all conversations")
-    ax.set_title(f"Analysed tokens per round and role ({n_excluded} system/excluded tokens not shown)")
+    fig.suptitle(f"Analysed tokens per round and role ({n_excluded} system/excluded tokens not shown)")
     ax.legend()
-    return _save(fig, path)
+    return fig
 
 
 NULL_STYLES = {
@@ -52,10 +86,12 @@ NULL_STYLES = {
 def _errorbar(ax, x: np.ndarray, results: list[dict], key: str = "r2", **style) -> None:
     v = np.array([r[key] for r in results])
     ci = np.array([r.get("ci95") or [r[key], r[key]] for r in results])
-    ax.errorbar(x, v, yerr=[v - ci[:, 0], ci[:, 1] - v], capsize=3, **style)
+    # a percentile interval of a biased statistic (locking, |.| of a mean) can miss its value:
+    # errorbar takes only non-negative lengths, so such a bar starts at the value
+    ax.errorbar(x, v, yerr=np.maximum([v - ci[:, 0], ci[:, 1] - v], 0), capsize=3, **style)
 
 
-def probe_r2_by_layer(layers: list[int], per_layer: dict, path: Path) -> str:
+def probe_r2_by_layer(layers: list[int], per_layer: dict) -> Figure:
     """Held-out R^2 per layer and probe (configured scheme): real, the three nulls, the baselines."""
     scheme = next(iter(per_layer[str(layers[0])]["probes"]))
     names = list(per_layer[str(layers[0])]["probes"][scheme])
@@ -89,10 +125,10 @@ def probe_r2_by_layer(layers: list[int], per_layer: dict, path: Path) -> str:
     axes[0].set_ylabel("R² on held-out conversations (0 = mean baseline)")
     axes[0].legend(fontsize=7)
     fig.suptitle(f"Probe R² by layer ({scheme}), cross-fitted, 95% bootstrap intervals over conversations")
-    return _save(fig, path)
+    return fig
 
 
-def evidence_by_layer(layers: list[int], per_layer: dict, path: Path) -> str:
+def evidence_by_layer(layers: list[int], per_layer: dict) -> Figure:
     """The evidence that separates the hypotheses, per layer, real against the three nulls."""
     x = np.asarray(layers)
     entries = [per_layer[str(L)] for L in layers]
@@ -139,33 +175,84 @@ def evidence_by_layer(layers: list[int], per_layer: dict, path: Path) -> str:
     fig.suptitle(
         "What tells a clock from a switch, by layer (each layer's verdict at the top of the first panel)"
     )
-    return _save(fig, path)
+    return fig
+
+
+WHEEL_PLANES = {
+    "pair": "study's best PC pair",
+    "fourier": "once-per-round Fourier plane",
+    "trig": "supervised (trig probe)",
+}
+
+
+def wheel_by_layer(layers: list[int], per_layer: dict) -> Figure:
+    """Held-out colour-wheel statistics per layer and plane: circular correlation and locking of
+    the real data against the three nulls, 95% intervals."""
+    x = np.asarray(layers)
+    entries = [per_layer[str(L)] for L in layers]
+    stats = {
+        "circcorr": "circular correlation with true phase\n(Fisher-Lee r; 0 none, 1 same, -1 reversed)",
+        "locking": "phase locking |mean exp(i(angle - 2π phase))|\n(0 none, 1 perfect)",
+    }
+    fig = Figure(figsize=(4.6 * len(WHEEL_PLANES), 7.2), layout="constrained")
+    axes = fig.subplots(len(stats), len(WHEEL_PLANES), sharex=True, sharey="row")
+    for col, (plane, title) in enumerate(WHEEL_PLANES.items()):
+        for row, (stat, ylabel) in enumerate(stats.items()):
+            ax = axes[row, col]
+            real = [e["planes"][plane]["real"][stat] for e in entries]
+            _errorbar(ax, x, real, "value", color="tab:blue", marker="o", label="real")
+            for null, style in NULL_STYLES.items():
+                _errorbar(
+                    ax,
+                    x,
+                    [e["planes"][plane][null][stat] for e in entries],
+                    "value",
+                    **style,
+                    label=f"null: {null}",
+                )
+            ax.axhline(0, color="black", lw=0.6)
+            ax.set_xticks(x)
+            if row == 0:
+                ax.set_title(title)
+            if row == len(stats) - 1:
+                ax.set_xlabel("layer")
+            if col == 0:
+                ax.set_ylabel(ylabel, fontsize=9)
+    axes[0, 0].legend(fontsize=7)
+    fig.suptitle(
+        "Held-out colour wheels by layer: planes fitted on training folds, scored on the held-out fold, "
+        "real vs nulls (95% intervals)"
+    )
+    return fig
 
 
 def predicted_vs_true(
-    layer: int, phase: np.ndarray, roles: np.ndarray, pred: dict[str, np.ndarray], path: Path
-) -> str:
-    """Linear-probe predictions of test tokens; pred[pairing]: (n,) for real and scrambled."""
+    layer: int, phase: np.ndarray, roles: np.ndarray, pred: dict[str, np.ndarray]
+) -> Figure:
+    """Linear-probe predictions of held-out tokens; pred[pairing]: (n,) for real and a null."""
     fig = Figure(figsize=(10, 4.5), layout="constrained")
     axes = fig.subplots(1, 2, sharex=True, sharey=True)
     for ax, (pairing, values) in zip(axes, pred.items(), strict=True):
         for role, color in ROLE_COLORS.items():
             m = roles == role
-            ax.scatter(phase[m], values[m], s=4, alpha=0.5, color=color, label=f"{role} tokens")
+            ax.scatter(
+                phase[m], values[m], s=4, alpha=0.5, color=color, label=f"{role} tokens", rasterized=True
+            )
         ax.plot([0, 1], [0, 1], color="black", lw=0.8, label="perfect prediction")
         ax.set_title(f"layer {layer}, {pairing}")
         ax.set_xlabel(PHASE_LABEL)
     axes[0].set_ylabel("phase predicted by the linear probe")
     axes[0].legend(fontsize=8, markerscale=3)
-    fig.suptitle("Linear probe on held-out tokens: real activations vs scrambled control")
-    return _save(fig, path)
+    nulls = " and ".join(f"{name} null" for name in pred if name != "real")
+    fig.suptitle(f"Layer {layer}: linear probe on held-out tokens, real activations vs the {nulls}")
+    return fig
 
 
 def _phase_scatter(ax, x: np.ndarray, y: np.ndarray, phase: np.ndarray):
-    return ax.scatter(x, y, c=phase, cmap=PHASE_CMAP, vmin=0, vmax=1, s=4, alpha=0.7)
+    return ax.scatter(x, y, c=phase, cmap=PHASE_CMAP, vmin=0, vmax=1, s=4, alpha=0.7, rasterized=True)
 
 
-def pc_scatter(layer: int, z: dict[str, np.ndarray], phase: np.ndarray, path: Path, what: str) -> str:
+def pc_scatter(layer: int, z: dict[str, np.ndarray], phase: np.ndarray, what: str) -> Figure:
     """Tokens projected on two PCs, hue = true phase. z[name]: (n, 2)."""
     fig = Figure(figsize=(5.6 * len(z), 4.8), layout="constrained")
     axes = fig.subplots(1, len(z), squeeze=False)[0]
@@ -176,13 +263,13 @@ def pc_scatter(layer: int, z: dict[str, np.ndarray], phase: np.ndarray, path: Pa
         ax.set_ylabel("PC1 projection (activation units)")
         ax.set_title(f"layer {layer}, {name}")
     fig.colorbar(points, ax=list(axes), label=PHASE_LABEL)
-    fig.suptitle(what)
-    return _save(fig, path)
+    fig.suptitle(f"Layer {layer}: {what}")
+    return fig
 
 
 def heatmaps(
-    layer: int, maps: dict[str, np.ndarray], path: Path, *, what: str, xlabel: str, x0: int, mark=None
-) -> str:
+    layer: int, maps: dict[str, np.ndarray], *, title: str, what: str, xlabel: str, x0: int, mark=None
+) -> Figure:
     """PC-by-something heatmaps, real and each null, on one colour scale (PCA of all tokens)."""
     fig = Figure(figsize=(4.6 * len(maps), 4.4), layout="constrained")
     axes = fig.subplots(1, len(maps))
@@ -208,19 +295,15 @@ def heatmaps(
             ax.scatter([j], [i], marker="x", color="red", s=60, label=f"best pair PC{i}, PC{j}")
             ax.legend(fontsize=8, loc="upper right")
     fig.colorbar(image, ax=list(axes), label=what)
-    return _save(fig, path)
+    fig.suptitle(f"Layer {layer}: {title}")
+    return fig
 
 
-def color_wheels(layer: int, scatter: np.ndarray, phase: np.ndarray, planes: dict, path: Path) -> str:
+def color_wheels(layer: int, scatter: np.ndarray, phase: np.ndarray, planes: dict) -> Figure:
     """Held-out tokens of the real data in each colour-wheel plane, hue = true phase.
     scatter: (n, 9) layer.SCATTER_COLUMNS; planes: the report's planes entry (titles give the
     held-out r of the real data and of each null)."""
-    names = ("pair", "fourier", "trig")
-    titles = {
-        "pair": "study's best PC pair",
-        "fourier": "once-per-round Fourier plane",
-        "trig": "supervised (trig probe)",
-    }
+    names, titles = tuple(WHEEL_PLANES), WHEEL_PLANES
     fig = Figure(figsize=(14, 5), layout="constrained")
     axes = fig.subplots(1, len(names))
     points = None
@@ -241,6 +324,6 @@ def color_wheels(layer: int, scatter: np.ndarray, phase: np.ndarray, planes: dic
         ax.set_ylabel("sin-like coordinate / its std")
     fig.colorbar(points, ax=list(axes), label=PHASE_LABEL)
     fig.suptitle(
-        f"Colour wheels of layer {layer}: planes fitted on training folds, tokens from the held-out fold"
+        f"Layer {layer}: colour wheels, planes fitted on training folds, tokens from the held-out fold"
     )
-    return _save(fig, path)
+    return fig

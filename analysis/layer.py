@@ -40,6 +40,7 @@ from turnphase.analysis.scores import ConvSums, pearson_columns
 from turnphase.analysis.source import Labels, LayerData
 from turnphase.analysis.split import Folds, Pairing
 from turnphase.analysis.stats import PCA, Eig, Sums, pca_from
+from turnphase.analysis.timing import Stopwatch
 
 FOURIER_KS = (1, 2)  # cycles per round whose mean coefficients pass 1 accumulates
 # Per sampled token: the linear probe's prediction, the two top PCs of all tokens, each plane's (u0, u1)
@@ -135,11 +136,19 @@ class LayerResult:
     view_estimate: np.ndarray  # (len(samples.view),) Fourier-plane estimate, real pairing
 
 
-def analysed_batches(data: LayerData, labels: Labels, desc: str) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-    """(analysed-token indices, their activations as float64 (b, d_model)) batch by batch."""
+def analysed_batches(
+    data: LayerData, labels: Labels, desc: str, clock: Stopwatch
+) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """(analysed-token indices, their activations as float64 (b, d_model)) batch by batch; the time
+    spent getting each batch (disk or network, decoding) goes to the clock's "read_activations"."""
     seen = 0
+    batches = iter(data.batches())
     with tqdm(total=labels.n_rows, unit="tok", desc=desc, leave=False) as bar:
-        for batch in data.batches():
+        while True:
+            with clock.stage("read_activations"):
+                batch = next(batches, None)
+            if batch is None:
+                return
             keep = labels.analysed[batch.start : batch.start + len(batch.x)]
             rows = np.arange(seen, seen + int(keep.sum()))
             seen += len(rows)
@@ -204,86 +213,97 @@ def analyze_layer(
     grid: RoundGrid,
     samples: Samples,
     config: AnalysisConfig,
+    clock: Stopwatch | None = None,
 ) -> LayerResult:
+    """On the clock: pass_1_sums, fits, pass_2_scores, and read_activations within both passes."""
+    clock = clock or Stopwatch()
     d_model = data.src.d_model
     part_of = folds.fold.astype(np.int64) * 2 + (labels.role == ASSISTANT)  # stats.Sums parts
     sums = Sums(folds.k, d_model, cols.width, [p.name for p in pairs])
-    for rows, x in analysed_batches(data, labels, f"layer {data.layer} pass 1/2"):
-        xs = sums.shifted(x)
-        z_real = cols(rows)
-        sums.add_rows(xs, z_real, part_of[rows])
-        for p in pairs:
-            lab = p.labels_of(rows)
-            sums.add_cross(p.name, xs, z_real if p.label_of_row is None else cols(lab), part_of[lab])
-            if not p.keeps_role:
-                user = labels.role[lab] == USER
-                sums.add_scrambled_user(xs[user], folds.fold[lab[user]])
-
-    eigs = EigCache(sums)
-    everything = list(range(folds.k))
-    pca = pca_from(
-        Eig(sums.moments(everything, "real").sxx),
-        sums.moments(everything, "real"),
-        sums.shift,
-        max(config.n_pcs, config.fourier_pcs),
-    )
-    baseline = {name: cols.baseline_slice(getattr(cols.baseline, name)) for name in ("structure", "position")}
-    lfits = [label_fits(sums, o, baseline, config) for o in range(folds.k)]
-    models = {
-        p.name: [fold_models(sums, eigs, o, p, cols, lfits[o], config) for o in range(folds.k)] for p in pairs
-    }
-    power = {p.name: coherence_power(sums, pca, p.name, cols, config.fourier_pcs) for p in pairs}
-    del sums, eigs
-
-    scores = ConvSums(np.unique(labels.conversation))
-    k = config.n_pcs
-    figure_pca = PCA(
-        pca.mean, pca.components[:k], pca.explained_variance[:k], pca.explained_variance_ratio[:k]
-    )
-    # float64: a float32 grid's sums would depend on the batch size in the last digits
-    values = {p.name: np.zeros((grid.n_rounds * grid.grid, k)) for p in pairs if p.name in SPECTRUM_PAIRINGS}
-    scatter = {p.name: Capture(samples.scatter, len(SCATTER_COLUMNS)) for p in pairs}
-    cut = {p.name: Capture(samples.cut_tokens, 2) for p in pairs}
-    view = Capture(samples.view, 1)
-    structure = baseline["structure"]
-    for rows, x in analysed_batches(data, labels, f"layer {data.layer} pass 2/2"):
-        z_pc = figure_pca.transform(x)
-        for p in pairs:
-            if p.name in values:
-                grid.add(values[p.name], p.labels_of(rows), z_pc)
-        fold_of = folds.fold[rows]
-        for o in np.unique(fold_of):
-            m = fold_of == o
-            ro, xo = rows[m], x[m]
-            z = cols(ro)
-            scores.add(labels.conversation[ro], label_columns(z, baseline, lfits[o]))
+    with clock.stage("pass_1_sums"):
+        for rows, x in analysed_batches(data, labels, f"layer {data.layer} pass 1/2", clock):
+            xs = sums.shifted(x)
+            z_real = cols(rows)
+            sums.add_rows(xs, z_real, part_of[rows])
             for p in pairs:
-                lab = p.labels_of(ro)
-                zl = z if p.label_of_row is None else cols(lab)
-                fm = models[p.name][o]
-                preds = fm.readout.predict(xo, zl[:, structure])
-                scores.add(labels.conversation[lab], pairing_columns(p.name, preds, fm, labels, lab, zl))
-                u = {name: preds[f"plane/{name}"] for name in planes.PLANES}
-                shown = [preds["acts/linear/0"], z_pc[m][:, :2], *u.values()]
-                scatter[p.name].add(lab, np.concatenate(shown, axis=1))
-                cut[p.name].add(lab, u["trig"])
-                if p.label_of_row is None:
-                    view.add(lab, planes.estimate(u["fourier"], 0.0)[:, None])
+                lab = p.labels_of(rows)
+                sums.add_cross(p.name, xs, z_real if p.label_of_row is None else cols(lab), part_of[lab])
+                if not p.keeps_role:
+                    user = labels.role[lab] == USER
+                    sums.add_scrambled_user(xs[user], folds.fold[lab[user]])
 
-    results = {
-        p.name: PairingResult(
-            models=models[p.name],
-            coherence_power=power[p.name],
-            spectrum=spectrum(values.pop(p.name), grid.n_rounds, grid.grid) if p.name in values else None,
-            scatter=scatter[p.name].values,
+    with clock.stage("fits"):
+        eigs = EigCache(sums)
+        everything = list(range(folds.k))
+        pca = pca_from(
+            Eig(sums.moments(everything, "real").sxx),
+            sums.moments(everything, "real"),
+            sums.shift,
+            max(config.n_pcs, config.fourier_pcs),
         )
-        for p in pairs
-    }
-    for p in pairs:
-        conv, columns = rotation.continuity_columns(
-            f"{p.name}/cont", samples.cuts, samples.cut_tokens, cut[p.name].values, labels.conversation
+        baseline = {
+            name: cols.baseline_slice(getattr(cols.baseline, name)) for name in ("structure", "position")
+        }
+        lfits = [label_fits(sums, o, baseline, config) for o in range(folds.k)]
+        models = {
+            p.name: [fold_models(sums, eigs, o, p, cols, lfits[o], config) for o in range(folds.k)]
+            for p in pairs
+        }
+        power = {p.name: coherence_power(sums, pca, p.name, cols, config.fourier_pcs) for p in pairs}
+        del sums, eigs
+
+    with clock.stage("pass_2_scores"):
+        scores = ConvSums(np.unique(labels.conversation))
+        k = config.n_pcs
+        figure_pca = PCA(
+            pca.mean, pca.components[:k], pca.explained_variance[:k], pca.explained_variance_ratio[:k]
         )
-        scores.add(conv, columns)
+        # float64: a float32 grid's sums would depend on the batch size in the last digits
+        values = {
+            p.name: np.zeros((grid.n_rounds * grid.grid, k)) for p in pairs if p.name in SPECTRUM_PAIRINGS
+        }
+        scatter = {p.name: Capture(samples.scatter, len(SCATTER_COLUMNS)) for p in pairs}
+        cut = {p.name: Capture(samples.cut_tokens, 2) for p in pairs}
+        view = Capture(samples.view, 1)
+        structure = baseline["structure"]
+        for rows, x in analysed_batches(data, labels, f"layer {data.layer} pass 2/2", clock):
+            z_pc = figure_pca.transform(x)
+            for p in pairs:
+                if p.name in values:
+                    grid.add(values[p.name], p.labels_of(rows), z_pc)
+            fold_of = folds.fold[rows]
+            for o in np.unique(fold_of):
+                m = fold_of == o
+                ro, xo = rows[m], x[m]
+                z = cols(ro)
+                scores.add(labels.conversation[ro], label_columns(z, baseline, lfits[o]))
+                for p in pairs:
+                    lab = p.labels_of(ro)
+                    zl = z if p.label_of_row is None else cols(lab)
+                    fm = models[p.name][o]
+                    preds = fm.readout.predict(xo, zl[:, structure])
+                    scores.add(labels.conversation[lab], pairing_columns(p.name, preds, fm, labels, lab, zl))
+                    u = {name: preds[f"plane/{name}"] for name in planes.PLANES}
+                    shown = [preds["acts/linear/0"], z_pc[m][:, :2], *u.values()]
+                    scatter[p.name].add(lab, np.concatenate(shown, axis=1))
+                    cut[p.name].add(lab, u["trig"])
+                    if p.label_of_row is None:
+                        view.add(lab, planes.estimate(u["fourier"], 0.0)[:, None])
+
+        results = {
+            p.name: PairingResult(
+                models=models[p.name],
+                coherence_power=power[p.name],
+                spectrum=spectrum(values.pop(p.name), grid.n_rounds, grid.grid) if p.name in values else None,
+                scatter=scatter[p.name].values,
+            )
+            for p in pairs
+        }
+        for p in pairs:
+            conv, columns = rotation.continuity_columns(
+                f"{p.name}/cont", samples.cuts, samples.cut_tokens, cut[p.name].values, labels.conversation
+            )
+            scores.add(conv, columns)
     return LayerResult(data.layer, figure_pca, grid.n_rounds, scores, lfits, results, view.values[:, 0])
 
 

@@ -5,17 +5,21 @@
     result.report["layers"]["13"]["probes"]["phase"]["trig"]["acts"]["real"]["r2"]
     result.directions.layers[13].folds[0].readouts["real"]["probe/linear"]   # directions.py
 
-The schemas of report.json and directions.safetensors are documented in analysis/REPORT.md. The
-folder is written under a temporary name and renamed when complete, so a folder named OUT is
-always a whole report.
+The schemas of report.json and directions.safetensors, and the folder's layout (index.html and
+summary.md on top, figures/ across layers, layers/<L>/ per layer), are documented in
+analysis/REPORT.md. The folder is written under a temporary name and renamed when complete, so a
+folder named OUT is always a whole report. The findings and the results table are logged at INFO
+(logger `turnphase.analysis.report`).
 """
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+from matplotlib.figure import Figure
 
 from turnphase.analysis import figures, planes, rotation
 from turnphase.analysis.baseline import BaselineFeatures
@@ -23,19 +27,26 @@ from turnphase.analysis.config import AnalysisConfig
 from turnphase.analysis.directions import DIRECTIONS_FILE, Directions, conversation_folds, layer_directions
 from turnphase.analysis.fourier import RoundGrid
 from turnphase.analysis.layer import FOURIER_KS, Columns, LayerResult, Samples, analyze_layer, choose_samples
+from turnphase.analysis.overview import INDEX_FILE, STAGES, text_table, write_pages
 from turnphase.analysis.probes import PROBES
 from turnphase.analysis.scores import ConvSums, mean_of, pearson_stat, r2_stat
-from turnphase.analysis.source import DatasetSource, Labels
+from turnphase.analysis.source import DatasetSource, Labels, datasets_progress_off
 from turnphase.analysis.split import NULLS, Folds, make_folds, pairings
+from turnphase.analysis.timing import Stopwatch
 from turnphase.analysis.token_view import write_token_view
 from turnphase.builders import schema
 from turnphase.builders.errors import TurnphaseError
+from turnphase.builders.layers import select_layers
 from turnphase.builders.lock import folder_lock
 from turnphase.builders.provenance import fingerprint, turnphase_version
 from turnphase.builders.writer import atomic_write_json, staged_folder
 
+log = logging.getLogger(__name__)
+
 REPORT_FILE = "report.json"
-REPORT_VERSION = 2
+REPORT_VERSION = 3
+FIGURES_DIR = "figures"  # the cross-layer figures
+LAYERS_DIR = "layers"  # layers/<L>/: one layer's figures and token view
 HEATMAP_FREQS = 16  # frequencies shown in the coherence heatmap (cycles per round 1..16)
 SIGNAL_FLOOR = 0.05  # R^2 below this is not called a signal, whatever its interval
 
@@ -60,70 +71,111 @@ class AnalysisResult:
 def analyze(
     config: AnalysisConfig, out: Path | str | None = None, *, overwrite: bool = False, verbose: bool = True
 ) -> AnalysisResult:
-    """Run the analysis. With `out`, write report.json, directions.safetensors, figures and token
-    views there (atomically: the folder appears whole or not at all, and is locked meanwhile);
-    without, write nothing."""
-    if out is None:
-        report, directions = _analyze(config, None)
-    else:
-        out = Path(out)
-        with folder_lock(out, "turnphase analyze"):
-            check_out(out, overwrite)
-            with staged_folder(out) as tmp:  # made first: an unwritable place fails before the work
-                report, directions = _analyze(config, tmp)
+    """Run the analysis. With `out`, write the report folder there (atomically: the folder appears
+    whole or not at all, and is locked meanwhile); without, write nothing. `verbose`: log the
+    findings, the results table and the time per stage at INFO."""
+    with datasets_progress_off():
+        if out is None:
+            report, directions = _analyze(config, None)
+        else:
+            out = Path(out)
+            with folder_lock(out, "turnphase analyze"):
+                check_out(out, overwrite)
+                with staged_folder(out) as tmp:  # made first: an unwritable place fails before the work
+                    report, directions = _analyze(config, tmp)
     if verbose:
-        print(table(report))
+        log.info("%s", text_table(report))
+        log.info("%s", time_line(report["timings"]))
         if out is not None:
-            print(f"report: {out / REPORT_FILE}; directions, figures and token views in {out}/")
+            log.info(
+                "report: %s (%s, figures, token views and %s in %s/)",
+                out / INDEX_FILE,
+                REPORT_FILE,
+                report["directions"],
+                out,
+            )
     return AnalysisResult(report, directions, out)
+
+
+def time_line(timings: dict) -> str:
+    stages = ", ".join(f"{name} {s:.1f} s" for name, s in timings["stages"].items())
+    return f"took {timings['total']:.1f} s: {stages}"
+
+
+def layer_path(layer: int, name: str) -> str:
+    """A layer's file, relative to the report folder (as report.json lists it)."""
+    return f"{LAYERS_DIR}/{layer}/{name}"
 
 
 def _analyze(config: AnalysisConfig, tmp: Path | None) -> tuple[dict, Directions]:
     """The report and the directions; figures, token views and files go to `tmp` if given."""
-    src = DatasetSource.open(
-        config.source, streaming=config.streaming, batch_size=config.batch_size, revision=config.revision
-    )
-    layers = list(config.layers or src.layers)
-    for layer in layers:
-        if layer not in src.layers:
-            raise TurnphaseError(
-                f"layer {layer} is not in this dataset (layers: {', '.join(map(str, src.layers))})"
-            )
-    labels = src.labels(config)
-    folds = make_folds(labels, config)
-    view_conversation = int(labels.conversation[0])
-    samples = choose_samples(labels, view_conversation, config)
-    grid = RoundGrid(labels, config.grid)
-    cols = Columns(labels, BaselineFeatures(labels), grid.token_weights(FOURIER_KS).astype(np.float32))
-    pairs = pairings(labels, folds, config)
-    circle = rotation.circle_r2(labels, folds.fold)
-    view_tokens = src.conversation_tokens(view_conversation) if tmp is not None else None
+    clock = Stopwatch()
+    ext = config.figure_format
+    with clock.stage("open"):
+        src = DatasetSource.open(
+            config.source, streaming=config.streaming, batch_size=config.batch_size, revision=config.revision
+        )
+        layers = select_layers(config.layers, src.layers)
+    with clock.stage("labels"):
+        labels = src.labels(config)
+        folds = make_folds(labels, config)
+        view_conversation = int(labels.conversation[0])
+        samples = choose_samples(labels, view_conversation, config)
+        grid = RoundGrid(labels, config.grid)
+        cols = Columns(labels, BaselineFeatures(labels), grid.token_weights(FOURIER_KS).astype(np.float32))
+        pairs = pairings(labels, folds, config)
+        circle = rotation.circle_r2(labels, folds.fold)
+    with clock.stage("token_views"):
+        view_tokens = src.conversation_tokens(view_conversation) if tmp is not None else None
+
+    def save(fig, rel: str) -> str:
+        figures.save(fig, tmp / rel, config.dpi)
+        return rel
 
     written = []
     if tmp is not None:
-        roles = np.asarray(schema.ROLES)[labels.role]
-        n_template = labels.n_rows - labels.n
-        written.append(figures.token_counts(labels.round, roles, n_template, tmp / "token_counts.png"))
-    per_layer, baselines, found = {}, {}, {}
+        with clock.stage("figures"):
+            roles = np.asarray(schema.ROLES)[labels.role]
+            drawn = figures.token_counts(labels.round, roles, labels.n_rows - labels.n)
+            written.append(save(drawn, f"{FIGURES_DIR}/token_counts.{ext}"))
+    per_layer, baselines, found, layer_seconds = {}, {}, {}, {}
     for layer in layers:
-        res = analyze_layer(src.layer(layer, labels), labels, folds, pairs, cols, grid, samples, config)
-        entry = layer_entry(res, labels, folds, circle, config, baselines)
+        started = clock.elapsed()
+        with clock.stage("read_activations"):  # the whole layer, unless streaming (then: per pass)
+            data = src.layer(layer, labels)
+        res = analyze_layer(data, labels, folds, pairs, cols, grid, samples, config, clock)
+        with clock.stage("intervals"):
+            entry = layer_entry(res, labels, folds, circle, config, baselines)
         found[layer] = layer_directions(res)
         if tmp is not None:
-            entry["figures"] = layer_figures(res, labels, samples, entry, tmp)
-            entry["token_view"] = write_token_view(
-                tmp / f"layer{layer}_token_view.html",
-                layer=layer,
-                tokens=view_tokens,
-                analysed_positions=labels.token_position[samples.view],
-                estimate=res.view_estimate,
-                corr=entry["planes"]["fourier"]["real"]["circcorr"]["value"],
-                excluded_template=config.exclude_template,
-            )
+            with clock.stage("figures"):
+                entry["figures"] = [
+                    save(fig, layer_path(layer, f"{name}.{ext}"))
+                    for name, fig in layer_figures(res, labels, samples, entry)
+                ]
+            with clock.stage("token_views"):
+                entry["token_view"] = layer_path(layer, "token_view.html")
+                write_token_view(
+                    tmp / entry["token_view"],
+                    layer=layer,
+                    tokens=view_tokens,
+                    analysed_positions=labels.token_position[samples.view],
+                    estimate=res.view_estimate,
+                    corr=entry["planes"]["fourier"]["real"]["circcorr"]["value"],
+                    excluded_template=config.exclude_template,
+                    index_href=f"../../{INDEX_FILE}",
+                )
         per_layer[str(layer)] = entry
+        layer_seconds[str(layer)] = clock.elapsed() - started
+        log.debug("layer %s: %s (%.1f s)", layer, entry["verdict"]["verdict"], layer_seconds[str(layer)])
     if tmp is not None:
-        written.append(figures.probe_r2_by_layer(layers, per_layer, tmp / "probe_r2_by_layer.png"))
-        written.append(figures.evidence_by_layer(layers, per_layer, tmp / "evidence_by_layer.png"))
+        with clock.stage("figures"):
+            for name, draw in (
+                ("probe_r2_by_layer", figures.probe_r2_by_layer),
+                ("wheel_by_layer", figures.wheel_by_layer),
+                ("evidence_by_layer", figures.evidence_by_layer),
+            ):
+                written.append(save(draw(layers, per_layer), f"{FIGURES_DIR}/{name}.{ext}"))
     report = {
         "report_version": REPORT_VERSION,
         "turnphase_version": turnphase_version(),
@@ -150,6 +202,7 @@ def _analyze(config: AnalysisConfig, tmp: Path | None) -> tuple[dict, Directions
         "summary": summary(per_layer),
         "figures": written,
         "directions": DIRECTIONS_FILE if tmp is not None else None,
+        "pages": [INDEX_FILE, "summary.md"] if tmp is not None else None,
     }
     report["findings"] = findings(report)
     directions = Directions(
@@ -167,8 +220,16 @@ def _analyze(config: AnalysisConfig, tmp: Path | None) -> tuple[dict, Directions
         },
     )
     if tmp is not None:
-        directions.save(tmp / DIRECTIONS_FILE)
+        with clock.stage("write"):
+            directions.save(tmp / DIRECTIONS_FILE)
+    report["timings"] = {
+        "total": clock.elapsed(),
+        "stages": {name: clock.seconds[name] for name in STAGES if name in clock.seconds},
+        "per_layer": layer_seconds,
+    }
+    if tmp is not None:
         atomic_write_json(tmp / REPORT_FILE, report)
+        write_pages(report, tmp)
     return report, directions
 
 
@@ -378,8 +439,11 @@ def evidence(entry: dict, config: AnalysisConfig) -> dict:
     }
 
 
-def layer_figures(res: LayerResult, labels: Labels, samples: Samples, entry: dict, out: Path) -> list[str]:
-    L, pr = res.layer, res.pairings
+def layer_figures(
+    res: LayerResult, labels: Labels, samples: Samples, entry: dict
+) -> list[tuple[str, Figure]]:
+    """(file stem, figure) for each of one layer's figures."""
+    pr = res.pairings
     phase = labels.phase[samples.scatter]
     roles = np.asarray(schema.ROLES)[labels.role[samples.scatter]]
     scatter = {name: p.scatter for name, p in pr.items()}
@@ -388,34 +452,43 @@ def layer_figures(res: LayerResult, labels: Labels, samples: Samples, entry: dic
     freqs = slice(1, 1 + HEATMAP_FREQS)
     shown = {name: scatter[name] for name in ("real", "within_turn")}
     return [
-        figures.predicted_vs_true(
-            L, phase, roles, {n: v[:, 0] for n, v in shown.items()}, out / f"layer{L}_linear_probe.png"
+        (
+            "linear_probe",
+            figures.predicted_vs_true(res.layer, phase, roles, {n: v[:, 0] for n, v in shown.items()}),
         ),
-        figures.pc_scatter(
-            L,
-            {"real": scatter["real"][:, 1:3]},
-            phase,
-            out / f"layer{L}_pca_top2.png",
-            "Tokens on the top two principal components (PCA of all analysed tokens)",
+        (
+            "pca_top2",
+            figures.pc_scatter(
+                res.layer,
+                {"real": scatter["real"][:, 1:3]},
+                phase,
+                "tokens on the top two principal components (PCA of all analysed tokens), hue = true phase",
+            ),
         ),
-        figures.heatmaps(
-            L,
-            {n: spec.coherence[:, freqs] for n, spec in spectra.items()},
-            out / f"layer{L}_coherence.png",
-            what="phase coherence |mean over rounds of Fourier coefficient|",
-            xlabel="frequency (cycles per round)",
-            x0=1,
+        (
+            "coherence",
+            figures.heatmaps(
+                res.layer,
+                {n: spec.coherence[:, freqs] for n, spec in spectra.items()},
+                title="phase coherence per principal component and frequency, real vs scrambled",
+                what="phase coherence |mean over rounds of Fourier coefficient|",
+                xlabel="frequency (cycles per round)",
+                x0=1,
+            ),
         ),
-        figures.heatmaps(
-            L,
-            {n: spec.pair_score for n, spec in spectra.items()},
-            out / f"layer{L}_pair_score.png",
-            what="pair score coh_i * coh_j * sin²(angle difference), 1 cycle per round",
-            xlabel="principal component",
-            x0=0,
-            mark=best,
+        (
+            "pair_score",
+            figures.heatmaps(
+                res.layer,
+                {n: spec.pair_score for n, spec in spectra.items()},
+                title="pair score of principal-component pairs at 1 cycle per round (in sample), real vs scrambled",
+                what="pair score coh_i * coh_j * sin²(angle difference), 1 cycle per round",
+                xlabel="principal component",
+                x0=0,
+                mark=best,
+            ),
         ),
-        figures.color_wheels(L, scatter["real"], phase, entry["planes"], out / f"layer{L}_color_wheel.png"),
+        ("color_wheel", figures.color_wheels(res.layer, scatter["real"], phase, entry["planes"])),
     ]
 
 
@@ -472,36 +545,3 @@ def findings(report: dict) -> list[str]:
             f"coherence power at 2 vs 1 cycles per round {coh['k2_over_k1']:.2f}x."
         )
     return lines
-
-
-def table(report: dict) -> str:
-    """The short results table `turnphase analyze` prints, and the findings above it."""
-    scheme = report["phase_scheme"]
-    head = (
-        f"{'layer':>5}  {'verdict':<14}  {'linear R2':>15}  {'trig R2':>15}  {'structure':>9}  "
-        f"{'trig +acts':>10}  {'transfer r':>10}  {'wheel r':>15}  {'k2/k1':>6}"
-    )
-    lines = [
-        f"{report['model']}  split={report['split']['kind']}, {report['split']['folds']} folds  "
-        f"seed={report['split']['seed']}",
-        head,
-    ]
-
-    def rn(probe: dict) -> str:
-        return f"{probe['acts']['real']['r2']:6.3f} ({max(probe['acts'][n]['r2'] for n in NULLS):6.3f})"
-
-    for L, e in report["layers"].items():
-        p = e["probes"][scheme]
-        wheel = e["planes"]["fourier"]
-        lines.append(
-            f"{L:>5}  {e['verdict']['verdict']:<14}  {rn(p['linear']):>15}  {rn(p['trig']):>15}  "
-            f"{p['trig']['structure']['r2']:9.3f}  {p['trig']['partial_r2_over_structure']['real']['value']:10.3f}  "
-            f"{e['rotation']['transfer']['real']['mean']['value']:10.3f}  "
-            f"{wheel['real']['circcorr']['value']:6.3f} ({max(wheel[n]['circcorr']['value'] for n in NULLS):6.3f})  "
-            f"{e['rotation']['coherence']['real']['k2_over_k1']:6.2f}"
-        )
-    lines.append(
-        "R2 and r: real activations (largest of the three nulls); structure = labels-only baseline; "
-        "trig +acts = partial R2 of activations over it; wheel = held-out once-per-round Fourier plane"
-    )
-    return "\n".join(["\n".join(report["findings"]), "", *lines])

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -28,6 +29,23 @@ from turnphase.builders.provenance import read_provenance, sha256_file
 
 _HUB_ID = re.compile(r"^[\w.-]+/[\w.-]+$")
 LABEL_BATCH = 8192
+
+
+@contextmanager
+def datasets_progress_off() -> Iterator[None]:
+    """`datasets`' own progress bars ("Generating train split", one per config read) off while the
+    analysis reads, then as they were: the analysis shows its own progress per layer. A user who set
+    HF_DATASETS_DISABLE_PROGRESS_BARS=0 keeps them."""
+    import datasets
+
+    if datasets.are_progress_bars_disabled() or datasets.config.HF_DATASETS_DISABLE_PROGRESS_BARS is False:
+        yield
+        return
+    datasets.disable_progress_bars()
+    try:
+        yield
+    finally:
+        datasets.enable_progress_bars()
 
 
 @dataclass
@@ -186,7 +204,7 @@ class DatasetSource:
             fs, root = HfFileSystem(), f"datasets/{self.source}@{sha}"
             self.revision = sha  # and every later read from the same commit
         names = {}
-        for config in [schema.CONVERSATIONS, schema.TOKENS, *map(schema.layer_config, self.layers)]:
+        for config in schema.config_names(self.layers):
             try:
                 files = sorted(fs.glob(f"{root}/{config}/{schema.SHARD_GLOB}"))
             except Exception as e:  # the Hub unreachable, a revision that does not exist

@@ -109,12 +109,26 @@ def test_helix_is_found(helix_report, helix_dataset, layer):
 
 def test_report_folder_holds_what_it_lists(helix_report):
     out = helix_report["_out"]
-    listed = set(helix_report["figures"])
+    listed = set(helix_report["figures"]) | set(helix_report["pages"])
     for entry in helix_report["layers"].values():
         listed |= set(entry["figures"]) | {entry["token_view"]}
-    assert {p.name for p in out.iterdir()} == listed | {"report.json", helix_report["directions"]}
-    assert all(name.endswith(".png") for name in listed if "token_view" not in name)
-    html = (out / "layer1_token_view.html").read_text()
+    on_disk = {p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file()}
+    assert on_disk == listed | {"report.json", helix_report["directions"]}
+    assert {p.name for p in out.iterdir()} == {
+        "index.html",
+        "summary.md",
+        "report.json",
+        "directions.safetensors",
+        "figures",
+        "layers",
+    }
+    assert sorted(p.name for p in (out / "layers").iterdir()) == sorted(helix_report["layers"])
+    assert all(
+        name.endswith(".png")
+        for name in listed
+        if name.startswith(("figures/", "layers/")) and "token_view" not in name
+    )
+    html = (out / "layers" / "1" / "token_view.html").read_text()
     assert "<span" in html and "t10" in html
     assert not list(out.parent.glob(".*partial*"))
     assert helix_report["findings"][1].startswith("Layer 1: helix")

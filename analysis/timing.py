@@ -1,0 +1,45 @@
+"""Elapsed seconds per analysis stage, for report.json's `timings` and summary.md.
+
+    clock = Stopwatch()
+    with clock.stage("fits"):
+        ...
+        with clock.stage("read_activations"):   # nested: these seconds leave "fits"
+            ...
+    clock.seconds   # {"fits": 1.2, "read_activations": 0.4}: each second counted once
+
+Stages nest and time is exclusive (every second goes to the innermost open stage), so reading a
+streamed batch inside a pass counts as reading, not as the pass, and the stages add up to the run.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from time import perf_counter
+
+
+class Stopwatch:
+    def __init__(self) -> None:
+        self.started = perf_counter()
+        self.seconds: dict[str, float] = {}
+        self._open: list[str] = []
+        self._since = self.started
+
+    def _charge(self, now: float) -> None:
+        if self._open:
+            name = self._open[-1]
+            self.seconds[name] = self.seconds.get(name, 0.0) + now - self._since
+        self._since = now
+
+    @contextmanager
+    def stage(self, name: str) -> Iterator[None]:
+        self._charge(perf_counter())
+        self._open.append(name)
+        try:
+            yield
+        finally:
+            self._charge(perf_counter())
+            self._open.pop()
+
+    def elapsed(self) -> float:
+        return perf_counter() - self.started

@@ -1,0 +1,287 @@
+"""The report folder a reader opens: index.html and summary.md, figures with titles, token views
+with a true-phase strip, a colour map that never fades to white, timings, quiet reading.
+
+index.html is checked as a structure (html.parser), not in a browser: no headless browser installs
+from the package registries without a download step of its own, so none would run in CI.
+"""
+
+from __future__ import annotations
+
+import html
+import importlib
+import json
+import re
+from html.parser import HTMLParser
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import datasets
+import numpy as np
+import pytest
+from matplotlib.colors import to_rgb
+from PIL import Image
+
+from turnphase.analysis import AnalysisConfig, analyze
+from turnphase.analysis.figures import PHASE_CMAP
+from turnphase.analysis.source import DatasetSource
+from turnphase.analysis.split import NULLS
+from turnphase.analysis.token_view import NOT_ANALYSED_BACKGROUND
+from turnphase.builders.cli import main
+from turnphase.builders.errors import ConfigError
+
+CROSS_LAYER = ("probe_r2_by_layer", "wheel_by_layer", "evidence_by_layer")
+
+
+class Page(HTMLParser):
+    """Links, element ids, tables (rows of cell texts) and spans (attributes, text) of a page."""
+
+    def __init__(self, text: str):
+        super().__init__()
+        self.links: list[str] = []  # every href and src
+        self.images: list[str] = []
+        self.ids: set[str] = set()
+        self.tags: set[str] = set()
+        self.tables: dict[str, list[list[str]]] = {}
+        self.spans: list[tuple[dict, str]] = []
+        self._table = self._row = self._cell = self._span = None
+        self.feed(text)
+
+    def handle_starttag(self, tag, attrs):
+        a = dict(attrs)
+        self.tags.add(tag)
+        if "id" in a:
+            self.ids.add(a["id"])
+        for key in ("href", "src"):
+            if a.get(key) is not None:
+                self.links.append(a[key])
+        if tag == "img":
+            self.images.append(a["src"])
+        if tag == "table":
+            self._table = self.tables.setdefault(a.get("id", f"table{len(self.tables)}"), [])
+        elif tag == "tr" and self._table is not None:
+            self._row = []
+            self._table.append(self._row)
+        elif tag in ("td", "th") and self._row is not None:
+            self._cell = []
+        elif tag == "span":
+            self._span = (a, [])
+
+    def handle_endtag(self, tag):
+        if tag in ("td", "th") and self._cell is not None:
+            self._row.append("".join(self._cell).strip())
+            self._cell = None
+        elif tag == "table":
+            self._table = self._row = None
+        elif tag == "span" and self._span is not None:
+            self.spans.append((self._span[0], "".join(self._span[1])))
+            self._span = None
+
+    def handle_data(self, data):
+        if self._cell is not None:
+            self._cell.append(data)
+        if self._span is not None:
+            self._span[1].append(data)
+
+
+def page(path: Path) -> Page:
+    return Page(path.read_text(encoding="utf-8"))
+
+
+def files_under(out: Path) -> set[str]:
+    return {p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file()}
+
+
+def resolved(out: Path, page_path: Path, link: str) -> str | None:
+    """The report-relative file a link points to (None for a same-page #fragment); fails for
+    links that leave the folder, name a scheme or host, or an absolute path."""
+    parts = urlsplit(link)
+    assert not parts.scheme and not parts.netloc and not link.startswith("/"), link
+    if not parts.path:
+        return None
+    target = (page_path.parent / parts.path).resolve()
+    assert target.is_relative_to(out.resolve()), f"{link} leaves the report folder"
+    assert target.is_file(), f"{page_path.name}: {link} does not exist"
+    return target.relative_to(out.resolve()).as_posix()
+
+
+def best_wheel_layer(report: dict) -> str:
+    return max(
+        report["layers"], key=lambda L: report["layers"][L]["planes"]["fourier"]["real"]["circcorr"]["value"]
+    )
+
+
+def test_every_link_of_every_page_resolves_inside_the_folder(helix_report):
+    out = helix_report["_out"]
+    html_pages = [p for p in out.rglob("*.html")]
+    assert len(html_pages) == 1 + len(helix_report["layers"])
+    for path in html_pages:
+        p = page(path)
+        assert "script" not in p.tags and "link" not in p.tags  # no scripts, no external CSS
+        for link in p.links:
+            target = resolved(out, path, link)
+            fragment = urlsplit(link).fragment
+            if target is None:
+                assert fragment in p.ids, f"{path.name}: #{fragment} names no element"
+
+
+def test_index_links_every_file_and_shows_the_cross_layer_figures(helix_report):
+    out = helix_report["_out"]
+    p = page(out / "index.html")
+    linked = {t for t in (resolved(out, out / "index.html", link) for link in p.links) if t}
+    assert linked == files_under(out) - {"index.html"}
+    shown = {Path(src).stem for src in p.images}
+    assert set(CROSS_LAYER) <= shown
+    assert f"layers/{best_wheel_layer(helix_report)}/color_wheel.png" in p.images
+    # every cross-layer figure report.json lists is embedded, not only linked
+    assert set(helix_report["figures"]) <= set(p.images)
+
+
+def test_index_results_table_has_one_row_per_layer(helix_report):
+    p = page(helix_report["_out"] / "index.html")
+    header, *rows = p.tables["results-table"]
+    assert header[0] == "layer" and len(header) == len(rows[0])
+    assert [r[0] for r in rows] == list(helix_report["layers"])
+    scheme = helix_report["phase_scheme"]
+    for row, e in zip(rows, helix_report["layers"].values(), strict=True):
+        assert row[1] == e["verdict"]["verdict"]
+        wheel = e["planes"]["fourier"]
+        null = max(wheel[n]["circcorr"]["value"] for n in NULLS)
+        assert f"{wheel['real']['circcorr']['value']:.3f} ({null:.3f})" in row
+        assert f"{e['probes'][scheme]['trig']['acts']['real']['r2']:.3f}" in " ".join(row)
+    files = p.tables["layer-files"]
+    assert [r[0] for r in files[1:]] == list(helix_report["layers"])
+    # the findings in words, as report.json has them
+    text = html.unescape((helix_report["_out"] / "index.html").read_text())
+    assert all(finding in text for finding in helix_report["findings"])
+
+
+def test_summary_md_has_the_table_and_the_timings(helix_report):
+    text = (helix_report["_out"] / "summary.md").read_text()
+    rows = [
+        [c.strip() for c in line.strip("|").split("|")] for line in text.splitlines() if line.startswith("|")
+    ]
+    header = rows.index(next(r for r in rows if r[0] == "layer"))
+    layer_rows = [r for r in rows[header + 2 :] if r[0] in helix_report["layers"]]
+    assert [r[0] for r in layer_rows] == list(helix_report["layers"])
+    for r, e in zip(layer_rows, helix_report["layers"].values(), strict=True):
+        assert r[1] == e["verdict"]["verdict"]
+    assert helix_report["findings"][0] in text
+    assert f"layer {best_wheel_layer(helix_report)}" in text.lower()
+    total = next(r for r in rows if r[0] == "**total**")
+    assert float(total[1].strip("*")) == pytest.approx(helix_report["timings"]["total"], abs=0.051)
+
+
+def test_timings_cover_the_run(helix_report):
+    t = helix_report["timings"]
+    stages = t["stages"]
+    assert {"read_activations", "fits", "intervals", "figures", "token_views"} <= set(stages)
+    assert all(s >= 0 for s in stages.values())
+    assert sum(stages.values()) <= t["total"] + 1e-6
+    assert sum(stages.values()) > 0.5 * t["total"]  # stages are exclusive and cover the work
+    assert set(t["per_layer"]) == set(helix_report["layers"])
+    assert sum(t["per_layer"].values()) <= t["total"] + 1e-6
+
+
+def test_every_figure_has_a_title_and_the_configured_dpi(helix_report):
+    out = helix_report["_out"]
+    pngs = sorted(out.rglob("*.png"))
+    assert len(pngs) == len(helix_report["figures"]) + sum(
+        len(e["figures"]) for e in helix_report["layers"].values()
+    )
+    for path in pngs:
+        with Image.open(path) as im:
+            title = im.text.get("Title", "")
+            dpi = im.info["dpi"]
+        assert len(title) > 10, path
+        if path.parent.parent.name == "layers":
+            assert title.startswith(f"Layer {path.parent.name}:"), title
+        assert dpi[0] == pytest.approx(helix_report["config"]["dpi"], abs=0.5)
+
+
+def srgb_lightness(rgb) -> float:
+    """CIE L* of an sRGB colour (0..1 channels), through WCAG's relative luminance."""
+    c = np.asarray(rgb[:3], dtype=float)
+    lin = np.where(c <= 0.04045, c / 12.92, ((c + 0.055) / 1.055) ** 2.4)
+    y = float(lin @ [0.2126, 0.7152, 0.0722])
+    return 116 * y ** (1 / 3) - 16 if y > (6 / 29) ** 3 else y * (29 / 3) ** 3
+
+
+def test_phase_colour_map_is_cyclic_and_never_near_white():
+    grey = srgb_lightness(to_rgb(NOT_ANALYSED_BACKGROUND))
+    ends = [srgb_lightness(PHASE_CMAP(x)) for x in (0.0, 1.0)]
+    assert np.allclose(PHASE_CMAP(0.0), PHASE_CMAP(1.0))  # cyclic: a round ends where it starts
+    assert max(ends) < 80 and grey - max(ends) > 15
+    everywhere = [srgb_lightness(PHASE_CMAP(x)) for x in np.linspace(0, 1, 257)]
+    assert max(everywhere) < 80 and grey - max(everywhere) > 15  # no phase looks like "not analysed"
+    # opposite phases (user vs assistant start, mid-user vs mid-assistant) are far apart
+    for x in np.linspace(0, 0.5, 11):
+        assert np.linalg.norm(np.subtract(PHASE_CMAP(x)[:3], PHASE_CMAP(x + 0.5)[:3])) > 0.2
+
+
+def test_token_view_shows_true_phase_as_a_strip(helix_report):
+    out = helix_report["_out"]
+    spans = [
+        (a, text)
+        for a, text in page(out / "layers" / "1" / "token_view.html").spans
+        if "true phase" in a.get("title", "")
+    ]
+    strips = []
+    for attrs, _ in spans:
+        true = re.search(r"true phase (none|[0-9.]+)", attrs["title"]).group(1)
+        colour = re.search(r"border-bottom-color:(#[0-9a-f]{6})", attrs["style"])
+        if true == "none":
+            assert colour is None
+            continue
+        assert colour is not None, attrs
+        np.testing.assert_allclose(to_rgb(colour.group(1)), PHASE_CMAP(float(true))[:3], atol=0.03)
+        strips.append(colour.group(1))
+    assert len(set(strips)) > 20  # the strip follows the phase through the turns
+    assert len(strips) > len(spans) / 2
+
+
+def test_reading_turns_datasets_bars_off_and_restores_them(helix_dataset, monkeypatch):
+    bars = importlib.import_module("datasets.utils.tqdm")  # the module (datasets.utils.tqdm is a class)
+    seen = []
+    tables = DatasetSource.tables
+
+    def spy(self, *args, **kwargs):
+        seen.append(datasets.are_progress_bars_disabled())
+        yield from tables(self, *args, **kwargs)
+
+    monkeypatch.setattr(DatasetSource, "tables", spy)
+    # as if no HF_DATASETS_DISABLE_PROGRESS_BARS were set: bars on, the library's default
+    monkeypatch.setattr(bars, "HF_DATASETS_DISABLE_PROGRESS_BARS", None)
+    monkeypatch.setattr(datasets.config, "HF_DATASETS_DISABLE_PROGRESS_BARS", None)
+    monkeypatch.setattr(bars, "_hf_datasets_progress_bars_disabled", False)
+    config = AnalysisConfig(source=str(helix_dataset), layers=[1], n_bootstrap=20)
+    report = analyze(config, verbose=False).report
+    assert seen and all(seen)
+    assert not datasets.are_progress_bars_disabled()  # the caller's setting is back
+    assert "figures" not in report["timings"]["stages"]  # nothing drawn without a folder
+
+    datasets.disable_progress_bars()  # a caller who turned them off keeps them off
+    analyze(config, verbose=False)
+    assert datasets.are_progress_bars_disabled()
+
+
+def test_figure_format_and_dpi_flags(helix_dataset, tmp_path):
+    out = tmp_path / "r"
+    args = ["analyze", str(helix_dataset), "--out", str(out), "--layers", "2", "--bootstrap", "20"]
+    assert main([*args, "--figure-format", "pdf", "--dpi", "72"]) == 0
+    report = json.loads((out / "report.json").read_text())
+    assert report["config"]["figure_format"] == "pdf" and report["config"]["dpi"] == 72
+    figures = [*report["figures"], *report["layers"]["2"]["figures"]]
+    assert all(f.endswith(".pdf") for f in figures) and not list(out.rglob("*.png"))
+    for f in figures:
+        data = (out / f).read_bytes()
+        assert data.startswith(b"%PDF") and b"/Title" in data
+    index = page(out / "index.html")
+    linked = {resolved(out, out / "index.html", link) for link in index.links}
+    assert set(figures) <= linked and not index.images  # a PDF is linked: no <img> shows one
+
+
+@pytest.mark.parametrize("field, value", [("figure_format", "gif"), ("dpi", 5)])
+def test_bad_figure_settings_are_refused(field, value):
+    with pytest.raises(ConfigError) as e:
+        AnalysisConfig(source="x", **{field: value})
+    assert e.value.field == field
