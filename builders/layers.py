@@ -67,15 +67,18 @@ def resolve_layers(spec: str | Iterable[int], n_layers: int, field: str = "layer
 
 
 def select_layers(
-    spec: str | Iterable[int] | None, available: Iterable[int], field: str = "layers"
+    spec: str | Iterable[int] | None,
+    available: Iterable[int],
+    field: str = "layers",
+    holder: str = "the dataset",
 ) -> list[int]:
-    """The layers of a dataset (which holds `available`) that `spec` names; None, auto and all
-    name every one."""
+    """The layers of a dataset or report (`holder`, which holds `available`) that `spec` names;
+    None, auto and all name every one."""
     have = sorted(available)
     parsed = "all" if spec is None else parse_layers(spec, field)
     if parsed in ("auto", "all"):
         return have
     missing = sorted(set(parsed) - set(have))
     if missing:
-        raise ConfigError(field, f"layer(s) {missing} not in the dataset, which holds {have}")
+        raise ConfigError(field, f"layer(s) {missing} not in {holder}, which holds {have}")
     return parsed

@@ -81,6 +81,6 @@ def quiet() -> bool:
     return level > logging.INFO
 
 
-def progress(**kwargs) -> tqdm:
+def progress(iterable=None, **kwargs) -> tqdm:
     """A tqdm bar (on stderr), hidden with `-q`."""
-    return tqdm(disable=quiet(), **kwargs)
+    return tqdm(iterable, disable=quiet(), **kwargs)

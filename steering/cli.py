@@ -7,6 +7,7 @@ import argparse
 import dataclasses
 from pathlib import Path
 
+from turnphase.analysis.config import FIGURE_FORMATS
 from turnphase.steering.config import SETTINGS, SteerConfig
 
 
@@ -38,7 +39,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         default=d.fold,
         help="analysis fold: its directions, its held-out prompts",
     )
-    p.add_argument("--settings", type=_list, default=d.settings, help=f"prompts, any of {','.join(SETTINGS)}: at the start of each assistant turn, or partway into it")
+    p.add_argument(
+        "--settings",
+        type=_list,
+        default=d.settings,
+        help=f"prompts, any of {','.join(SETTINGS)}: at the start of each assistant turn, or partway into it",
+    )
     p.add_argument(
         "--cut",
         type=float,
@@ -77,6 +83,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--seed", type=int, default=d.seed, help="sampling, prompt sample and random draws")
     p.add_argument("--batch-size", type=int, default=d.batch_size, help="prompts per generate call")
+    p.add_argument(
+        "--figure-format", choices=FIGURE_FORMATS, default=d.figure_format, help="file format of the figures"
+    )
+    p.add_argument("--dpi", type=int, default=d.dpi, help="resolution of PNGs")
 
 
 def config_from(args: argparse.Namespace) -> SteerConfig:

@@ -7,6 +7,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Literal
 
+from turnphase.analysis.config import AnalysisConfig, FigureFormat, check_figure_options
 from turnphase.builders.conversations import GenerationSettings
 from turnphase.builders.errors import ConfigError
 from turnphase.builders.layers import Spec, parse_layers
@@ -60,6 +61,8 @@ class SteerConfig:
 
     out: Path | None = None
     overwrite: bool = False
+    figure_format: FigureFormat = AnalysisConfig.figure_format
+    dpi: int = AnalysisConfig.dpi
 
     def __post_init__(self) -> None:
         self.add, self.rotate = numbers("add", self.add), numbers("rotate", self.rotate)
@@ -83,6 +86,7 @@ class SteerConfig:
             raise ConfigError("temperature", "must be in (0, 5]")
         if not 0 < self.top_p <= 1:
             raise ConfigError("top_p", "must be in (0, 1]")
+        check_figure_options(self.figure_format, self.dpi)
 
     def to_json(self) -> dict:
         return {k: str(v) if isinstance(v, Path) else v for k, v in asdict(self).items()}

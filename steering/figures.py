@@ -7,7 +7,8 @@ from pathlib import Path
 import numpy as np
 from matplotlib.figure import Figure
 
-DPI = 130
+from turnphase.analysis.figures import save
+
 PANELS = (("length", "turn length (tokens)"), ("p_end", "mean P(end of turn)"))
 LINES = {
     "add": ("probe/linear", "scrambled/probe/linear"),
@@ -15,7 +16,7 @@ LINES = {
 }
 
 
-def dose_response(entry: dict, title: str, path: Path) -> str:
+def dose_response(entry: dict, title: str, path: Path, dpi: int) -> str:
     fig = Figure(figsize=(10, 7), layout="constrained")
     axes = fig.subplots(2, 2)
     for row, (kind, targets) in enumerate(LINES.items()):
@@ -61,11 +62,11 @@ def dose_response(entry: dict, title: str, path: Path) -> str:
             if col == 0:
                 ax.legend(fontsize=7)
     fig.suptitle(title)
-    fig.savefig(path, dpi=DPI)
+    save(fig, path, dpi)
     return path.name
 
 
-def p_end_curves(entry: dict, title: str, path: Path) -> str:
+def p_end_curves(entry: dict, title: str, path: Path, dpi: int) -> str:
     fig = Figure(figsize=(7, 4), layout="constrained")
     ax = fig.subplots()
     ax.plot(_xy(entry["unsteered"]["p_end_curve"]), color="k", label="unsteered")
@@ -81,8 +82,8 @@ def p_end_curves(entry: dict, title: str, path: Path) -> str:
     ax.set_ylabel("mean P(end of turn), turns still running")
     ax.set_yscale("log")
     ax.legend(fontsize=7)
-    ax.set_title(title)
-    fig.savefig(path, dpi=DPI)
+    fig.suptitle(title)
+    save(fig, path, dpi)
     return path.name
 
 
@@ -90,12 +91,17 @@ def _xy(curve: list) -> np.ndarray:
     return np.array([np.nan if v is None else v for v in curve])
 
 
-def write_all(result: dict, out: Path) -> list[str]:
+def write_all(result: dict, out: Path, figure_format: str, dpi: int) -> list[str]:
     written = []
     for L, settings in result["layers"].items():
         for setting, entry in settings.items():
             prompts = entry["n_prompts"]
             title = f"{result['model']['id']}, layer {L}, {setting} of the assistant turn ({prompts} prompts)"
-            written.append(dose_response(entry, title, out / f"layer{L}_{setting}_dose_response.png"))
-            written.append(p_end_curves(entry, title, out / f"layer{L}_{setting}_p_end.png"))
+            stem = out / f"layer{L}_{setting}"
+            written.append(
+                dose_response(entry, title, stem.with_name(f"{stem.name}_dose_response.{figure_format}"), dpi)
+            )
+            written.append(
+                p_end_curves(entry, title, stem.with_name(f"{stem.name}_p_end.{figure_format}"), dpi)
+            )
     return written

@@ -48,7 +48,9 @@ def check_inputs(config: SteerConfig) -> tuple[Directions, DatasetSource, np.nda
             f"{config.report} was made from another dataset than {config.dataset} "
             "(its dataset fingerprint differs); steer with the dataset it analysed"
         )
-    config.layers = select_layers(config.layers, directions.layers)  # auto/all: the report's; recorded
+    config.layers = select_layers(
+        config.layers, directions.layers, holder="the report"
+    )  # auto/all: the report's; recorded
     held = directions.held_out(config.fold)
     if len(held) == 0:
         raise TurnphaseError(
@@ -136,7 +138,7 @@ def _steer(config: SteerConfig, tmp: Path | None) -> dict:
     }
     result["findings"] = findings(result)
     if tmp is not None:
-        result["figures"] = figures.write_all(result, tmp)
+        result["figures"] = figures.write_all(result, tmp, config.figure_format, config.dpi)
         atomic_write_json(tmp / STEER_FILE, result)
         (tmp / "summary.txt").write_text(table(result) + "\n")
     return result

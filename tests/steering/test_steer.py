@@ -147,6 +147,14 @@ def test_a_run_writes_a_valid_steer_json(tiny_analysed, tmp_path):
     assert {p["conversation_id"] for p in result["prompts"]["start"]} <= held
     for name in result["figures"]:
         assert (out / name).stat().st_size > 0
+    svg = tmp_path / "svg"
+    args = ["--layers", "all", "--settings", "start", "--figure-format", "svg", "--out", str(svg)]
+    assert main(["steer", str(data), "--report", str(report), *args, *FAST_STEER]) == 0
+    again = json.loads((svg / "steer.json").read_text())
+    assert again["config"]["layers"] == [1, 3] and again["figures"]
+    for name in again["figures"]:  # every figure titled, in the format asked for
+        title = (svg / name).read_text().split("<dc:title>")[1].split("</dc:title>")[0]
+        assert name.endswith(".svg") and "start of the assistant turn" in title
     assert (out / "summary.txt").read_text().startswith(result["findings"][0])
 
 
@@ -161,11 +169,11 @@ def test_the_python_api_returns_the_result_without_a_folder(tiny_analysed):
 @pytest.mark.parametrize(
     "args, message",
     [
-        (["--layers", "2"], "layer(s) [2] are not in the report"),
+        (["--layers", "2"], "--layers: layer(s) [2] not in the report, which holds [1, 3]"),
         (["--layers", "1", "--fold", "9"], "fold 9 holds out no conversations"),
-        (["--layers", "1", "--add", "0.1,big"], "--add takes numbers"),
+        (["--layers", "1", "--add", "0.1,big"], "--add: takes numbers"),
         (["--layers", "1", "--rotate", "-90"], "--rotate: give positive numbers"),
-        (["--layers", "x"], "--layers takes numbers"),
+        (["--layers", "x"], "--layers: 'x': use auto, all"),
     ],
 )
 def test_bad_input_is_one_line_and_writes_nothing(tiny_analysed, tmp_path, capsys, args, message):
