@@ -1,8 +1,8 @@
 """The report folder a reader opens: index.html and summary.md, figures with titles, token views
 with a true-phase strip, a colour map that never fades to white, timings, quiet reading.
 
-index.html is checked as a structure (html.parser), not in a browser: no headless browser installs
-from the package registries without a download step of its own, so none would run in CI.
+index.html is checked as a structure (html.parser) and rendered in a real headless browser:
+Debian's chromium, which `make test` installs (apt) where it is missing.
 """
 
 from __future__ import annotations
@@ -11,6 +11,8 @@ import html
 import importlib
 import json
 import re
+import shutil
+import subprocess
 from html.parser import HTMLParser
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -18,7 +20,7 @@ from urllib.parse import urlsplit
 import datasets
 import numpy as np
 import pytest
-from matplotlib.colors import to_rgb
+from matplotlib.colors import rgb_to_hsv, to_rgb
 from PIL import Image
 
 from turnphase.analysis import AnalysisConfig, analyze
@@ -285,3 +287,48 @@ def test_bad_figure_settings_are_refused(field, value):
     with pytest.raises(ConfigError) as e:
         AnalysisConfig(source="x", **{field: value})
     assert e.value.field == field
+
+
+def screenshot(page: Path, png: Path) -> np.ndarray:
+    """The top 1280 x 2400 pixels of `page` as Chromium renders it from the file, RGB in 0..1."""
+    browser = shutil.which("chromium") or shutil.which("chromium-browser")
+    assert browser, "no chromium on PATH: `make test` installs Debian's (apt-get install chromium)"
+    subprocess.run(
+        [
+            browser,
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--hide-scrollbars",
+            "--window-size=1280,2400",
+        ]
+        + [f"--user-data-dir={png.parent / 'profile'}", f"--screenshot={png}", page.as_uri()],
+        check=True,
+        capture_output=True,
+        timeout=120,
+    )
+    return np.asarray(Image.open(png).convert("RGB"), dtype=float) / 255
+
+
+def hues(img: np.ndarray, min_pixels: int = 500) -> int:
+    """How many of 12 hue sectors hold at least `min_pixels` clearly coloured pixels."""
+    hsv = rgb_to_hsv(img)
+    coloured = (hsv[..., 1] > 0.25) & (hsv[..., 2] > 0.3)
+    counts = np.bincount((hsv[..., 0][coloured] * 12).astype(int) % 12, minlength=12)
+    return int((counts >= min_pixels).sum())
+
+
+def test_index_renders_with_its_figures_in_a_headless_browser(helix_report, tmp_path):
+    out = helix_report["_out"]
+    shot = screenshot(out / "index.html", tmp_path / "index.png")
+    assert shot.shape == (2400, 1280, 3)
+    assert (shot.max(axis=2) < 0.3).mean() > 0.005, "no text rendered"
+    # The colour wheel's cyclic map spans every hue: drawn, the page shows most hue sectors. The
+    # same page with its figure files gone shows only its blue links: the hues came from the
+    # figures the browser found and drew.
+    bare = tmp_path / "bare"
+    shutil.copytree(out, bare)
+    shutil.rmtree(bare / "figures")
+    shutil.rmtree(bare / "layers")
+    drawn, without = hues(shot), hues(screenshot(bare / "index.html", tmp_path / "bare.png"))
+    assert drawn >= 8 and without <= 2, (drawn, without)
