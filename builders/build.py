@@ -473,7 +473,7 @@ def _build(cfg: BuildConfig) -> dict:
         seed=cfg.seed,
         generation=generation,
         counts=_counts(out, convs, loaded.layers),
-        license=cfg.license,
+        license=cfg.license or (loaded.license if loaded.license not in (None, "unknown") else "other"),
         build_options={"fingerprint": fingerprint, **options},
     )
     writer.finalize(out, prov, repo_id=cfg.push_to_hub)
@@ -602,7 +602,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument(
         "--conversations-per-shard", type=int, default=d.conversations_per_shard, help="Parquet shard size"
     )
-    g.add_argument("--license", default=d.license, help="the dataset's licence, for its card")
+    g.add_argument(
+        "--license",
+        default=d.license,
+        help="the dataset's licence, for its card (default: the model's, where it states one, else other)",
+    )
 
     g = p.add_argument_group("publishing")
     g.add_argument(

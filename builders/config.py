@@ -55,7 +55,7 @@ class BuildConfig:
     layers: str = "auto"  # auto (relative depth 0.44..0.81), all, 13-24, 13,17,24 (builders/layers.py)
     dtype: Literal["float16", "float32"] = "float16"
     conversations_per_shard: int = 10
-    license: str = "apache-2.0"
+    license: str | None = None  # the dataset's; None: the model's, where it states one, else "other"
 
     # Publishing.
     push_to_hub: str | None = None

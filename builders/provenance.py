@@ -37,7 +37,7 @@ def make_provenance(
     seed: int,
     generation: dict,
     counts: dict,
-    license: str = "apache-2.0",
+    license: str = "other",
     build_options: dict | None = None,
 ) -> dict:
     """Assemble the provenance dict.

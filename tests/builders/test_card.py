@@ -137,6 +137,22 @@ def test_model_licence_beside_the_data_licence(tiny_build):
     assert DatasetCard(text).data.license == prov["license"]
 
 
+def test_the_data_licence_follows_the_models_unless_given(tiny_build, tiny_model_dir, tmp_path):
+    from tiny_model import TINY_BUILD_ARGS
+
+    from turnphase.builders.cli import main
+
+    assert read_provenance(tiny_build)["license"] == "other"  # the tiny model states none
+    licensed = tmp_path / "model"
+    shutil.copytree(tiny_model_dir, licensed)
+    (licensed / "README.md").write_text("---\nlicense: mit\n---\n")
+    args = ["--model", str(licensed), *TINY_BUILD_ARGS, "-n", "2", "--rounds", "1"]
+    assert main(["build", "--out", str(tmp_path / "a"), *args]) == 0
+    assert main(["build", "--out", str(tmp_path / "b"), *args, "--license", "cc-by-4.0"]) == 0
+    assert read_provenance(tmp_path / "a")["license"] == "mit"
+    assert read_provenance(tmp_path / "b")["license"] == "cc-by-4.0"
+
+
 def _gguf(path, **strings):
     import gguf
 
