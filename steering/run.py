@@ -17,6 +17,7 @@ import numpy as np
 from turnphase.analysis.directions import Directions
 from turnphase.analysis.report import check_out
 from turnphase.analysis.source import DatasetSource
+from turnphase.analysis.timing import Stopwatch
 from turnphase.builders.errors import TurnphaseError
 from turnphase.builders.layers import select_layers
 from turnphase.builders.lock import folder_lock
@@ -99,10 +100,14 @@ def steer(config: SteerConfig, *, verbose: bool = True) -> dict:
 
 
 def _steer(config: SteerConfig, tmp: Path | None) -> dict:
-    directions, src, held = check_inputs(config)
-    d_model = len(next(iter(directions.layers.values())).folds[0].mean)
-    loaded = load_dataset_model(config, src, d_model)
-    chats = conversations(src, held)
+    clock = Stopwatch()
+    with clock.stage("inputs"):
+        directions, src, held = check_inputs(config)
+        d_model = len(next(iter(directions.layers.values())).folds[0].mean)
+    with clock.stage("model"):
+        loaded = load_dataset_model(config, src, d_model)
+    with clock.stage("prompts"):
+        chats = conversations(src, held)
     layers: dict[str, dict] = {str(L): {} for L in config.layers}
     prompt_info = {}
     for setting in config.settings:
@@ -124,7 +129,8 @@ def _steer(config: SteerConfig, tmp: Path | None) -> dict:
             steerer.at_layer(L)
             found = directions.layers[L].folds[config.fold]
             conds = conditions(found, d_model, config, L)
-            layers[str(L)][setting] = run_setting(steerer, conds, prompts, config, f"layer {L} {setting}")
+            with clock.stage(f"layer {L} {setting}"):
+                layers[str(L)][setting] = run_setting(steerer, conds, prompts, config, f"layer {L} {setting}")
     result = {
         "steer_version": STEER_VERSION,
         "turnphase_version": turnphase_version(),
@@ -138,7 +144,10 @@ def _steer(config: SteerConfig, tmp: Path | None) -> dict:
     }
     result["findings"] = findings(result)
     if tmp is not None:
-        result["figures"] = figures.write_all(result, tmp, config.figure_format, config.dpi)
+        with clock.stage("figures"):
+            result["figures"] = figures.write_all(result, tmp, config.figure_format, config.dpi)
+    result["timings"] = {"total": clock.elapsed(), "stages": dict(clock.seconds)}
+    if tmp is not None:
         atomic_write_json(tmp / STEER_FILE, result)
         (tmp / "summary.txt").write_text(table(result) + "\n")
     return result

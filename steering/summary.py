@@ -80,4 +80,7 @@ def table(result: dict) -> str:
                     f"{e['broken']['value']:+8.2f}{c['mean']['kl']:8.3f}{c['mean']['edit_size']:7.3f}"
                 )
             out.append("")
+    if timings := result.get("timings"):
+        stages = ", ".join(f"{name} {sec:.1f} s" for name, sec in timings["stages"].items())
+        out.append(f"time: {stages}; total {timings['total']:.1f} s")
     return "\n".join(out)

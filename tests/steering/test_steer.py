@@ -155,7 +155,11 @@ def test_a_run_writes_a_valid_steer_json(tiny_analysed, tmp_path):
     for name in again["figures"]:  # every figure titled, in the format asked for
         title = (svg / name).read_text().split("<dc:title>")[1].split("</dc:title>")[0]
         assert name.endswith(".svg") and "start of the assistant turn" in title
-    assert (out / "summary.txt").read_text().startswith(result["findings"][0])
+    summary = (out / "summary.txt").read_text()
+    assert summary.startswith(result["findings"][0])
+    stages = result["timings"]["stages"]
+    assert {"model", "layer 1 start", "layer 3 mid", "figures"} <= set(stages)
+    assert sum(stages.values()) <= result["timings"]["total"] + 1e-6 and "time: " in summary.splitlines()[-1]
 
 
 def test_the_python_api_returns_the_result_without_a_folder(tiny_analysed):
