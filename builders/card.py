@@ -141,6 +141,7 @@ def render_card(provenance: dict, repo_id: str | None = None, revision: str | No
         model_id=model["id"],
         model_revision=model.get("revision") or "n/a",
         model_license=model.get("license"),  # None: not recorded (older builds)
+        variant=model.get("variant"),  # a named embedded variant (variants.py), or None
         data_license=provenance.get("license", "other"),
         weights_sha256=model.get("weights_sha256") or "n/a",
         chat_template_sha256=model.get("chat_template_sha256") or "n/a",

