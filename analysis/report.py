@@ -184,6 +184,7 @@ def _analyze(config: AnalysisConfig, tmp: Path | None) -> tuple[dict, Directions
         "dataset": {
             "turnphase_version": src.provenance.get("turnphase_version"),
             "layers": src.layers,
+            "n_layers": (src.provenance.get("model") or {}).get("n_layers"),  # the model's depth
             "d_model": src.d_model,
             "dtype": str(src.dtype),
             "seed": src.provenance.get("seed"),

@@ -6,6 +6,7 @@ examples:
   turnphase analyze data/smollm2 --out report     # probes, nulls, colour wheels, verdicts, figures
   turnphase steer data/smollm2 --report report --layers 19 --out steer   # the causal test
   turnphase push data/smollm2 USER/turnphase-smollm2-135m-instruct
+  turnphase compare report/smollm2 report/qwen --out report/compare   # variants side by side
 
 `turnphase COMMAND --help` shows each command's options and defaults. From Python:
 `from turnphase import build, analyze, BuildConfig, AnalysisConfig`.
@@ -36,6 +37,10 @@ COMMANDS = {
         "probes, baselines, nulls, colour wheels, rotation tests and a verdict",
     ),
     "steer": ("turnphase.steering.cli", "steer the model along the phase directions, against random ones"),
+    "compare": (
+        "turnphase.analysis.compare",
+        "variants side by side: reports (and steering) by relative depth",
+    ),
 }
 
 
@@ -45,7 +50,7 @@ class HelpFormatter(argparse.RawDescriptionHelpFormatter):
     def _get_help_string(self, action: argparse.Action) -> str:
         text = action.help or ""
         default = action.default
-        off = default is None or default is False or default is argparse.SUPPRESS
+        off = default is None or default is False or default is argparse.SUPPRESS or default == []
         if "%(default)" in text or off or not action.option_strings:
             return text
         shown = ",".join(map(str, default)) if isinstance(default, list) else str(default)

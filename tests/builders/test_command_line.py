@@ -29,6 +29,7 @@ def test_every_flag_has_help_and_shows_its_default(command):
             continue
         assert action.help, f"{command} {action.option_strings or action.dest} has no help"
         off = action.default is None or action.default is False or action.default is argparse.SUPPRESS
+        off = off or action.default == []
         if action.option_strings and not off:
             shown = ",".join(map(str, action.default)) if isinstance(action.default, list) else action.default
             assert f"(default: {shown})" in " ".join(text.split()), (command, action.dest)
