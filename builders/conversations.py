@@ -167,7 +167,10 @@ class GenerationSettings:
     @classmethod
     def of(cls, config: BuildConfig, strategy: Strategy) -> GenerationSettings:
         """A build's generation settings: its options of the same names."""
-        return cls(strategy=strategy, **{f.name: getattr(config, f.name) for f in fields(cls)[1:]})
+        return cls(
+            strategy=strategy,
+            **{f.name: getattr(config, f.name) for f in fields(cls) if f.name != "strategy"},
+        )
 
 
 def end_of_turn_ids(model, tokenizer) -> list[int]:
