@@ -32,7 +32,7 @@ from turnphase.analysis.probes import PROBES
 from turnphase.analysis.scores import ConvSums, mean_of, pearson_stat, r2_stat
 from turnphase.analysis.source import DatasetSource, Labels, datasets_progress_off
 from turnphase.analysis.split import NULLS, Folds, make_folds, pairings
-from turnphase.analysis.timing import Stopwatch
+from turnphase.analysis.timing import Stopwatch, time_line
 from turnphase.analysis.token_view import write_token_view
 from turnphase.builders import schema
 from turnphase.builders.errors import TurnphaseError
@@ -95,11 +95,6 @@ def analyze(
                 out,
             )
     return AnalysisResult(report, directions, out)
-
-
-def time_line(timings: dict) -> str:
-    stages = ", ".join(f"{name} {s:.1f} s" for name, s in timings["stages"].items())
-    return f"took {timings['total']:.1f} s: {stages}"
 
 
 def layer_path(layer: int, name: str) -> str:

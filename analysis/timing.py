@@ -43,3 +43,9 @@ class Stopwatch:
 
     def elapsed(self) -> float:
         return perf_counter() - self.started
+
+
+def time_line(timings: dict) -> str:
+    """`{total, stages}` (report.json's and steer.json's `timings`) as one line."""
+    stages = ", ".join(f"{name} {seconds:.1f} s" for name, seconds in timings["stages"].items())
+    return f"took {timings['total']:.1f} s: {stages}"

@@ -7,6 +7,8 @@ be no effect beyond random directions. With many conditions, about one in twenty
 
 from __future__ import annotations
 
+from turnphase.analysis.timing import time_line
+
 Z_FLOOR = 2.0
 P_FLOOR = 0.05
 
@@ -81,6 +83,5 @@ def table(result: dict) -> str:
                 )
             out.append("")
     if timings := result.get("timings"):
-        stages = ", ".join(f"{name} {sec:.1f} s" for name, sec in timings["stages"].items())
-        out.append(f"time: {stages}; total {timings['total']:.1f} s")
+        out.append(time_line(timings))
     return "\n".join(out)

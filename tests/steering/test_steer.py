@@ -159,7 +159,7 @@ def test_a_run_writes_a_valid_steer_json(tiny_analysed, tmp_path):
     assert summary.startswith(result["findings"][0])
     stages = result["timings"]["stages"]
     assert {"model", "layer 1 start", "layer 3 mid", "figures"} <= set(stages)
-    assert sum(stages.values()) <= result["timings"]["total"] + 1e-6 and "time: " in summary.splitlines()[-1]
+    assert sum(stages.values()) <= result["timings"]["total"] + 1e-6 and "took " in summary.splitlines()[-1]
 
 
 def test_the_python_api_returns_the_result_without_a_folder(tiny_analysed):
