@@ -63,18 +63,19 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--batch-size", type=int, default=d.batch_size, help="activation rows per step (memory only)"
     )
+    add_figure_arguments(p)
+
+
+def add_figure_arguments(p: argparse.ArgumentParser) -> None:
+    """--figure-format and --dpi, as analyze, steer and compare take them (AnalysisConfig's defaults)."""
+    d = AnalysisConfig
     p.add_argument(
         "--figure-format",
         choices=FIGURE_FORMATS,
         default=d.figure_format,
         help="file format of the figures (pdf and svg keep text as vectors)",
     )
-    p.add_argument(
-        "--dpi",
-        type=int,
-        default=d.dpi,
-        help="resolution of PNGs and of scatters in PDF/SVG",
-    )
+    p.add_argument("--dpi", type=int, default=d.dpi, help="resolution of PNGs and of scatters in PDF/SVG")
 
 
 def config_from(args: argparse.Namespace) -> AnalysisConfig:

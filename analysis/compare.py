@@ -18,7 +18,8 @@ import json
 import logging
 from pathlib import Path
 
-from turnphase.analysis.config import FIGURE_FORMATS, AnalysisConfig, check_figure_options
+from turnphase.analysis.cli import add_figure_arguments
+from turnphase.analysis.config import AnalysisConfig, check_figure_options
 from turnphase.analysis.report import check_out
 from turnphase.analysis.rotation import VERDICTS
 from turnphase.analysis.split import NULLS
@@ -208,7 +209,6 @@ def markdown(result: dict) -> str:
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    d = AnalysisConfig
     p.add_argument(
         "reports", nargs="+", type=Path, help="`turnphase analyze` output folders, one per variant"
     )
@@ -219,10 +219,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--steer", nargs="*", type=Path, default=[], help="`turnphase steer` folders of the same models"
     )
-    p.add_argument(
-        "--figure-format", choices=FIGURE_FORMATS, default=d.figure_format, help="file format of the figure"
-    )
-    p.add_argument("--dpi", type=int, default=d.dpi, help="resolution of PNGs")
+    add_figure_arguments(p)
 
 
 def run(args: argparse.Namespace) -> int:

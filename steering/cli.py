@@ -7,7 +7,7 @@ import argparse
 import dataclasses
 from pathlib import Path
 
-from turnphase.analysis.config import FIGURE_FORMATS
+from turnphase.analysis.cli import add_figure_arguments
 from turnphase.steering.config import SETTINGS, SteerConfig
 
 
@@ -83,10 +83,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--seed", type=int, default=d.seed, help="sampling, prompt sample and random draws")
     p.add_argument("--batch-size", type=int, default=d.batch_size, help="prompts per generate call")
-    p.add_argument(
-        "--figure-format", choices=FIGURE_FORMATS, default=d.figure_format, help="file format of the figures"
-    )
-    p.add_argument("--dpi", type=int, default=d.dpi, help="resolution of PNGs")
+    add_figure_arguments(p)
 
 
 def config_from(args: argparse.Namespace) -> SteerConfig:
