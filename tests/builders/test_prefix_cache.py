@@ -4,9 +4,12 @@ import pytest
 from tiny_model import tiny_config_kwargs
 
 from turnphase.builders import conversations as conv
+from turnphase.builders import variants
 from turnphase.builders.prefix_cache import common_prefix
 
 torch = pytest.importorskip("torch")
+
+QWEN = "qwen2.5-coder-1.5b-instruct"  # `pytest -m variant` after `make qwen`
 
 
 @pytest.fixture(scope="module")
@@ -17,16 +20,26 @@ def tiny(tiny_model_dir):
     return model, AutoTokenizer.from_pretrained(tiny_model_dir)
 
 
-@pytest.fixture(scope="module", params=["tiny", pytest.param("default", marks=pytest.mark.slow)])
+@pytest.fixture(
+    scope="module",
+    params=[
+        "tiny",
+        pytest.param("default", marks=pytest.mark.slow),
+        pytest.param(QWEN, marks=pytest.mark.variant),
+    ],
+)
 def any_model(request, tiny):
-    """(model, tokenizer, atol): the tiny model, and SmolLM2-135M whose logits run to ~35."""
+    """(model, tokenizer, atol): the tiny model, SmolLM2-135M whose logits run to ~35, and the
+    1.5B variant (grouped-query attention, 2 KV heads for 12 query heads; attention biases)."""
     if request.param == "tiny":
         # float32 agrees to ~1e-9 here; keys/values of the wrong tokens move logits by ~1e-5
         # even in this tiny random model, whose logits barely depend on attention
         return (*tiny, 1e-6)
     from turnphase.builders.model import load_model
 
-    loaded = load_model(None, layers="auto")
+    if request.param == QWEN:
+        variants.part_files(variants.VARIANTS[QWEN])  # one line saying `make qwen` when missing
+    loaded = load_model(None if request.param == "default" else request.param, layers="auto")
     return loaded.model, loaded.tokenizer, 1e-3
 
 
