@@ -541,7 +541,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument(
         "--stop-runaway",
         action="store_true",
-        help="stop a reply whose tail has become periodic at the end of its chunk, and retry it",
+        help="retry a reply that has started repeating itself (half the 6-token phrases of its last 64 "
+        "tokens said before in it), stopped at the end of its 64-token chunk or when it ends",
     )
     g.add_argument(
         "--check-repeats",
@@ -552,13 +553,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "--repetition-penalty",
         type=float,
         default=d.repetition_penalty,
-        help="transformers' repetition_penalty (off unless given)",
+        help="transformers' repetition penalty on the tokens the reply has used (off unless given)",
     )
     g.add_argument(
         "--no-repeat-ngram-size",
         type=int,
         default=d.no_repeat_ngram_size,
-        help="transformers' no_repeat_ngram_size (0: off)",
+        help="ban an n-token phrase a reply has already said (0: off)",
     )
 
     g = p.add_argument_group("conversations read from a source (instead of generated)")

@@ -38,8 +38,9 @@ class BuildConfig:
     # Off by default: on the default build they dropped 25 of 50 conversations, not fewer (README).
     stop_runaway: bool = False  # stop and retry a reply as soon as it starts repeating itself
     check_repeats: bool = False  # retry repeated turns and user turns under 3 words
-    repetition_penalty: float | None = None  # transformers' generate option; off by default
-    no_repeat_ngram_size: int = 0  # transformers' generate option; 0 = off
+    # transformers' formulas, over each reply's own tokens (conversations.ReplyRepetition)
+    repetition_penalty: float | None = None  # off by default
+    no_repeat_ngram_size: int = 0  # 0 = off
 
     # Conversations read instead of generated (builders/sources.py): a file, folder or Hub dataset.
     conversations: str | None = None

@@ -4,6 +4,7 @@
     .venv/bin/python scripts/bench_build.py --skip-full-build
     .venv/bin/python scripts/bench_build.py --only decode_step,extraction
     .venv/bin/python scripts/bench_build.py --only runaway_stop   # two more default builds (each 13-55 min here)
+    .venv/bin/python scripts/bench_build.py --only variant_build  # after `make qwen`; ~25 min here
 
 1. batched generation (50 conversations) vs one conversation at a time: same prompts, same token
    budget (every sequence generates exactly --new-tokens tokens). Target: >= 8x tokens/s.
@@ -22,6 +23,10 @@
    and too-short turns retried) vs the default build:
    wall-time ratio (target >= 1.25x), tokens generated, conversations dropped (target < 15%) and
    verbatim repeated turns kept (target 0).
+8. (only when asked; needs `make qwen`) the same small build (--variant-recipe, default 10
+   conversations x 2 rounds, each model's own default strategy and layers) on SmolLM2-135M and on
+   the 1.5B variant, one after the other: wall time, model load, generation tokens/s, extraction
+   tokens/s, and the variant's cost relative to SmolLM2.
 """
 
 from __future__ import annotations
@@ -227,12 +232,13 @@ def verbatim_repeats(conversations: list[dict]) -> int:
     return n
 
 
-def full_build(*extra: str) -> dict:
-    """The default build (`turnphase build` in a subprocess), with `extra` options."""
+def full_build(*extra: str, keep: Path | None = None) -> dict:
+    """The default build (`turnphase build` in a subprocess), with `extra` options; into `keep`
+    (left there) if given, else a temporary folder."""
     import pyarrow.parquet as pq
 
     with tempfile.TemporaryDirectory() as tmp:
-        out = Path(tmp) / "smollm2"
+        out = keep or Path(tmp) / "build"
         t0 = time.perf_counter()
         subprocess.run(
             [sys.executable, "-m", "turnphase.builders.cli", "build", "--out", str(out), *extra], check=True
@@ -244,11 +250,16 @@ def full_build(*extra: str) -> dict:
     timing = prov["generation"]["timing"]
     return {
         "options": list(extra),
+        "model": prov["model"]["id"],
+        "strategy": prov["generation"]["strategy"],
         "wall_minutes": wall / 60,
+        "load_model_minutes": timing["load_model_seconds"] / 60,
         "generation_minutes": timing["seconds"] / 60,
         "generation_tokens_per_s": timing["new_tokens"] / timing["seconds"],
         "new_tokens": timing["new_tokens"],
         "extraction_minutes": timing["extraction"]["seconds"] / 60,
+        "extraction_tokens_per_s": timing["extraction"]["tokens_forwarded"] / timing["extraction"]["seconds"],
+        "layers": len(prov["layers"]),
         "conversations": prov["counts"]["conversations"],
         "dropped": len(prov["counts"]["dropped"]),
         "rejected_attempts": prov["counts"]["rejected_attempts"],
@@ -260,15 +271,32 @@ def full_build(*extra: str) -> dict:
     }
 
 
-def runaway_stop() -> dict:
-    """The default build, and the same with `--stop-runaway --check-repeats` (replies that repeat
-    themselves stopped early, repeated and too-short turns retried), one after the other."""
+CLEANER = ("--stop-runaway", "--check-repeats", "--max-attempts", "8")
+
+
+def runaway_stop(keep: Path | None = None) -> dict:
+    """The default build, and the same with CLEANER options (replies that repeat themselves
+    stopped early, repeated and too-short turns retried, more attempts since failed ones are
+    cheaper), one after the other."""
     without = full_build()
-    with_stop = full_build("--stop-runaway", "--check-repeats")
+    with_stop = full_build(*CLEANER, keep=keep)
     return {
         "with": with_stop,
         "without": without,
         "speedup": without["wall_minutes"] / with_stop["wall_minutes"],
+    }
+
+
+def variant_build(recipe: list[str], variant: str = "qwen2.5-coder-1.5b-instruct") -> dict:
+    """The same small build on the default model and on a named variant, one after the other."""
+    small, large = full_build(*recipe), full_build(*recipe, "--model", variant)
+    return {
+        "recipe": recipe,
+        "default": small,
+        "variant": large,
+        "wall_ratio": large["wall_minutes"] / small["wall_minutes"],
+        "generation_tokens_per_s_ratio": small["generation_tokens_per_s"] / large["generation_tokens_per_s"],
+        "extraction_tokens_per_s_ratio": small["extraction_tokens_per_s"] / large["extraction_tokens_per_s"],
     }
 
 
@@ -286,8 +314,11 @@ def in_process(only: set[str], args) -> dict:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parts = ["generation", "kv_reuse", "decode_step", "extraction", "parquet", "full_build", "runaway_stop"]
-    default = [part for part in parts if part != "runaway_stop"]
+    parts = [
+        *("generation", "kv_reuse", "decode_step", "extraction", "parquet", "full_build"),
+        *("runaway_stop", "variant_build"),  # only when asked
+    ]
+    default = [part for part in parts if part not in ("runaway_stop", "variant_build")]
     p.add_argument("--only", default=",".join(default), help=f"comma-separated parts: {','.join(parts)}")
     p.add_argument("--skip-full-build", action="store_true")
     p.add_argument("--new-tokens", type=int, default=128, help="per sequence; about a mean assistant turn")
@@ -295,6 +326,10 @@ def main() -> None:
     p.add_argument("--kv-rounds", type=int, default=2, help="rounds of the KV-reuse comparison")
     p.add_argument(
         "--extract-tokens", type=int, default=1200, help="tokens per forward (a conversation's length)"
+    )
+    p.add_argument("--keep", type=Path, help="runaway_stop: keep the cleaner build in this new folder")
+    p.add_argument(
+        "--variant-recipe", default="-n 10 --rounds 2", help="build options of the variant_build part"
     )
     args = p.parse_args()
     print(f"torch threads: {torch.get_num_threads()}")
@@ -305,7 +340,9 @@ def main() -> None:
     if "full_build" in only:
         results["full_build"] = full_build()
     if "runaway_stop" in only:
-        results["runaway_stop"] = runaway_stop()
+        results["runaway_stop"] = runaway_stop(args.keep)
+    if "variant_build" in only:
+        results["variant_build"] = variant_build(args.variant_recipe.split())
     print(json.dumps(results, indent=2))
     for name, result in results.items():
         print(SUMMARY[name](result))
@@ -341,11 +378,22 @@ SUMMARY = {  # one line per part
         f"{f['dataset_MB']:.0f} MB; prompt tokens fed {f['prompt_tokens_fed']}, reused {f['prompt_tokens_reused']}"
     ),
     "runaway_stop": lambda r: (
-        f"default build with --stop-runaway --check-repeats vs without: {r['speedup']:.2f}x "
+        f"default build with {' '.join(r['with']['options'])} vs without: {r['speedup']:.2f}x "
         f"({r['with']['wall_minutes']:.1f} vs {r['without']['wall_minutes']:.1f} min; target >= 1.25x), "
         f"{r['with']['new_tokens']} vs {r['without']['new_tokens']} tokens generated, dropped "
         f"{r['with']['dropped']} vs {r['without']['dropped']} of 50 (target < 15%), verbatim repeated turns "
         f"kept {r['with']['verbatim_repeated_turns']} vs {r['without']['verbatim_repeated_turns']} (target 0)"
+    ),
+    "variant_build": lambda v: (
+        f"build {' '.join(v['recipe'])}: {v['variant']['model']} ({v['variant']['strategy']}) "
+        f"{v['variant']['wall_minutes']:.1f} min vs {v['default']['model']} ({v['default']['strategy']}) "
+        f"{v['default']['wall_minutes']:.1f} min ({v['wall_ratio']:.1f}x the time; model load "
+        f"{v['variant']['load_model_minutes']:.1f} vs {v['default']['load_model_minutes']:.1f} min); generation "
+        f"{v['variant']['generation_tokens_per_s']:.1f} vs {v['default']['generation_tokens_per_s']:.1f} tokens/s "
+        f"({v['generation_tokens_per_s_ratio']:.1f}x slower), extraction "
+        f"{v['variant']['extraction_tokens_per_s']:.0f} vs {v['default']['extraction_tokens_per_s']:.0f} tokens/s "
+        f"({v['extraction_tokens_per_s_ratio']:.1f}x slower; {v['variant']['layers']} vs "
+        f"{v['default']['layers']} layers stored)"
     ),
 }
 

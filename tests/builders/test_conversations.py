@@ -153,20 +153,49 @@ def _periodic(block, n):
     return (block * (n // len(block) + 1))[:n]
 
 
+def _sentence(i, changed=None):
+    # a 20-token sentence; `changed` replaces one of its words
+    words = list(range(1000 + 20 * (i % 3), 1020 + 20 * (i % 3)))
+    if changed is not None:
+        words[changed % 20] = 5000 + changed
+    return words
+
+
 @pytest.mark.parametrize(
     ("ids", "loops"),
     [
         (list(range(200)), False),  # no repetition
-        ([7] * 47, False),  # too short to call
-        (list(range(100)) + [7] * 48, True),  # one token over and over
+        ([7] * 20, False),  # too short to call
+        ([7] * 40, True),  # one token over and over
         (list(range(100)) + _periodic([1, 2, 3, 4, 5], 48), True),  # a phrase
-        (list(range(100)) + _periodic(list(range(500, 560)), 120), True),  # a 60-token sentence, twice
-        (list(range(100)) + _periodic(list(range(500, 570)), 139), False),  # 70 > the longest period
+        (list(range(100)) + _periodic(list(range(500, 570)), 139), True),  # a 70-token sentence, twice
+        # one sentence said again and again, a word changed each time: no exact period
+        (list(range(50)) + sum((_sentence(0, changed=k) for k in range(6)), []), True),
         (_periodic([1, 2, 3, 4, 5], 60) + list(range(100)), False),  # repeated, then moved on
+        # three different sentences, each said once, then one of them again: 1 in 4 repeated
+        (sum((_sentence(i) for i in range(3)), []) + _sentence(0), False),
     ],
 )
 def test_runaway(ids, loops):
     assert conv.runaway(ids) == loops
+
+
+def test_reply_repetition_sees_the_earlier_chunks_of_each_reply():
+    """The ban and penalty cover what a row wrote in earlier chunks (not in this call's input_ids)
+    and what this call generated, never the prompt."""
+    torch = pytest.importorskip("torch")
+    # row 0 wrote [1, 2, 3] in an earlier chunk, row 1 nothing; the call's prompt column holds 1, 2
+    input_ids = torch.tensor([[9, 1, 2], [1, 2, 2]])  # column 0: prompt, then generated
+    scores = torch.zeros(2, 10)
+    out = conv.ReplyRepetition([[1, 2, 3], []], start=1, penalty=None, ngram=3)(input_ids, scores.clone())
+    # row 0's reply is 1 2 3 1 2: "1 2" was followed by 3, so 3 is banned; row 1's is "2 2": "2 2"
+    # never came before another token, nothing banned
+    assert torch.isinf(out[0, 3]) and torch.isinf(out).sum() == 1
+    scores = torch.tensor([[2.0, -2.0, 2.0, 1.0] + [0.0] * 6] * 2)
+    out = conv.ReplyRepetition([[3], []], start=1, penalty=2.0, ngram=0)(input_ids, scores.clone())
+    # row 0: tokens 1, 2, 3 penalised (positive halved, negative doubled); token 0 (not said) kept
+    assert out[0, :4].tolist() == [2.0, -4.0, 1.0, 0.5]
+    assert out[1, :4].tolist() == [2.0, -2.0, 1.0, 1.0]  # row 1 said 2 only; the prompt's 1 is not counted
 
 
 def test_repeats_and_conversation_problems():
@@ -237,3 +266,29 @@ def test_batched_chat_stops_a_runaway_at_the_end_of_a_chunk(stop, tmp_path, monk
     assert [r.finished for r in replies] == [False, False]
     assert [r.runaway for r in replies] == [stop, stop]
     assert chat.new_tokens == 2 * (64 if stop else 256)
+
+
+def test_batched_chat_bans_repeated_phrases_across_chunks(tmp_path, monkeypatch):
+    """Wiring: with no_repeat_ngram_size, a 256-token reply (4 chunks of 64, each its own
+    `generate` call on a reused cache) holds no bigram twice; without it the tiny model repeats."""
+    from tiny_model import save_tiny_chat_model
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    folder = save_tiny_chat_model(tmp_path / "endless", eos_bias=-20.0)
+    model, tok = AutoModelForCausalLM.from_pretrained(folder).eval(), AutoTokenizer.from_pretrained(folder)
+    seen = []
+    monkeypatch.setattr(conv, "runaway", lambda ids: seen.append(list(ids)) and False)
+
+    def bigrams(ngram):
+        seen.clear()
+        settings = conv.GenerationSettings(stop_runaway=True, no_repeat_ngram_size=ngram)
+        conv.BatchedChat(model, tok, settings)([[{"role": "user", "content": "Tell me a story."}]], 256, seed=0)
+        ids = seen[-1]
+        assert len(ids) == 256
+        pairs = list(zip(ids, ids[1:], strict=False))
+        return len(pairs), len(set(pairs))
+
+    total, distinct = bigrams(2)
+    assert total == distinct
+    total, distinct = bigrams(0)
+    assert distinct < total
