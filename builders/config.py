@@ -35,7 +35,8 @@ class BuildConfig:
     top_p: float = 0.9
     batch_size: int = 50  # conversations per batched generate call
     seed: int = 0
-    # Off by default: on the default build they dropped 25 of 50 conversations, not fewer (README).
+    # Off by default: with them (and 8 attempts) the default build drops 8 of 50 conversations
+    # instead of 13 and keeps no repeated turn, but takes 1.3x as long (README, bench_build.py).
     stop_runaway: bool = False  # stop and retry a reply as soon as it starts repeating itself
     check_repeats: bool = False  # retry repeated turns and user turns under 3 words
     # transformers' formulas, over each reply's own tokens (conversations.ReplyRepetition)

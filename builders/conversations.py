@@ -91,10 +91,11 @@ def runaway(ids: Sequence[int]) -> bool:
 
     Small models loop under sampling by saying a sentence over and over with small changes ("It's a
     perfect example of how storytelling can..." / "This example is a perfect example of how..."),
-    so the test counts repeated phrases rather than asking for an exact period. Natural replies of
-    the default build repeat under 45% of their phrases; replies cut off at the token limit are
-    mostly loops (5 of 6 in a sample of 74 late-round replies; the sixth, a long list, is not
-    called), and the same test catches finished replies made of one sentence said three times."""
+    so the test counts repeated phrases rather than asking for an exact period. In a sample of 74
+    replies at round-4 contexts of the default build, the finished ones that read as natural text
+    repeated at most 44% of their phrases; 5 of the 6 cut off at the token limit were loops and are
+    called (the sixth, a long list, is not), and so are finished replies made of one sentence said
+    two or three times."""
     n = RUNAWAY_NGRAM
     phrases = [tuple(ids[k - n : k]) for k in range(n, len(ids) + 1)]
     start = max(0, len(phrases) - RUNAWAY_WINDOW)

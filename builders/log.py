@@ -60,7 +60,7 @@ def setup(verbosity: int = 0) -> None:
     # Third-party progress bars (datasets' "Generating train split", transformers' weight loading,
     # Hub downloads) off unless -v: through their own switches where they are loaded already, and
     # their environment variables for when they load later. transformers' GGUF de-quantising bar is
-    # a plain tqdm with no switch: it shows (it is most of a GGUF model's load time).
+    # a plain tqdm with no switch: it shows (a minute of the 1.5B variant's load).
     if verbosity < 1:
         os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")
         os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
