@@ -282,7 +282,9 @@ def test_batched_chat_bans_repeated_phrases_across_chunks(tmp_path, monkeypatch)
     def bigrams(ngram):
         seen.clear()
         settings = conv.GenerationSettings(stop_runaway=True, no_repeat_ngram_size=ngram)
-        conv.BatchedChat(model, tok, settings)([[{"role": "user", "content": "Tell me a story."}]], 256, seed=0)
+        conv.BatchedChat(model, tok, settings)(
+            [[{"role": "user", "content": "Tell me a story."}]], 256, seed=0
+        )
         ids = seen[-1]
         assert len(ids) == 256
         pairs = list(zip(ids, ids[1:], strict=False))
