@@ -18,9 +18,9 @@
 5. Parquet write throughput of layer shards, and bytes per token per layer on disk vs the raw
    d_model x dtype bytes.
 6. Wall time of the default full build (`turnphase build`, 50 topics x 5 rounds). Target: <= 15 min.
-7. (only when asked: two more default builds) the default build with `--stop-runaway
-   --check-repeats` (replies that repeat themselves stopped at the end of their chunk, repeated
-   and too-short turns retried) vs the default build:
+7. (only when asked: two more default builds) the default build with CLEANER options
+   (`--stop-runaway --check-repeats --max-attempts 8`: replies that repeat themselves stopped at
+   the end of their chunk, repeated and too-short turns retried) vs the default build:
    wall-time ratio (target >= 1.25x), tokens generated, conversations dropped (target < 15%) and
    verbatim repeated turns kept (target 0).
 8. (only when asked; needs `make qwen`) the same small build (--variant-recipe, default 10
