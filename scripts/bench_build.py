@@ -314,11 +314,8 @@ def in_process(only: set[str], args) -> dict:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parts = [
-        *("generation", "kv_reuse", "decode_step", "extraction", "parquet", "full_build"),
-        *("runaway_stop", "variant_build"),  # only when asked
-    ]
-    default = [part for part in parts if part not in ("runaway_stop", "variant_build")]
+    default = ["generation", "kv_reuse", "decode_step", "extraction", "parquet", "full_build"]
+    parts = [*default, "runaway_stop", "variant_build"]  # the last two only when asked
     p.add_argument("--only", default=",".join(default), help=f"comma-separated parts: {','.join(parts)}")
     p.add_argument("--skip-full-build", action="store_true")
     p.add_argument("--new-tokens", type=int, default=128, help="per sequence; about a mean assistant turn")

@@ -251,15 +251,21 @@ def test_repeated_short_and_runaway_turns_are_retried_and_counted():
     assert len(set(turns)) == len(turns) == 4
 
 
-@pytest.mark.parametrize("stop", [True, False])
-def test_batched_chat_stops_a_runaway_at_the_end_of_a_chunk(stop, tmp_path, monkeypatch):
-    """Wiring: a reply the detector calls a runaway stops after its first chunk (256 -> 64 tokens)
-    unless `stop_runaway` is off; the tiny model is made never to end its turn."""
+@pytest.fixture
+def endless(tmp_path):
+    """(model, tokenizer): the tiny chat model, made never to end its turn."""
     from tiny_model import save_tiny_chat_model
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     folder = save_tiny_chat_model(tmp_path / "endless", eos_bias=-20.0)
-    model, tok = AutoModelForCausalLM.from_pretrained(folder).eval(), AutoTokenizer.from_pretrained(folder)
+    return AutoModelForCausalLM.from_pretrained(folder).eval(), AutoTokenizer.from_pretrained(folder)
+
+
+@pytest.mark.parametrize("stop", [True, False])
+def test_batched_chat_stops_a_runaway_at_the_end_of_a_chunk(stop, endless, monkeypatch):
+    """Wiring: a reply the detector calls a runaway stops after its first chunk (256 -> 64 tokens)
+    unless `stop_runaway` is off; the tiny model is made never to end its turn."""
+    model, tok = endless
     monkeypatch.setattr(conv, "runaway", lambda ids: len(ids) >= 64)
     chat = conv.BatchedChat(model, tok, conv.GenerationSettings(stop_runaway=stop))
     replies = chat([[{"role": "user", "content": "Tell me a story."}]] * 2, 256, seed=0)
@@ -268,14 +274,10 @@ def test_batched_chat_stops_a_runaway_at_the_end_of_a_chunk(stop, tmp_path, monk
     assert chat.new_tokens == 2 * (64 if stop else 256)
 
 
-def test_batched_chat_bans_repeated_phrases_across_chunks(tmp_path, monkeypatch):
+def test_batched_chat_bans_repeated_phrases_across_chunks(endless, monkeypatch):
     """Wiring: with no_repeat_ngram_size, a 256-token reply (4 chunks of 64, each its own
     `generate` call on a reused cache) holds no bigram twice; without it the tiny model repeats."""
-    from tiny_model import save_tiny_chat_model
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    folder = save_tiny_chat_model(tmp_path / "endless", eos_bias=-20.0)
-    model, tok = AutoModelForCausalLM.from_pretrained(folder).eval(), AutoTokenizer.from_pretrained(folder)
+    model, tok = endless
     seen = []
     monkeypatch.setattr(conv, "runaway", lambda ids: seen.append(list(ids)) and False)
 
