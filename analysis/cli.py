@@ -4,6 +4,7 @@ a structure baseline and three nulls, with the tests that tell a clock from a sw
 turnphase analyze data/smollm2 --out report                       # all layers, in memory
 turnphase analyze USER/turnphase-smollm2 --out report --streaming # a Hub dataset, streamed
 turnphase analyze data/smollm2 --out report --layers 13,17 --split token --seed 1
+turnphase analyze data/big --out report --workers 4                # a local Dask cluster (cluster.py)
 """
 
 from __future__ import annotations
@@ -63,6 +64,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--batch-size", type=int, default=d.batch_size, help="activation rows per step (memory only)"
     )
+    where = p.add_mutually_exclusive_group()
+    where.add_argument(
+        "--workers", type=int, help="run both passes on a local Dask cluster of this many processes"
+    )
+    where.add_argument("--scheduler", help="run both passes on this Dask scheduler (e.g. tcp://HOST:8786)")
     add_figure_arguments(p)
 
 
@@ -94,6 +100,8 @@ def config_from(args: argparse.Namespace) -> AnalysisConfig:
         fourier_pcs=args.fourier_pcs,
         n_bootstrap=args.n_bootstrap,
         batch_size=args.batch_size,
+        workers=args.workers,
+        scheduler=args.scheduler,
         figure_format=args.figure_format,
         dpi=args.dpi,
     )

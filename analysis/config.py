@@ -59,6 +59,10 @@ class AnalysisConfig:
     grid: int = 64  # uniform phase points each round is resampled onto
     continuity_window: int = 3  # tokens each side of a cut, for the turn-boundary continuity test
 
+    # Where the passes run (cluster.py): this process, a local Dask cluster, or a running scheduler
+    workers: int | None = None  # worker processes of a local Dask cluster
+    scheduler: str | None = None  # address of a Dask scheduler, e.g. tcp://10.0.0.5:8786
+
     # Output
     batch_size: int = 4096  # activation rows per accumulation step: bounds memory, not results
     max_scatter: int = 3000  # points per scatter figure
@@ -86,6 +90,10 @@ class AnalysisConfig:
             raise ConfigError("alphas", "ridge penalties must be positive")
         if self.continuity_window < 1:
             raise ConfigError("continuity_window", "needs at least 1 token")
+        if self.workers is not None and self.scheduler is not None:
+            raise ConfigError("workers", "give --workers (a local cluster) or --scheduler, not both")
+        if self.workers is not None and self.workers < 1:
+            raise ConfigError("workers", "must be at least 1")
         for name in ("batch_size", "n_bootstrap", "max_scatter"):
             if getattr(self, name) < 1:
                 raise ConfigError(name, "must be at least 1")

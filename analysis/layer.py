@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import Protocol
 
 import numpy as np
 from tqdm.auto import tqdm
@@ -38,7 +39,7 @@ from turnphase.analysis.probes import (
 )
 from turnphase.analysis.scores import ConvSums, pearson_columns
 from turnphase.analysis.source import Labels, LayerData
-from turnphase.analysis.split import Folds, Pairing
+from turnphase.analysis.split import Folds, Pairing, make_folds, pairings
 from turnphase.analysis.stats import PCA, Eig, Sums, pca_from
 from turnphase.analysis.timing import Stopwatch
 
@@ -105,6 +106,11 @@ class Capture:
         pos = np.searchsorted(self.sample, label_idx)
         hit = self.sample[np.minimum(pos, len(self.sample) - 1)] == label_idx
         self.values[pos[hit]] = values[hit]
+
+    def merge(self, other: Capture) -> None:
+        """Take the other's captured rows (captures of disjoint row sets)."""
+        got = ~np.isnan(other.values).all(axis=1)
+        self.values[got] = other.values[got]
 
 
 @dataclass
@@ -204,33 +210,157 @@ def coherence_power(sums: Sums, pca: PCA, pairing: str, cols: Columns, k_pcs: in
     return out
 
 
+@dataclass
+class LayerInputs:
+    """The label side of both passes: the same for every layer (a cluster ships it to each worker once)."""
+
+    labels: Labels
+    folds: Folds
+    pairs: list[Pairing]
+    cols: Columns
+    grid: RoundGrid
+    samples: Samples
+    config: AnalysisConfig
+
+    @classmethod
+    def of(cls, labels: Labels, config: AnalysisConfig) -> LayerInputs:
+        """Folds, nulls, samples (the token view shows the first conversation), grid and columns."""
+        folds = make_folds(labels, config)
+        samples = choose_samples(labels, int(labels.conversation[0]), config)
+        grid = RoundGrid(labels, config.grid)
+        cols = Columns(labels, BaselineFeatures(labels), grid.token_weights(FOURIER_KS).astype(np.float32))
+        return cls(labels, folds, pairings(labels, folds, config), cols, grid, samples, config)
+
+    def __post_init__(self) -> None:
+        self.part_of = self.folds.fold.astype(np.int64) * 2 + (self.labels.role == ASSISTANT)  # Sums parts
+
+    def new_sums(self, d_model: int, shift: np.ndarray | None = None) -> Sums:
+        sums = Sums(self.folds.k, d_model, self.cols.width, [p.name for p in self.pairs])
+        sums.shift = shift
+        return sums
+
+    def add_sums(self, sums: Sums, rows: np.ndarray, x: np.ndarray) -> None:
+        """Pass 1 on analysed tokens `rows` with activations x (b, d_model) float64."""
+        xs = sums.shifted(x)
+        z_real = self.cols(rows)
+        sums.add_rows(xs, z_real, self.part_of[rows])
+        for p in self.pairs:
+            lab = p.labels_of(rows)
+            sums.add_cross(
+                p.name, xs, z_real if p.label_of_row is None else self.cols(lab), self.part_of[lab]
+            )
+            if not p.keeps_role:
+                user = self.labels.role[lab] == USER
+                sums.add_scrambled_user(xs[user], self.folds.fold[lab[user]])
+
+
+@dataclass
+class Fitted:
+    """What pass 2 reads of pass 1's fits."""
+
+    label_fits: list[dict[str, LinearFit]]  # per held-out fold
+    models: dict[str, list[FoldModels]]  # pairing -> per held-out fold
+    figure_pca: PCA
+    baseline: dict[str, slice]  # structure, position: their columns in Columns
+
+
+class Scores:
+    """Pass 2's accumulators over any subset of the rows; `merge` adds another subset's. Holds only
+    arrays (what a cluster task sends back); the inputs and fits come with each `add`."""
+
+    def __init__(self, inputs: LayerInputs, fitted: Fitted):
+        labels, samples, grid = inputs.labels, inputs.samples, inputs.grid
+        k = fitted.figure_pca.components.shape[0]
+        self.scores = ConvSums(np.unique(labels.conversation))
+        # float64: a float32 grid's sums would depend on the batch size in the last digits
+        self.values = {
+            p.name: np.zeros((grid.n_rounds * grid.grid, k))
+            for p in inputs.pairs
+            if p.name in SPECTRUM_PAIRINGS
+        }
+        self.scatter = {p.name: Capture(samples.scatter, len(SCATTER_COLUMNS)) for p in inputs.pairs}
+        self.cut = {p.name: Capture(samples.cut_tokens, 2) for p in inputs.pairs}
+        self.view = Capture(samples.view, 1)
+
+    def add(self, inputs: LayerInputs, fitted: Fitted, rows: np.ndarray, x: np.ndarray) -> None:
+        """Pass 2 on analysed tokens `rows` with activations x (b, d_model) float64."""
+        labels, folds, cols = inputs.labels, inputs.folds, inputs.cols
+        z_pc = fitted.figure_pca.transform(x)
+        for p in inputs.pairs:
+            if p.name in self.values:
+                inputs.grid.add(self.values[p.name], p.labels_of(rows), z_pc)
+        structure = fitted.baseline["structure"]
+        fold_of = folds.fold[rows]
+        for o in np.unique(fold_of):
+            m = fold_of == o
+            ro, xo = rows[m], x[m]
+            z = cols(ro)
+            self.scores.add(labels.conversation[ro], label_columns(z, fitted.baseline, fitted.label_fits[o]))
+            for p in inputs.pairs:
+                lab = p.labels_of(ro)
+                zl = z if p.label_of_row is None else cols(lab)
+                fm = fitted.models[p.name][o]
+                preds = fm.readout.predict(xo, zl[:, structure])
+                self.scores.add(labels.conversation[lab], pairing_columns(p.name, preds, fm, labels, lab, zl))
+                u = {name: preds[f"plane/{name}"] for name in planes.PLANES}
+                shown = [preds["acts/linear/0"], z_pc[m][:, :2], *u.values()]
+                self.scatter[p.name].add(lab, np.concatenate(shown, axis=1))
+                self.cut[p.name].add(lab, u["trig"])
+                if p.label_of_row is None:
+                    self.view.add(lab, planes.estimate(u["fourier"], 0.0)[:, None])
+
+    def merge(self, other: Scores) -> Scores:
+        self.scores.merge(other.scores)
+        for name, values in other.values.items():
+            self.values[name] += values
+        captures = [
+            *zip(self.scatter.values(), other.scatter.values(), strict=True),
+            *zip(self.cut.values(), other.cut.values(), strict=True),
+        ]
+        for mine, theirs in [*captures, (self.view, other.view)]:
+            mine.merge(theirs)
+        return self
+
+
+class LocalPasses:
+    """Both passes over one layer's batches in this process."""
+
+    def __init__(self, data: LayerData, clock: Stopwatch):
+        self.data, self.clock = data, clock
+
+    def sums(self, inputs: LayerInputs) -> Sums:
+        sums = inputs.new_sums(self.data.src.d_model)
+        for rows, x in analysed_batches(
+            self.data, inputs.labels, f"layer {self.data.layer} pass 1/2", self.clock
+        ):
+            inputs.add_sums(sums, rows, x)
+        return sums
+
+    def scores(self, inputs: LayerInputs, fitted: Fitted) -> Scores:
+        scores = Scores(inputs, fitted)
+        for rows, x in analysed_batches(
+            self.data, inputs.labels, f"layer {self.data.layer} pass 2/2", self.clock
+        ):
+            scores.add(inputs, fitted, rows, x)
+        return scores
+
+
+class Passes(Protocol):
+    """Where the two passes run: LocalPasses, or cluster.ClusterPasses (per-shard tasks, tree-reduced)."""
+
+    def sums(self, inputs: LayerInputs) -> Sums: ...
+
+    def scores(self, inputs: LayerInputs, fitted: Fitted) -> Scores: ...
+
+
 def analyze_layer(
-    data: LayerData,
-    labels: Labels,
-    folds: Folds,
-    pairs: list[Pairing],
-    cols: Columns,
-    grid: RoundGrid,
-    samples: Samples,
-    config: AnalysisConfig,
-    clock: Stopwatch | None = None,
+    layer: int, passes: Passes, inputs: LayerInputs, clock: Stopwatch | None = None
 ) -> LayerResult:
     """On the clock: pass_1_sums, fits, pass_2_scores, and read_activations within both passes."""
     clock = clock or Stopwatch()
-    d_model = data.src.d_model
-    part_of = folds.fold.astype(np.int64) * 2 + (labels.role == ASSISTANT)  # stats.Sums parts
-    sums = Sums(folds.k, d_model, cols.width, [p.name for p in pairs])
+    labels, folds, pairs, cols, config = inputs.labels, inputs.folds, inputs.pairs, inputs.cols, inputs.config
     with clock.stage("pass_1_sums"):
-        for rows, x in analysed_batches(data, labels, f"layer {data.layer} pass 1/2", clock):
-            xs = sums.shifted(x)
-            z_real = cols(rows)
-            sums.add_rows(xs, z_real, part_of[rows])
-            for p in pairs:
-                lab = p.labels_of(rows)
-                sums.add_cross(p.name, xs, z_real if p.label_of_row is None else cols(lab), part_of[lab])
-                if not p.keeps_role:
-                    user = labels.role[lab] == USER
-                    sums.add_scrambled_user(xs[user], folds.fold[lab[user]])
+        sums = passes.sums(inputs)
 
     with clock.stage("fits"):
         eigs = EigCache(sums)
@@ -251,60 +381,35 @@ def analyze_layer(
         }
         power = {p.name: coherence_power(sums, pca, p.name, cols, config.fourier_pcs) for p in pairs}
         del sums, eigs
-
-    with clock.stage("pass_2_scores"):
-        scores = ConvSums(np.unique(labels.conversation))
         k = config.n_pcs
         figure_pca = PCA(
             pca.mean, pca.components[:k], pca.explained_variance[:k], pca.explained_variance_ratio[:k]
         )
-        # float64: a float32 grid's sums would depend on the batch size in the last digits
-        values = {
-            p.name: np.zeros((grid.n_rounds * grid.grid, k)) for p in pairs if p.name in SPECTRUM_PAIRINGS
-        }
-        scatter = {p.name: Capture(samples.scatter, len(SCATTER_COLUMNS)) for p in pairs}
-        cut = {p.name: Capture(samples.cut_tokens, 2) for p in pairs}
-        view = Capture(samples.view, 1)
-        structure = baseline["structure"]
-        for rows, x in analysed_batches(data, labels, f"layer {data.layer} pass 2/2", clock):
-            z_pc = figure_pca.transform(x)
-            for p in pairs:
-                if p.name in values:
-                    grid.add(values[p.name], p.labels_of(rows), z_pc)
-            fold_of = folds.fold[rows]
-            for o in np.unique(fold_of):
-                m = fold_of == o
-                ro, xo = rows[m], x[m]
-                z = cols(ro)
-                scores.add(labels.conversation[ro], label_columns(z, baseline, lfits[o]))
-                for p in pairs:
-                    lab = p.labels_of(ro)
-                    zl = z if p.label_of_row is None else cols(lab)
-                    fm = models[p.name][o]
-                    preds = fm.readout.predict(xo, zl[:, structure])
-                    scores.add(labels.conversation[lab], pairing_columns(p.name, preds, fm, labels, lab, zl))
-                    u = {name: preds[f"plane/{name}"] for name in planes.PLANES}
-                    shown = [preds["acts/linear/0"], z_pc[m][:, :2], *u.values()]
-                    scatter[p.name].add(lab, np.concatenate(shown, axis=1))
-                    cut[p.name].add(lab, u["trig"])
-                    if p.label_of_row is None:
-                        view.add(lab, planes.estimate(u["fourier"], 0.0)[:, None])
 
+    with clock.stage("pass_2_scores"):
+        acc = passes.scores(inputs, Fitted(lfits, models, figure_pca, baseline))
+        scores, grid, samples = acc.scores, inputs.grid, inputs.samples
         results = {
             p.name: PairingResult(
                 models=models[p.name],
                 coherence_power=power[p.name],
-                spectrum=spectrum(values.pop(p.name), grid.n_rounds, grid.grid) if p.name in values else None,
-                scatter=scatter[p.name].values,
+                spectrum=spectrum(acc.values.pop(p.name), grid.n_rounds, grid.grid)
+                if p.name in acc.values
+                else None,
+                scatter=acc.scatter[p.name].values,
             )
             for p in pairs
         }
         for p in pairs:
             conv, columns = rotation.continuity_columns(
-                f"{p.name}/cont", samples.cuts, samples.cut_tokens, cut[p.name].values, labels.conversation
+                f"{p.name}/cont",
+                samples.cuts,
+                samples.cut_tokens,
+                acc.cut[p.name].values,
+                labels.conversation,
             )
             scores.add(conv, columns)
-    return LayerResult(data.layer, figure_pca, grid.n_rounds, scores, lfits, results, view.values[:, 0])
+    return LayerResult(layer, figure_pca, grid.n_rounds, scores, lfits, results, acc.view.values[:, 0])
 
 
 def label_columns(

@@ -22,16 +22,21 @@ import numpy as np
 from matplotlib.figure import Figure
 
 from turnphase.analysis import figures, planes, rotation
-from turnphase.analysis.baseline import BaselineFeatures
+from turnphase.analysis.cluster import cluster_for
 from turnphase.analysis.config import AnalysisConfig
 from turnphase.analysis.directions import DIRECTIONS_FILE, Directions, conversation_folds, layer_directions
-from turnphase.analysis.fourier import RoundGrid
-from turnphase.analysis.layer import FOURIER_KS, Columns, LayerResult, Samples, analyze_layer, choose_samples
+from turnphase.analysis.layer import (
+    LayerInputs,
+    LayerResult,
+    LocalPasses,
+    Samples,
+    analyze_layer,
+)
 from turnphase.analysis.overview import INDEX_FILE, STAGES, text_table, write_pages
 from turnphase.analysis.probes import PROBES
 from turnphase.analysis.scores import ConvSums, mean_of, pearson_stat, r2_stat
 from turnphase.analysis.source import DatasetSource, Labels, datasets_progress_off
-from turnphase.analysis.split import NULLS, Folds, make_folds, pairings
+from turnphase.analysis.split import NULLS, Folds
 from turnphase.analysis.timing import Stopwatch, time_line
 from turnphase.analysis.token_view import write_token_view
 from turnphase.builders import schema
@@ -113,12 +118,9 @@ def _analyze(config: AnalysisConfig, tmp: Path | None) -> tuple[dict, Directions
         layers = select_layers(config.layers, src.layers)
     with clock.stage("labels"):
         labels = src.labels(config)
-        folds = make_folds(labels, config)
-        view_conversation = int(labels.conversation[0])
-        samples = choose_samples(labels, view_conversation, config)
-        grid = RoundGrid(labels, config.grid)
-        cols = Columns(labels, BaselineFeatures(labels), grid.token_weights(FOURIER_KS).astype(np.float32))
-        pairs = pairings(labels, folds, config)
+        inputs = LayerInputs.of(labels, config)
+        folds, samples, grid = inputs.folds, inputs.samples, inputs.grid
+        view_conversation = int(labels.conversation[0])  # the token view's; samples.view are its tokens
         circle = rotation.circle_r2(labels, folds.fold)
     with clock.stage("token_views"):
         view_tokens = src.conversation_tokens(view_conversation) if tmp is not None else None
@@ -134,35 +136,39 @@ def _analyze(config: AnalysisConfig, tmp: Path | None) -> tuple[dict, Directions
             drawn = figures.token_counts(labels.round, roles, labels.n_rows - labels.n)
             written.append(save(drawn, f"{FIGURES_DIR}/token_counts.{ext}"))
     per_layer, baselines, found, layer_seconds = {}, {}, {}, {}
-    for layer in layers:
-        started = clock.elapsed()
-        with clock.stage("read_activations"):  # the whole layer, unless streaming (then: per pass)
-            data = src.layer(layer, labels)
-        res = analyze_layer(data, labels, folds, pairs, cols, grid, samples, config, clock)
-        with clock.stage("intervals"):
-            entry = layer_entry(res, labels, folds, circle, config, baselines)
-        found[layer] = layer_directions(res)
-        if tmp is not None:
-            with clock.stage("figures"):
-                entry["figures"] = [
-                    save(fig, layer_path(layer, f"{name}.{ext}"))
-                    for name, fig in layer_figures(res, labels, samples, entry)
-                ]
-            with clock.stage("token_views"):
-                entry["token_view"] = layer_path(layer, "token_view.html")
-                write_token_view(
-                    tmp / entry["token_view"],
-                    layer=layer,
-                    tokens=view_tokens,
-                    analysed_positions=labels.token_position[samples.view],
-                    estimate=res.view_estimate,
-                    corr=entry["planes"]["fourier"]["real"]["circcorr"]["value"],
-                    excluded_template=config.exclude_template,
-                    index_href=f"../../{INDEX_FILE}",
-                )
-        per_layer[str(layer)] = entry
-        layer_seconds[str(layer)] = clock.elapsed() - started
-        log.debug("layer %s: %s (%.1f s)", layer, entry["verdict"]["verdict"], layer_seconds[str(layer)])
+    with cluster_for(config, src, inputs) as cluster:
+        for layer in layers:
+            started = clock.elapsed()
+            if cluster is None:
+                with clock.stage("read_activations"):  # the whole layer, unless streaming (then: per pass)
+                    passes = LocalPasses(src.layer(layer, labels), clock)
+            else:
+                passes = cluster.passes(layer)
+            res = analyze_layer(layer, passes, inputs, clock)
+            with clock.stage("intervals"):
+                entry = layer_entry(res, labels, folds, circle, config, baselines)
+            found[layer] = layer_directions(res)
+            if tmp is not None:
+                with clock.stage("figures"):
+                    entry["figures"] = [
+                        save(fig, layer_path(layer, f"{name}.{ext}"))
+                        for name, fig in layer_figures(res, labels, samples, entry)
+                    ]
+                with clock.stage("token_views"):
+                    entry["token_view"] = layer_path(layer, "token_view.html")
+                    write_token_view(
+                        tmp / entry["token_view"],
+                        layer=layer,
+                        tokens=view_tokens,
+                        analysed_positions=labels.token_position[samples.view],
+                        estimate=res.view_estimate,
+                        corr=entry["planes"]["fourier"]["real"]["circcorr"]["value"],
+                        excluded_template=config.exclude_template,
+                        index_href=f"../../{INDEX_FILE}",
+                    )
+            per_layer[str(layer)] = entry
+            layer_seconds[str(layer)] = clock.elapsed() - started
+            log.debug("layer %s: %s (%.1f s)", layer, entry["verdict"]["verdict"], layer_seconds[str(layer)])
     if tmp is not None:
         with clock.stage("figures"):
             for name, draw in (

@@ -35,17 +35,25 @@ class ConvSums:
     def add(self, conversation: np.ndarray, columns: dict[str, np.ndarray]) -> None:
         if len(conversation) == 0:
             return
-        new = [name for name in columns if name not in self.index]
-        if new:
-            self.index.update({name: len(self.index) + i for i, name in enumerate(new)})
-            self.table = np.concatenate([self.table, np.zeros((len(self.table), len(new)))], axis=1)
         where = np.searchsorted(self.conversations, conversation)
         onehot = scipy.sparse.csr_array(
             (np.ones(len(where)), (where, np.arange(len(where)))), shape=(len(self.table), len(where))
         )  # (conversations, rows)
-        self.table[:, [self.index[name] for name in columns]] += onehot @ np.stack(
-            list(columns.values()), axis=1
-        )
+        at = self._columns(columns)  # first: it may replace self.table
+        self.table[:, at] += onehot @ np.stack(list(columns.values()), axis=1)
+
+    def merge(self, other: ConvSums) -> None:
+        """Add another row subset's sums (same conversations), column by column name."""
+        at = self._columns(other.index)  # first: it may replace self.table
+        self.table[:, at] += other.table[:, list(other.index.values())]
+
+    def _columns(self, names) -> list[int]:
+        """Table columns of `names`, appending any not seen yet."""
+        new = [name for name in names if name not in self.index]
+        if new:
+            self.index.update({name: len(self.index) + i for i, name in enumerate(new)})
+            self.table = np.concatenate([self.table, np.zeros((len(self.table), len(new)))], axis=1)
+        return [self.index[name] for name in names]
 
     def view(self, table: np.ndarray) -> Sums:
         return _Columns(table, self.index)

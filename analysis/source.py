@@ -110,29 +110,44 @@ class LayerData:
             yield Batch(start, self._in_memory[start : start + step])
 
     def _read(self) -> Iterator[Batch]:
-        d, start = self.src.d_model, 0
+        start = 0
         for table in self.src.tables(self.config, [*schema.KEY_LABEL_COLUMNS[:2], schema.ACTIVATION]):
-            n = table.num_rows
-            conv = table.column("conversation_id").to_numpy()
-            pos = table.column("position").to_numpy()
-            if start + n > self.labels.n_rows or not (
-                np.array_equal(conv, self.labels.conversation_id[start : start + n])
-                and np.array_equal(pos, self.labels.position[start : start + n])
-            ):
-                raise TurnphaseError(
-                    f"{self.config}: rows {start}..{start + n - 1} do not line up with the tokens config "
-                    "(conversation_id/position differ); run `turnphase validate` on the dataset"
-                )
-            flat = pc.list_flatten(table.column(schema.ACTIVATION)).to_numpy()
-            if not np.isfinite(flat).all():
-                raise TurnphaseError(
-                    f"{self.src.source}: {self.config} rows {start}..{start + n - 1} hold non-finite "
-                    "activations; run `turnphase validate` on the dataset"
-                )
-            yield Batch(start, flat.reshape(n, d))  # (rows, d_model)
-            start += n
+            yield checked_batch(self.src.source, self.config, table, start, self.labels, self.src.d_model)
+            start += table.num_rows
         if start != self.labels.n_rows:
             raise TurnphaseError(f"{self.config}: {start} rows for {self.labels.n_rows} tokens")
+
+
+def checked_batch(source: str, config: str, table: pa.Table, start: int, labels: Labels, d: int) -> Batch:
+    """Dataset rows start.. of a layer config as a Batch, once they line up with the labels (conversation_id
+    and position) and hold only finite activations."""
+    n = table.num_rows
+    conv = table.column("conversation_id").to_numpy()
+    pos = table.column("position").to_numpy()
+    if start + n > labels.n_rows or not (
+        np.array_equal(conv, labels.conversation_id[start : start + n])
+        and np.array_equal(pos, labels.position[start : start + n])
+    ):
+        raise TurnphaseError(
+            f"{config}: rows {start}..{start + n - 1} do not line up with the tokens config "
+            "(conversation_id/position differ); run `turnphase validate` on the dataset"
+        )
+    flat = pc.list_flatten(table.column(schema.ACTIVATION)).to_numpy()
+    if not np.isfinite(flat).all():
+        raise TurnphaseError(
+            f"{source}: {config} rows {start}..{start + n - 1} hold non-finite "
+            "activations; run `turnphase validate` on the dataset"
+        )
+    return Batch(start, flat.reshape(n, d))  # (rows, d_model)
+
+
+@dataclass
+class Shard:
+    """One Parquet file of a config, as a worker opens it: a local path or an hf:// URL pinned to a commit."""
+
+    url: str
+    name: str
+    rows: int
 
 
 class DatasetSource:
@@ -146,6 +161,7 @@ class DatasetSource:
             batch_size,
         )
         self.revision = revision
+        self.shards: dict[str, list[Shard]] = {}  # config -> its files in row order (check_shards)
         try:
             self.layers = [int(L) for L in provenance["layers"]]
             self.d_model = int(provenance["model"]["d_model"])
@@ -194,6 +210,7 @@ class DatasetSource:
             from fsspec.implementations.local import LocalFileSystem
 
             fs, root = LocalFileSystem(), str(Path(self.source).absolute())
+            protocol = ""
         else:
             from huggingface_hub import HfApi, HfFileSystem
 
@@ -202,6 +219,7 @@ class DatasetSource:
             except Exception as e:
                 raise TurnphaseError(f"{self.source}: cannot read the repository ({one_line(e)})") from None
             fs, root = HfFileSystem(), f"datasets/{self.source}@{sha}"
+            protocol = "hf://"
             self.revision = sha  # and every later read from the same commit
         names = {}
         for config in schema.config_names(self.layers):
@@ -218,10 +236,12 @@ class DatasetSource:
                     "run `turnphase validate`"
                 )
             expected = schema.schema_for(config, self.d_model, str(self.dtype))
+            self.shards[config] = []
             for path, name in zip(files, names[config], strict=True):
                 try:
                     with fs.open(path, "rb") as f:
-                        got = pq.ParquetFile(f).schema_arrow
+                        footer = pq.ParquetFile(f)
+                        got, rows = footer.schema_arrow, footer.metadata.num_rows
                 except Exception as e:
                     raise TurnphaseError(
                         f"{self.source}: {config}/{name} is not readable Parquet ({one_line(e)})"
@@ -234,6 +254,7 @@ class DatasetSource:
                     )
                 if self.local:
                     self._check_hash(Path(path), f"{config}/{name}")
+                self.shards[config].append(Shard(protocol + path, name, rows))
 
     def _check_hash(self, path: Path, rel: str) -> None:
         """A local shard against the sha256 the build recorded (well under a second for the default

@@ -87,6 +87,21 @@ class Sums:
             self.user_sx[f] += xs[m].sum(axis=0)
             self.user_sxx[f] += xs[m].T @ xs[m]
 
+    def merge(self, other: Sums) -> Sums:
+        """Add another row subset's sums, accumulated about the same shift."""
+        if other.shift is None:
+            return self
+        if self.shift is None:
+            self.shift = other.shift
+        elif not np.array_equal(self.shift, other.shift):
+            raise ValueError("sums accumulated about different shifts")
+        for name in ("n", "sx", "sxx", "sz", "szz", "user_sx", "user_sxx"):
+            getattr(self, name)[...] += getattr(other, name)
+        for pairing, sxz in other.sxz.items():
+            self.sxz[pairing] += sxz
+        self._activation.clear()
+        return self
+
     def _activation_sums(
         self, folds: list[int], role: int | None, scrambled: bool
     ) -> tuple[np.ndarray, np.ndarray]:

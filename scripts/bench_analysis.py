@@ -17,6 +17,12 @@ also runs the analysis code of another commit (checked out with `git worktree` u
 by the same interpreter) on the same data in the same run, and prints new / old time per mode.
 Target: the held-out planes, rotation tests, structure baseline and nulls make a default analyze
 at most 2x slower than commit 3d53410's, which had none of them.
+
+    .venv/bin/python scripts/bench_analysis.py --sizes 16 --modes streaming --workers 1,2
+
+also runs the analysis on a local Dask cluster of each worker count (`analyze --scheduler` on a
+cluster the child starts, one thread per worker) on the largest size's data, and prints wall time,
+the client's peak memory, each worker's peak memory, and the time ratio to the first count.
 """
 
 from __future__ import annotations
@@ -147,26 +153,46 @@ class _CodeAt(importlib.abc.MetaPathFinder):
         )
 
 
-def child(dataset: str, out: str, streaming: bool, code: str | None) -> None:
-    """One measured run of the real command; prints wall time and this process's peak RSS as JSON."""
+def peak_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
+
+
+def child(dataset: str, out: str, streaming: bool, code: str | None, workers: int | None) -> None:
+    """One measured run of the real command; prints wall time and this process's peak RSS as JSON
+    (with `workers`: on a local Dask cluster started here, and each worker's peak RSS)."""
     if code:
         sys.meta_path.insert(0, _CodeAt(Path(code)))
     from turnphase.builders.cli import main
 
-    start = time.perf_counter()
-    rc = main(["analyze", dataset, "--out", out, *(["--streaming"] if streaming else [])])
-    wall = time.perf_counter() - start
+    argv = ["analyze", dataset, "--out", out, *(["--streaming"] if streaming else [])]
+    if workers is None:
+        start = time.perf_counter()
+        rc = main(argv)
+        wall, extra = time.perf_counter() - start, {}
+    else:
+        from distributed import Client, LocalCluster
+
+        with (
+            LocalCluster(n_workers=workers, threads_per_worker=1, dashboard_address=None) as cluster,
+            Client(cluster) as client,
+        ):
+            start = time.perf_counter()
+            rc = main([*argv, "--scheduler", cluster.scheduler_address])
+            wall = time.perf_counter() - start
+            extra = {"worker_peak_mb": sorted(client.run(peak_mb).values())}
     if rc != 0:
         raise SystemExit(rc)
-    peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
-    print(json.dumps({"wall_s": wall, "peak_mb": peak_mb}))
+    print(json.dumps({"wall_s": wall, "peak_mb": peak_mb(), **extra}))
 
 
-def measure(dataset: Path, work: Path, streaming: bool, code: Path | None = None) -> dict:
+def measure(
+    dataset: Path, work: Path, streaming: bool, code: Path | None = None, workers: int | None = None
+) -> dict:
     with tempfile.TemporaryDirectory(dir=work) as tmp:
         env = os.environ | {"HF_DATASETS_CACHE": str(Path(tmp) / "cache"), "TQDM_DISABLE": "1"}
         mode = ["--streaming"] if streaming else []
         mode += ["--code", str(code)] if code else []
+        mode += ["--workers", str(workers)] if workers else []
         cmd = [sys.executable, __file__, "--child", str(dataset), "--out", str(Path(tmp) / "report"), *mode]
         done = subprocess.run(cmd, env=env, capture_output=True, text=True)
         if done.returncode != 0:
@@ -184,17 +210,20 @@ def main() -> None:
     p.add_argument("--streaming", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--code", help=argparse.SUPPRESS)
     p.add_argument("--compare-ref", help="also time the analysis code of this git commit on the same data")
+    p.add_argument("--modes", default="memory,streaming", help="in-process modes to time: memory, streaming")
+    p.add_argument("--workers", help="also time local Dask clusters of these sizes (1,2) on the largest data")
     args = p.parse_args()
     if args.child:
-        child(args.child, args.out, args.streaming, args.code)
+        child(args.child, args.out, args.streaming, args.code, int(args.workers) if args.workers else None)
         return
     args.work.mkdir(parents=True, exist_ok=True)
     sizes = [int(s) for s in args.sizes.split(",")]
+    modes = [{"memory": False, "streaming": True}[m] for m in args.modes.split(",") if m]
     results = []
     for size in sizes:
         ds = write_dataset(args.work / f"data-{size}x-{args.layers}layers", size, args.layers)
         n_tokens = provenance.read_provenance(ds)["counts"]["tokens"]
-        for streaming in (False, True):
+        for streaming in modes:
             r = measure(ds, args.work, streaming) | {"size": size, "tokens": n_tokens, "streaming": streaming}
             results.append(r)
             mode = "streaming" if streaming else "in memory"
@@ -202,9 +231,7 @@ def main() -> None:
                 f"{size:>3}x {n_tokens:>9} tokens  {mode:<10} {r['wall_s']:8.1f} s  {r['peak_mb']:8.0f} MB",
                 flush=True,
             )
-    base = {
-        m: next(r for r in results if r["size"] == sizes[0] and r["streaming"] == m) for m in (False, True)
-    }
+    base = {m: next(r for r in results if r["size"] == sizes[0] and r["streaming"] == m) for m in modes}
     for r in results:
         b = base[r["streaming"]]
         r["time_ratio"], r["peak_ratio"] = r["wall_s"] / b["wall_s"], r["peak_mb"] / b["peak_mb"]
@@ -214,10 +241,29 @@ def main() -> None:
         print(
             f"{r['size']:>3}x  {mode:<10} time x{r['time_ratio']:5.2f}  peak memory x{r['peak_ratio']:5.2f}"
         )
+    if args.workers:
+        results += cluster_runs(args, sizes[-1], [int(w) for w in args.workers.split(",")])
     (args.work / "bench_analysis.json").write_text(json.dumps(results, indent=2) + "\n")
     if args.compare_ref:
         compare(args, sizes[0], results)
     print(f"results: {args.work / 'bench_analysis.json'}")
+
+
+def cluster_runs(args: argparse.Namespace, size: int, counts: list[int]) -> list[dict]:
+    """The largest data on local Dask clusters of `counts` workers, measured in this run."""
+    ds = args.work / f"data-{size}x-{args.layers}layers"
+    print(f"\nlocal Dask cluster on the {size}x data (one thread per worker):")
+    runs = []
+    for n in counts:
+        r = measure(ds, args.work, False, workers=n) | {"size": size, "workers": n}
+        runs.append(r)
+        per_worker = ", ".join(f"{m:.0f}" for m in r["worker_peak_mb"])
+        print(
+            f"{n} worker(s) {r['wall_s']:8.1f} s  time x{r['wall_s'] / runs[0]['wall_s']:4.2f} of "
+            f"{counts[0]}  client peak {r['peak_mb']:6.0f} MB  worker peaks {per_worker} MB",
+            flush=True,
+        )
+    return runs
 
 
 def compare(args: argparse.Namespace, size: int, results: list[dict]) -> None:
@@ -231,9 +277,9 @@ def compare(args: argparse.Namespace, size: int, results: list[dict]) -> None:
         subprocess.run(["git", "-C", str(repo), "worktree", "add", "--detach", str(code), sha], check=True)
     ds = args.work / f"data-{size}x-{args.layers}layers"
     print(f"\nnew / old ({args.compare_ref}) on the {size}x data, measured in this run:")
-    for streaming in (False, True):
+    for new in [r for r in results if r["size"] == size and "workers" not in r]:
+        streaming = new["streaming"]
         old = measure(ds, args.work, streaming, code)
-        new = next(r for r in results if r["size"] == size and r["streaming"] == streaming)
         mode = "streaming" if streaming else "in memory"
         print(
             f"{mode:<10} new {new['wall_s']:6.1f} s  old {old['wall_s']:6.1f} s  "

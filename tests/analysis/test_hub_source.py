@@ -87,3 +87,18 @@ def test_a_damaged_hub_dataset_is_refused_before_any_work(hub, tmp_path):
     errors = [line for line in done.stderr.splitlines() if line.startswith("turnphase")]
     assert len(errors) == 1 and "layer_1/train-" in errors[0] and "missing activation" in errors[0], errors
     assert not (tmp_path / "r").exists()
+
+
+def test_hub_id_on_a_two_worker_cluster_gives_the_folder_report(hub, tmp_path):
+    """The workers read the shards themselves, over hf:// URLs pinned to the commit the client opened."""
+    pytest.importorskip("distributed")
+    endpoint, folder = hub
+    out = tmp_path / "r"
+    done = run_analyze(endpoint, tmp_path, REPO_ID, "--out", str(out), "--layers", "1", "--workers", "2")
+    assert done.returncode == 0, done.stderr[-3000:]
+    got = json.loads((out / "report.json").read_text())
+    local = analyze(AnalysisConfig(str(folder), layers=[1]), tmp_path / "local", verbose=False).report
+    assert got["config"].pop("workers") == 2 and local["config"].pop("workers") is None
+    for report in (got, local):
+        report.pop("source"), report["config"].pop("source"), report.pop("timings")
+    assert_same(got, local)
