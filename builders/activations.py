@@ -35,6 +35,7 @@ class LayerReader:
 
     reader = LayerReader(model, tokenizer, layers=[13, 17])
     acts = reader(input_ids)  # {13: (n_tokens, d_model) float32 array, 17: ...}
+    many = reader.batch([ids_a, ids_b])  # one forward: [{13: (len_a, d_model), ...}, {...}]
     """
 
     def __init__(self, model, tokenizer, layers: list[int]):
@@ -54,3 +55,59 @@ class LayerReader:
         return {
             L: s[0].float().cpu().numpy() for L, s in zip(self.layers, saved, strict=True)
         }  # (n, d_model)
+
+    def batch(self, sequences: list[list[int]]) -> list[dict[int, np.ndarray]]:
+        """Several sequences in one forward, right-padded with the padding masked out: a causal
+        model's real tokens never see the pads after them, so each sequence gets its own
+        activations up to the last bits of a batched matrix product. One sequence: __call__."""
+        if len(sequences) == 1:
+            return [self(sequences[0])]
+        return self.submit(sequences).result()
+
+    def submit(self, sequences: list[list[int]]) -> Pending:
+        """Start `batch`'s forward and return at once. On CUDA the read layers are copied to pinned
+        host memory on a side stream, so submitting the next batch before taking this one's
+        `result()` overlaps the copies with the next forward (not yet run on a GPU here)."""
+        longest = max(len(s) for s in sequences)
+        ids = torch.zeros((len(sequences), longest), dtype=torch.long)
+        mask = torch.zeros_like(ids)
+        for i, s in enumerate(sequences):
+            ids[i, : len(s)], mask[i, : len(s)] = torch.tensor(s), 1
+        saved = []
+        with (
+            torch.inference_mode(),
+            self.lm.trace(input_ids=ids.to(self.device), attention_mask=mask.to(self.device)),
+        ):
+            for L in self.layers:
+                saved.append(hidden_of(self.blocks[L].output).save())
+        lengths = [len(s) for s in sequences]
+        if self.device.type != "cuda":
+            return Pending(self.layers, list(saved), lengths)
+        copies = torch.cuda.Stream(self.device)
+        copies.wait_stream(torch.cuda.current_stream(self.device))
+        with torch.cuda.stream(copies):
+            host = [
+                torch.empty(t.shape, dtype=t.dtype, pin_memory=True).copy_(t, non_blocking=True)
+                for t in saved
+            ]
+            done = torch.cuda.Event()
+            done.record(copies)
+        for t in saved:
+            t.record_stream(copies)  # the forward's stream may reuse their memory only after the copy
+        return Pending(self.layers, host, lengths, done)
+
+
+class Pending:
+    """A submitted batch's read layers; `result()` waits for their copy to the host."""
+
+    def __init__(self, layers: list[int], host: list, lengths: list[int], done=None):
+        self.layers, self.host, self.lengths, self.done = layers, host, lengths, done
+
+    def result(self) -> list[dict[int, np.ndarray]]:
+        if self.done is not None:
+            self.done.synchronize()
+        arrays = [t.float().numpy() for t in self.host]  # (batch, longest, d_model) per layer
+        return [
+            {L: a[i, :n] for L, a in zip(self.layers, arrays, strict=True)}
+            for i, n in enumerate(self.lengths)
+        ]

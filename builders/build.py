@@ -19,6 +19,7 @@ import os
 import shutil
 import time
 from collections import Counter
+from collections.abc import Iterator
 from dataclasses import fields
 from pathlib import Path
 
@@ -26,7 +27,7 @@ import numpy as np
 import pyarrow as pa
 
 from turnphase.builders import conversations as conv
-from turnphase.builders import provenance, schema, writer
+from turnphase.builders import parallel, provenance, schema, writer
 from turnphase.builders.config import BuildConfig
 from turnphase.builders.errors import TurnphaseError
 from turnphase.builders.lock import folder_lock
@@ -145,7 +146,7 @@ def _generate(
             raise TurnphaseError(f"{checkpoint} is corrupt: {start_over}") from None
     else:
         convs, start, timing = (
-            conv.new_conversations(cfg.n_conversations, prompts)
+            conv.new_conversations(cfg.n_conversations, prompts, cfg.first_conversation)
             if source is None
             else _regenerating(source[0]),
             0,
@@ -284,15 +285,12 @@ def _extract(cfg: BuildConfig, loaded, layers: list[int], kept: list[conv.Conver
             if index in done:
                 bar.update(len(chunk))
                 continue
-            tables, acts = [], {L: [] for L in layers}
-            for c in chunk:
-                tokens = label_tokens(c.conversation_id, loaded.tokenizer, c.messages)
-                per_layer = reader(tokens.column("token_id").to_pylist())
-                n_forward += tokens.num_rows
-                tables.append(tokens)
+            tables = [label_tokens(c.conversation_id, loaded.tokenizer, c.messages) for c in chunk]
+            acts = {L: [] for L in layers}
+            for per_layer in _read_batches(reader, tables, cfg.extract_batch_size, bar):
                 for L in layers:
                     acts[L].append(per_layer[L])
-                bar.update(1)
+            n_forward += sum(t.num_rows for t in tables)
             tokens = pa.concat_tables(tables)
             for L in layers:
                 try:
@@ -304,10 +302,53 @@ def _extract(cfg: BuildConfig, loaded, layers: list[int], kept: list[conv.Conver
     return {"seconds": time.perf_counter() - t0, "tokens_forwarded": n_forward, "shards": n_shards}
 
 
+def _read_batches(reader, tables: list[pa.Table], size: int, bar) -> Iterator[dict[int, np.ndarray]]:
+    """Each table's activations, in order, `size` conversations per forward; with more than one, the
+    next batch is submitted before the last one's result is taken (on CUDA its copies to the host
+    then overlap the next forward)."""
+    if size == 1:
+        for t in tables:
+            yield reader(t.column("token_id").to_pylist())
+            bar.update(1)
+        return
+    pending = None
+    for b in range(0, len(tables), size):
+        batch = [t.column("token_id").to_pylist() for t in tables[b : b + size]]
+        submitted = reader.submit(batch)
+        if pending is not None:
+            yield from pending.result()
+            bar.update(len(pending.lengths))
+        pending = submitted
+    yield from pending.result()
+    bar.update(len(pending.lengths))
+
+
 def _counts(out: Path, convs: list[conv.Conversation], layers: list[int]) -> dict:
+    kept = [c for c in convs if c.dropped is None]
+    attempts = [a for c in kept for a in c.attempts]
+    return _with_token_counts(
+        out,
+        layers,
+        {
+            "conversations": len(kept),
+            "dropped": [
+                {"conversation_id": c.conversation_id, "topic": c.topic, "reason": c.dropped}
+                for c in convs
+                if c.dropped
+            ],
+            "turns": len(attempts),
+            "retries": int(sum(max(a - 1, 0) for a in attempts)),  # 0 attempts: a turn read from a source
+            "non_question_user_turns": int(sum(c.non_question_user_turns for c in kept)),
+            # every attempt that was not kept, by reason, dropped conversations included
+            "rejected_attempts": dict(sorted(sum((Counter(c.rejected) for c in convs), Counter()).items())),
+        },
+    )
+
+
+def _with_token_counts(out: Path, layers: list[int], conversations: dict) -> dict:
+    """The counts of `conversations` (kept, dropped, turns, ...) and of the token shards in `out`."""
     import pyarrow.parquet as pq
 
-    kept = [c for c in convs if c.dropped is None]
     files = sorted((out / schema.TOKENS).glob(schema.SHARD_GLOB))
     tokens = pa.concat_tables(
         [pq.read_table(f, columns=["role", "turn_length", "index_in_turn"]) for f in files]
@@ -325,24 +366,16 @@ def _counts(out: Path, convs: list[conv.Conversation], layers: list[int]) -> dic
             "min": int(n.min()),
             "max": int(n.max()),
         }
-    attempts = [a for c in kept for a in c.attempts]
     n_tokens = tokens.num_rows
+    c = conversations
     return {
-        "conversations": len(kept),
-        "dropped": [
-            {"conversation_id": c.conversation_id, "topic": c.topic, "reason": c.dropped}
-            for c in convs
-            if c.dropped
-        ],
+        "conversations": c["conversations"],
+        "dropped": c["dropped"],
         "tokens": n_tokens,
         "tokens_by_role": {r: int((role == r).sum()) for r in schema.ROLES},
         "tokens_per_turn": per_turn,
-        "turns": len(attempts),
-        "retries": int(sum(max(a - 1, 0) for a in attempts)),  # 0 attempts: a turn read from a source
-        "non_question_user_turns": int(sum(c.non_question_user_turns for c in kept)),
-        # every attempt that was not kept, by reason, dropped conversations included
-        "rejected_attempts": dict(sorted(sum((Counter(c.rejected) for c in convs), Counter()).items())),
-        "rows": {schema.CONVERSATIONS: len(kept), schema.TOKENS: n_tokens}
+        **{k: c[k] for k in ("turns", "retries", "non_question_user_turns", "rejected_attempts")},
+        "rows": {schema.CONVERSATIONS: c["conversations"], schema.TOKENS: n_tokens}
         | {schema.layer_config(L): n_tokens for L in layers},
         "shards": {schema.TOKENS: len(files)},
     }
@@ -387,6 +420,23 @@ def summary(out: Path, prov: dict) -> str:
     return "\n".join(lines)
 
 
+def complete_provenance(out: Path, fingerprint: str) -> dict | None:
+    """The provenance of `out` if it holds this build, complete and valid; None if there is still
+    work to do (raises if `out` holds something else, or this build damaged)."""
+    if _prepare_out(out, fingerprint) != "complete":
+        return None
+    from turnphase.builders.validate import validate
+
+    problems = validate(out)
+    if problems:
+        raise TurnphaseError(
+            f"{out} holds this build but it is damaged ({len(problems)} problem(s), the first: "
+            f"{problems[0]}); see `turnphase validate {out}`, then delete the folder to rebuild"
+        )
+    log.info("%s already holds this build, and it validates (nothing to do)", out)
+    return provenance.read_provenance(out)
+
+
 def build(cfg: BuildConfig) -> dict:
     """Run (or resume) a build; returns the provenance dict. The output folder is locked for the
     build's whole life: a second build into it fails at once."""
@@ -403,18 +453,9 @@ def _build(cfg: BuildConfig) -> dict:
         options["source_identity"] = {k: source[1].get(k) for k in ("files", "revision")}
     fingerprint = provenance.fingerprint(options)
     out = cfg.out
-    status = _prepare_out(out, fingerprint)
-    if status == "complete":
-        from turnphase.builders.validate import validate
-
-        problems = validate(out)
-        if problems:
-            raise TurnphaseError(
-                f"{out} holds this build but it is damaged ({len(problems)} problem(s), the first: "
-                f"{problems[0]}); see `turnphase validate {out}`, then delete the folder to rebuild"
-            )
-        log.info("%s already holds this build, and it validates (nothing to do)", out)
-        return provenance.read_provenance(out)
+    done = complete_provenance(out, fingerprint)
+    if done is not None:
+        return done
 
     created = not out.exists()
     _check_writable(out)
@@ -430,6 +471,7 @@ def _build(cfg: BuildConfig) -> dict:
             revision=cfg.model_revision,
             trust_remote_code=cfg.trust_remote_code,
             device=cfg.device,
+            dtype=cfg.model_dtype,
         )
         t_model = time.perf_counter() - t_model
         log.info(
@@ -498,6 +540,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "--trust-remote-code", action="store_true", help="allow the model's own code (off unless asked)"
     )
     g.add_argument("--device", default=d.device, help="torch device, e.g. cpu or cuda")
+    g.add_argument(
+        "--model-dtype",
+        choices=["float32", "bfloat16", "float16"],
+        default=d.model_dtype,
+        help="the weights' dtype in memory (bfloat16 on a GPU); the stored dtype is --dtype",
+    )
 
     g = p.add_argument_group("generated conversations")
     g.add_argument(
@@ -537,6 +585,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
     g.add_argument(
         "--seed", type=int, default=d.seed, help="sampling seed (the same seed gives the same data)"
+    )
+    g.add_argument(
+        "--seed-per-conversation",
+        action="store_true",
+        help="sample each conversation with its own seeded generator, so its text does not depend on "
+        "--batch-size or on the rest of its batch (where the numerics allow); off: one per batch",
     )
     g.add_argument(
         "--stop-runaway",
@@ -604,6 +658,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "--conversations-per-shard", type=int, default=d.conversations_per_shard, help="Parquet shard size"
     )
     g.add_argument(
+        "--extract-batch-size",
+        type=int,
+        default=d.extract_batch_size,
+        help="conversations per extraction forward, right-padded and masked (a GPU's batch)",
+    )
+    g.add_argument(
         "--license",
         default=d.license,
         help="the dataset's licence, for its card (default: the model's, where it states one, else other)",
@@ -623,7 +683,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     names = {f.name for f in fields(BuildConfig)}
     cfg = BuildConfig(**{k: v for k, v in vars(args).items() if k in names})
-    prov = build(cfg)
+    ranks = parallel.launched()  # under torchrun / accelerate launch: this rank's part, then one merge
+    prov = build(cfg) if ranks is None else parallel.build_parallel(cfg, *ranks)
+    if ranks is not None and ranks[0] != 0:
+        return 0  # rank 0 reports and pushes
     log.info("%s", summary(cfg.out, prov))
     if cfg.push_to_hub:
         from turnphase.builders.push import push_folder

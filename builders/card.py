@@ -158,6 +158,7 @@ def render_card(provenance: dict, repo_id: str | None = None, revision: str | No
         n_tokens=provenance["counts"]["tokens"],
         strategy=gen["strategy"],
         seed=provenance["seed"],
+        seed_per_conversation=(provenance.get("build_options") or {}).get("seed_per_conversation", False),
         generation_text=gen["description"],
         source=gen.get("source"),
         regenerate=gen.get("regenerate"),

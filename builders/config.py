@@ -14,6 +14,11 @@ from turnphase.builders.layers import parse_layers
 SMALL_MODEL_PARAMS = 1_000_000_000
 
 
+# Options added after the first builds, with their defaults: not part of a fingerprint at them.
+LATER_OPTIONS = {"seed_per_conversation": False, "first_conversation": 0, "model_dtype": "float32"}
+LATER_OPTIONS |= {"extract_batch_size": 1}
+
+
 @dataclass
 class BuildConfig:
     out: Path
@@ -23,6 +28,7 @@ class BuildConfig:
     model_revision: str | None = None  # a Hub model's branch, tag or commit
     trust_remote_code: bool = False
     device: str = "cpu"
+    model_dtype: Literal["float32", "bfloat16", "float16"] = "float32"  # the weights' dtype in memory
 
     # The conversations.
     n_conversations: int = 50  # topics cycle when there are more than the study's 50
@@ -35,6 +41,13 @@ class BuildConfig:
     top_p: float = 0.9
     batch_size: int = 50  # conversations per batched generate call
     seed: int = 0
+    # Sample each conversation from its own seeded generator (conversations.RowSampler): its text no
+    # longer depends on --batch-size or on the other conversations in its batch (where the numerics
+    # allow). Off by default: the default build's rows were made with one generator per batch.
+    seed_per_conversation: bool = False
+    # The id of the first conversation generated (topics cycle from it): a data-parallel rank builds
+    # conversations first_conversation .. + n_conversations - 1 (builders/parallel.py). Not a flag.
+    first_conversation: int = 0
     # Off by default: with them (and 8 attempts) the default build drops 8 of 50 conversations
     # instead of 13 and keeps no repeated turn, but takes 1.3x as long (README, bench_build.py).
     stop_runaway: bool = False  # stop and retry a reply as soon as it starts repeating itself
@@ -57,6 +70,9 @@ class BuildConfig:
     layers: str = "auto"  # auto (relative depth 0.44..0.81), all, 13-24, 13,17,24 (builders/layers.py)
     dtype: Literal["float16", "float32"] = "float16"
     conversations_per_shard: int = 10
+    # Conversations per extraction forward, right-padded with the padding masked out (a GPU's batch);
+    # 1: one per forward. Batching moves activations in their last bits (tests/builders/test_build.py).
+    extract_batch_size: int = 1
     license: str | None = None  # the dataset's; None: the model's, where it states one, else "other"
 
     # Publishing.
@@ -67,7 +83,12 @@ class BuildConfig:
     def __post_init__(self):
         self.out = Path(self.out)
         positive = ("n_conversations", "rounds", "max_attempts", "user_max_new_tokens")
-        positive += ("assistant_max_new_tokens", "batch_size", "conversations_per_shard")
+        positive += (
+            "assistant_max_new_tokens",
+            "batch_size",
+            "conversations_per_shard",
+            "extract_batch_size",
+        )
         for name in positive:
             if getattr(self, name) < 1:
                 raise ConfigError(name, f"must be at least 1, got {getattr(self, name)}")
@@ -78,6 +99,7 @@ class BuildConfig:
                 if getattr(self, name) != off:
                     raise ConfigError(name, "applies to conversations read from a source only")
         choices = {"strategy": ("auto", "study", "reply"), "dtype": ("float16", "float32")}
+        choices |= {"model_dtype": ("float32", "bfloat16", "float16")}
         choices |= {"system": ("keep", "drop", "replace"), "regenerate": ("none", "assistant")}
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
@@ -93,9 +115,15 @@ class BuildConfig:
         parse_layers(self.layers)  # the grammar now; the range once the model's depth is known
 
     def data_options(self) -> dict:
-        """The options that determine the data; a resumed build must match them exactly."""
+        """The options that determine the data; a resumed build must match them exactly. Options
+        added since builds were first made are left out at their defaults, so those builds keep
+        their fingerprints (and resume, or are found complete)."""
         skip = {"out", "push_to_hub", "private", "hub_revision", "device", "license"}
-        return {k: v for k, v in asdict(self).items() if k not in skip}
+        options = {k: v for k, v in asdict(self).items() if k not in skip}
+        for name, default in LATER_OPTIONS.items():
+            if options[name] == default:
+                del options[name]
+        return options
 
     def resolve_strategy(self, n_params: int) -> Literal["study", "reply"]:
         if self.strategy != "auto":

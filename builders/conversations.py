@@ -169,6 +169,35 @@ class ReplyRepetition:
         return scores
 
 
+class RowSampler:
+    """Draws each row's next token with the row's own `torch.Generator`, then leaves `generate` no
+    choice (every other token at -inf), so a row's sample does not depend on the batch around it.
+
+    The temperature and nucleus are applied here with transformers' own warpers (generate applies
+    its warpers after custom processors; on a single finite token they change nothing). A logits
+    processor for `generate(logits_processor=...)`, last in the list."""
+
+    def __init__(self, generators: list, temperature: float, top_p: float):
+        from transformers import TemperatureLogitsWarper, TopPLogitsWarper
+
+        self.generators = generators
+        self.warpers = [TemperatureLogitsWarper(temperature)]
+        if top_p < 1.0:
+            self.warpers.append(TopPLogitsWarper(top_p))
+
+    def __call__(self, input_ids, scores):
+        import torch
+
+        for warp in self.warpers:
+            scores = warp(input_ids, scores)
+        probs = scores.float().softmax(dim=-1)
+        chosen = torch.cat(
+            [torch.multinomial(p, 1, generator=g) for p, g in zip(probs, self.generators, strict=True)]
+        )
+        only = torch.full_like(scores, -float("inf"))
+        return only.scatter_(1, chosen[:, None], 0.0)
+
+
 @dataclass
 class Conversation:
     conversation_id: int
@@ -200,6 +229,7 @@ class GenerationSettings:
     top_p: float = BuildConfig.top_p
     batch_size: int = BuildConfig.batch_size
     seed: int = BuildConfig.seed
+    seed_per_conversation: bool = BuildConfig.seed_per_conversation
     stop_runaway: bool = BuildConfig.stop_runaway  # stop a reply as soon as it repeats itself
     check_repeats: bool = BuildConfig.check_repeats  # retry repeated turns, and user turns under 3 words
     repetition_penalty: float | None = BuildConfig.repetition_penalty  # transformers' option
@@ -221,8 +251,9 @@ def end_of_turn_ids(model, tokenizer) -> list[int]:
     return sorted({e for e in [*eos, tokenizer.eos_token_id] if e is not None})
 
 
-def step_seed(seed: int, *parts: int) -> int:
-    """A seed per (step, attempt, batch): a resumed build replays each call with the same RNG."""
+def step_seed(seed: int, *parts: int | str) -> int:
+    """A seed per (step, attempt, batch) or (step, attempt, "conversation", id): a resumed build
+    replays each call with the same RNG."""
     return int.from_bytes(hashlib.sha256(repr((seed, *parts)).encode()).digest()[:4], "little")
 
 
@@ -246,11 +277,13 @@ class BatchedChat:
         max_new_tokens: int,
         seed: int,
         keys: list[Hashable] | None = None,
+        row_seeds: list[int] | None = None,
     ) -> list[Reply]:
         """Reply to each chat: its text, whether it ended, and whether it was stopped as a runaway.
 
         `keys` name the chats whose cache is kept for later calls (a conversation id); chats
-        without a key keep theirs for this call only.
+        without a key keep theirs for this call only. `row_seeds`: sample each chat from its own
+        generator (RowSampler) instead of the one `seed` gives the whole call.
 
         A batched `generate` keeps computing every row until the longest one stops, so one
         runaway reply would make the whole batch pay for the token limit. The budget is spent in
@@ -273,16 +306,26 @@ class BatchedChat:
         penalty, ngram = self.settings.repetition_penalty, self.settings.no_repeat_ngram_size
         pending, budget = list(range(len(chats))), max_new_tokens
         torch.manual_seed(seed)
+        own = (
+            None
+            if row_seeds is None
+            else [torch.Generator(self.model.device).manual_seed(s) for s in row_seeds]
+        )
         while pending and budget > 0:
             chunk = min(budget, max(32, max_new_tokens // 4))
             rows = [ids[i] + written[i] for i in pending]
             row_keys = [call_keys[i] for i in pending]
             input_ids, mask, cache = self.cache.batch(row_keys, rows, self.pad_id, chunk)
-            options = {}
+            processors = []
             if penalty is not None or ngram:
-                options["logits_processor"] = LogitsProcessorList(
-                    [ReplyRepetition([written[i] for i in pending], input_ids.shape[1], penalty, ngram)]
+                processors.append(
+                    ReplyRepetition([written[i] for i in pending], input_ids.shape[1], penalty, ngram)
                 )
+            if own is not None:  # last: it samples from what the others left
+                processors.append(
+                    RowSampler([own[i] for i in pending], self.settings.temperature, self.settings.top_p)
+                )
+            options = {"logits_processor": LogitsProcessorList(processors)} if processors else {}
             with torch.inference_mode():
                 out = self.model.generate(
                     input_ids=input_ids.to(self.model.device),
@@ -386,7 +429,13 @@ def generate_conversations(
                     else:
                         chats = [c.messages for c in group]
                         max_new = settings.assistant_max_new_tokens
-                    replies = chat(chats, max_new, step_seed(settings.seed, step, attempt, b), keys)
+                    seeds = None
+                    if settings.seed_per_conversation:
+                        seeds = [
+                            step_seed(settings.seed, step, attempt, "conversation", c.conversation_id)
+                            for c in group
+                        ]
+                    replies = chat(chats, max_new, step_seed(settings.seed, step, attempt, b), keys, seeds)
                     for conv, reply in zip(group, replies, strict=True):
                         text, finished, looped = Reply(*reply)
                         cid = conv.conversation_id
@@ -435,7 +484,8 @@ def generate_conversations(
     return conversations
 
 
-def new_conversations(n: int, prompts: dict) -> list[Conversation]:
+def new_conversations(n: int, prompts: dict, first: int = 0) -> list[Conversation]:
+    """Conversations first .. first + n - 1, each on topic (id mod the number of topics)."""
     topics = load_topics()
     return [
         Conversation(
@@ -443,7 +493,7 @@ def new_conversations(n: int, prompts: dict) -> list[Conversation]:
             topics[i % len(topics)],
             [{"role": "system", "content": prompts["system"].format(topic=topics[i % len(topics)])}],
         )
-        for i in range(n)
+        for i in range(first, first + n)
     ]
 
 

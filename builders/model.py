@@ -87,6 +87,7 @@ def load_model(
     revision: str | None = None,
     trust_remote_code: bool = False,
     device: str = "cpu",
+    dtype: str = "float32",
 ) -> LoadedModel:
     """Load a chat model and its tokenizer, or raise TurnphaseError with one clear line.
 
@@ -137,7 +138,7 @@ def load_model(
     try:
         with warnings.catch_warnings():  # torch's note on a pickle's protocol, before it refuses it
             warnings.filterwarnings("ignore", message="Detected pickle protocol")
-            model = AutoModelForCausalLM.from_pretrained(source, dtype=torch.float32, **kwargs)
+            model = AutoModelForCausalLM.from_pretrained(source, dtype=getattr(torch, dtype), **kwargs)
     except pickle.UnpicklingError:
         raise TurnphaseError(
             f"cannot load model {shown_id!r}: its weights file holds more than tensors and is refused "

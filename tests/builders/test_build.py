@@ -79,6 +79,77 @@ def test_layer_reader_matches_hidden_states(tiny_model_dir):
         np.testing.assert_array_equal(got[L], hidden[L + 1][0].numpy())
 
 
+def test_batched_reading_gives_each_sequence_its_own_activations(tiny_model_dir):
+    """Right padding, masked: each of three sequences of other lengths gets what it gets alone."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir).eval()
+    reader = activations.LayerReader(model, AutoTokenizer.from_pretrained(tiny_model_dir), [0, 2])
+    sequences = [list(range(5, 60)), list(range(7, 20)), list(range(30, 70))]
+    batched = reader.batch(sequences)
+    for ids, got in zip(sequences, batched, strict=True):
+        alone = reader(ids)
+        for L in (0, 2):
+            assert got[L].shape == alone[L].shape == (len(ids), model.config.hidden_size)
+            np.testing.assert_allclose(got[L], alone[L], rtol=1e-5, atol=1e-6)
+
+
+def test_extract_batch_size_and_model_dtype_build(tiny_build, tiny_model_dir, tmp_path):
+    """--extract-batch-size 3 stores the same rows as one conversation per forward (activations to
+    float16 rounding); --model-dtype bfloat16 builds a valid dataset and is part of the fingerprint."""
+    out = tmp_path / "batched"
+    assert (
+        main(
+            [
+                "build",
+                "--out",
+                str(out),
+                "--model",
+                str(tiny_model_dir),
+                *TINY_ARGS,
+                "--extract-batch-size",
+                "3",
+            ]
+        )
+        == 0
+    )
+    for config in ("conversations", "tokens"):
+        assert read_config(out, config).equals(read_config(tiny_build, config)), config
+    for config in ("layer_1", "layer_3"):
+        got, want = (
+            np.stack(read_config(r, config).column("activation").to_numpy(zero_copy_only=False))
+            for r in (out, tiny_build)
+        )
+        np.testing.assert_allclose(got.astype(np.float32), want.astype(np.float32), rtol=2e-3, atol=2e-3)
+    options = json.loads((out / schema.PROVENANCE_FILE).read_text())["build_options"]
+    assert options["extract_batch_size"] == 3
+    assert (
+        "extract_batch_size"
+        not in json.loads((tiny_build / schema.PROVENANCE_FILE).read_text())["build_options"]
+    )
+
+    bf16 = tmp_path / "bf16"
+    assert (
+        main(
+            [
+                "build",
+                "--out",
+                str(bf16),
+                "--model",
+                str(tiny_model_dir),
+                *TINY_ARGS,
+                "--model-dtype",
+                "bfloat16",
+            ]
+        )
+        == 0
+    )
+    assert validate(bf16) == []
+    assert (
+        json.loads((bf16 / schema.PROVENANCE_FILE).read_text())["build_options"]["model_dtype"] == "bfloat16"
+    )
+
+
 def test_same_seed_same_data_and_rerun_is_a_no_op(tiny_build, tiny_model_dir, tmp_path, capsys):
     again = tmp_path / "again"
     assert main(["build", "--out", str(again), "--model", str(tiny_model_dir), *TINY_ARGS]) == 0
@@ -163,3 +234,35 @@ def test_bad_inputs_fail_with_one_line_and_write_nothing(tiny_model_dir, tiny_bu
         ["build", "--out", str(stray), "--model", str(tiny_model_dir)], capsys, stray
     )
     assert [p.name for p in stray.iterdir()] == ["notes.txt"]
+
+
+def _batch_args(size: int) -> list[str]:
+    """TINY_ARGS with another --batch-size."""
+    args = list(TINY_ARGS)
+    args[args.index("--batch-size") + 1] = str(size)
+    return args
+
+
+def test_seed_per_conversation_makes_the_data_independent_of_the_batch_size(tiny_model_dir, tmp_path):
+    """With one generator per conversation, batches of 1 and of 3 give the same conversations; with
+    one per batched call (the default) they differ, so the option is what makes the difference."""
+    built = {}
+    for per_conversation in (True, False):
+        for size in (1, 3):
+            out = tmp_path / f"{per_conversation}-{size}"
+            flag = ["--seed-per-conversation"] if per_conversation else []
+            args = ["build", "--out", str(out), "--model", str(tiny_model_dir), *_batch_args(size), *flag]
+            assert main(args) == 0
+            built[per_conversation, size] = read_config(out, "conversations").column("messages").to_pylist()
+    assert built[True, 1] == built[True, 3]
+    assert built[False, 1] != built[False, 3]
+    assert built[True, 3] != built[False, 3]
+    prov = json.loads((tmp_path / "True-3" / schema.PROVENANCE_FILE).read_text())
+    assert prov["build_options"]["seed_per_conversation"] is True
+    assert (
+        "seed_per_conversation"
+        not in json.loads((tmp_path / "False-3" / schema.PROVENANCE_FILE).read_text())["build_options"]
+    )  # builds made before the option keep their fingerprint
+    assert (
+        "each conversation sampled from its own generator" in (tmp_path / "True-3" / "README.md").read_text()
+    )

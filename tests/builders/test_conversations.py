@@ -48,7 +48,7 @@ class ScriptedChat:
         self.keys = []  # the cache keys each call passed
         self.kept = []  # the conversations kept in the cache after each step
 
-    def __call__(self, chats, max_new_tokens, seed, keys=None):
+    def __call__(self, chats, max_new_tokens, seed, keys=None, row_seeds=None):
         self.calls.append(len(chats))
         self.keys.append(keys)
         return [self.scripts[self._id(chat)].pop(0) for chat in chats]
@@ -121,7 +121,7 @@ def test_study_strategy_uses_a_temporary_instruction_and_removes_it():
     seen, keys = [], []
 
     class Chat:
-        def __call__(self, chats, max_new_tokens, seed, keys_=None):
+        def __call__(self, chats, max_new_tokens, seed, keys_=None, row_seeds=None):
             seen.append(chats[0])
             keys.append(keys_)
             n = len(seen)  # a new turn each call: a repeated one would be retried
@@ -296,3 +296,21 @@ def test_batched_chat_bans_repeated_phrases_across_chunks(endless, monkeypatch):
     assert total == distinct
     total, distinct = bigrams(0)
     assert distinct < total
+
+
+def test_row_sampler_gives_a_chat_the_same_reply_whatever_its_batch(endless):
+    """A chat sampled from its own generator replies the same alone or beside two others (other
+    lengths, so other padding) under another call seed; one generator per call does not."""
+    model, tok = endless
+    chat = conv.BatchedChat(model, tok, conv.GenerationSettings())
+    story = [{"role": "user", "content": "Tell me a story."}]
+    others = [
+        [{"role": "user", "content": "Hi"}],
+        [{"role": "user", "content": "A much longer question about rivers?"}],
+    ]
+    alone = chat([story], 48, seed=1, row_seeds=[7])[0]
+    batched = chat([others[0], story, others[1]], 48, seed=2, row_seeds=[5, 7, 9])[1]
+    assert alone == batched and len(alone.text) > 0
+    assert chat([story], 48, seed=1, row_seeds=[8])[0] != alone  # the row seed is what is followed
+    shared = [chat([story], 48, seed=1)[0], chat([others[0], story, others[1]], 48, seed=1)[1]]
+    assert shared[0] != shared[1]

@@ -1,0 +1,191 @@
+"""Data-parallel builds under `torchrun` or `accelerate launch`:
+
+    torchrun --nproc-per-node 4 -m turnphase build --out data/big -n 400 --seed-per-conversation
+    accelerate launch --num_processes 4 -m turnphase build --out data/big -n 400 --seed-per-conversation
+
+Each rank builds a contiguous block of the conversations (ids lo .. hi - 1, topics cycling from lo)
+as an ordinary build in `OUT/.turnphase_build/ranks/rank-R-of-W/`, with its own checkpoints, lock and
+resume. When every rank is done (a barrier on the launcher's process group: gloo on CPU, NCCL on
+CUDA), rank 0 links their shards into OUT under the dataset's shard naming, in rank order (rows in
+conversation order, as a one-process build has them), and writes the conversations config, the
+provenance and the card once. A killed rank (the launcher stops the others) is resumed by running
+the same command again: finished ranks find their build complete, the others continue from their
+last checkpoint, and a merge cut short is redone (links are replaced, the rank folders go last).
+
+`--seed-per-conversation` is required: each conversation is sampled from its own generator, so its
+text does not depend on which rank made it, nor on the rest of its batch, wherever the numerics
+allow. They allow it up to the last bits of the logits: a batch of other size or padding can change
+a logit by ~1e-6, which changes a sampled token only when the draw falls that close to a boundary of
+the nucleus or the cumulative distribution (tests/builders/test_parallel.py compares with a
+one-process build on the tiny model; on CUDA, kernels also vary with the batch shape).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+from collections import Counter
+from dataclasses import replace
+from datetime import timedelta
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from turnphase.builders import provenance, schema, writer
+from turnphase.builders.config import BuildConfig
+from turnphase.builders.errors import TurnphaseError
+from turnphase.builders.lock import folder_lock
+
+log = logging.getLogger(__name__)
+
+RANKS_DIR = "ranks"
+# A rank waits at the barrier for the slowest: hours on CPU. gloo's default (30 min) would end it.
+BARRIER_TIMEOUT = timedelta(days=3)
+
+
+def launched() -> tuple[int, int, int] | None:
+    """(rank, world size, local rank) when started by torchrun / accelerate launch with more than
+    one process; None otherwise."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return None
+    return int(os.environ["RANK"]), world, int(os.environ.get("LOCAL_RANK", os.environ["RANK"]))
+
+
+def block(n: int, rank: int, world: int) -> tuple[int, int]:
+    """The conversation ids [lo, hi) of `rank`: contiguous blocks whose sizes differ by at most one."""
+    return n * rank // world, n * (rank + 1) // world
+
+
+def rank_dir(out: Path, rank: int, world: int) -> Path:
+    from turnphase.builders.build import STATE_DIR
+
+    return Path(out) / STATE_DIR / RANKS_DIR / f"rank-{rank:05d}-of-{world:05d}"
+
+
+def check(cfg: BuildConfig, world: int) -> None:
+    """What a data-parallel build needs, before any process group or model."""
+    if not cfg.seed_per_conversation:
+        raise TurnphaseError(
+            "a data-parallel build needs --seed-per-conversation, so that a conversation's text does "
+            "not depend on the rank that generates it"
+        )
+    if cfg.conversations:
+        raise TurnphaseError("--conversations is not split across ranks yet; run it in one process")
+    if cfg.n_conversations < world:
+        raise TurnphaseError(
+            f"{world} ranks for {cfg.n_conversations} conversations: use at most one per conversation"
+        )
+
+
+def build_parallel(cfg: BuildConfig, rank: int, world: int, local_rank: int) -> dict:
+    """This rank's part of the build; returns the merged provenance (on every rank)."""
+    import torch.distributed as dist
+
+    from turnphase.builders.build import build, complete_provenance
+
+    check(cfg, world)
+    fingerprint = provenance.fingerprint(cfg.data_options())
+    done = complete_provenance(cfg.out, fingerprint)
+    if done is not None:
+        if rank == 0:  # a merge cut short after the card leaves the rank folders
+            shutil.rmtree(rank_dir(cfg.out, 0, world).parent.parent, ignore_errors=True)
+        return done
+    device = cfg.device
+    if device == "cuda":
+        device = f"cuda:{local_rank}"
+    dist.init_process_group("nccl" if device.startswith("cuda") else "gloo", timeout=BARRIER_TIMEOUT)
+    try:
+        lo, hi = block(cfg.n_conversations, rank, world)
+        part = replace(
+            cfg,
+            out=rank_dir(cfg.out, rank, world),
+            n_conversations=hi - lo,
+            first_conversation=cfg.first_conversation + lo,
+            push_to_hub=None,
+            device=device,
+        )
+        log.info("rank %d of %d: conversations %d..%d in %s", rank, world, lo, hi - 1, part.out)
+        build(part)
+        dist.barrier()
+        if rank == 0:
+            merge(cfg, world, fingerprint)
+        dist.barrier()
+    finally:
+        dist.destroy_process_group()
+    return provenance.read_provenance(cfg.out)
+
+
+def merge(cfg: BuildConfig, world: int, fingerprint: str) -> dict:
+    """Rank 0, once every rank's build is complete: one dataset in cfg.out from the rank folders."""
+    from turnphase.builders.build import STATE_DIR, _with_token_counts
+
+    out = Path(cfg.out)
+    parts = [rank_dir(out, r, world) for r in range(world)]
+    provs = [provenance.read_provenance(p) for p in parts]
+    layers = provs[0]["layers"]
+    with folder_lock(out, "turnphase build (merging ranks)"):
+        for config in schema.config_names(layers, conversations=False):
+            files = [f for p in parts for f in sorted((p / config).glob(schema.SHARD_GLOB))]
+            folder = out / config
+            if folder.exists():  # a merge cut short: its links are made again
+                shutil.rmtree(folder)
+            folder.mkdir()
+            for index, f in enumerate(files):
+                dest = writer.shard_path(out, config, index, len(files))
+                with writer.atomic_path(dest) as tmp:
+                    os.link(f, tmp)  # same file system, no copy; the rank folder goes last
+        conversations = pa.concat_tables(
+            pq.read_table(f)
+            for p in parts
+            for f in sorted((p / schema.CONVERSATIONS).glob(schema.SHARD_GLOB))
+        )
+        writer.write_shard(out, schema.CONVERSATIONS, 0, 1, conversations)
+        counts = [p["counts"] for p in provs]
+        merged = {
+            "conversations": sum(c["conversations"] for c in counts),
+            "dropped": [d for c in counts for d in c["dropped"]],
+            "turns": sum(c["turns"] for c in counts),
+            "retries": sum(c["retries"] for c in counts),
+            "non_question_user_turns": sum(c["non_question_user_turns"] for c in counts),
+            "rejected_attempts": dict(
+                sorted(sum((Counter(c.get("rejected_attempts") or {}) for c in counts), Counter()).items())
+            ),
+        }
+        generation = dict(provs[0]["generation"])
+        timing = [p["generation"]["timing"] for p in provs]
+        generation["timing"] = {
+            # wall time is the slowest rank's; work (tokens) adds up
+            "seconds": max(t["seconds"] for t in timing),
+            **{
+                k: sum(t.get(k, 0) for t in timing)
+                for k in ("new_tokens", "prompt_tokens_fed", "prompt_tokens_reused")
+            },
+            "load_model_seconds": max(t["load_model_seconds"] for t in timing),
+            "extraction": {
+                "seconds": max(t["extraction"]["seconds"] for t in timing),
+                "tokens_forwarded": sum(t["extraction"]["tokens_forwarded"] for t in timing),
+                "shards": sum(t["extraction"]["shards"] for t in timing),
+            },
+            "ranks": timing,
+        }
+        generation["data_parallel"] = {
+            "ranks": world,
+            "conversations": [list(block(cfg.n_conversations, r, world)) for r in range(world)],
+        }
+        options = cfg.data_options()
+        prov = provenance.make_provenance(
+            model=provs[0]["model"],
+            layers=layers,
+            dtype=provs[0]["dtype"],
+            seed=cfg.seed,
+            generation=generation,
+            counts=_with_token_counts(out, layers, merged),
+            license=provs[0]["license"],
+            build_options={"fingerprint": fingerprint, **options},
+        )
+        writer.finalize(out, prov, repo_id=cfg.push_to_hub)
+        shutil.rmtree(out / STATE_DIR)
+    return prov

@@ -1,0 +1,148 @@
+"""Benchmark activation extraction on a GPU: tokens/s reading 7 layers vs a plain forward with no copy.
+
+    .venv/bin/python scripts/bench_gpu.py                       # Llama-3.2-1B shape, bfloat16, cuda
+    .venv/bin/python scripts/bench_gpu.py --build               # and time the study-scale build (50 x 5)
+    .venv/bin/python scripts/bench_gpu.py --device cpu --shape tiny --batches 2   # a smoke run anywhere
+
+Random weights of the model's shape (the numbers do not depend on the weights), batches of
+`--batch` sequences of `--seq-len` tokens, after one warm-up batch; all three ways in this run:
+
+    forward     the model alone, no hidden states kept (the ceiling)
+    sync        builders.activations.LayerReader.batch: one forward, then its layers to the host
+    pipelined   LayerReader.submit of the next batch before the last one's result: on CUDA the
+                copies to pinned host memory overlap the next forward
+
+Target (issue 14): pipelined within 1.5x of forward. `--build` also times `turnphase build` of
+the study's recipe (50 x 5, default model) with `--device`, `--model-dtype` and
+`--extract-batch-size 16`; target at most 60 s on one H100/H200. The device name is printed with
+the numbers, to record them with it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import subprocess
+import sys
+import tempfile
+import time
+
+import torch
+
+SHAPES = {
+    # meta-llama/Llama-3.2-1B-Instruct's config
+    "llama-3.2-1b": dict(
+        hidden_size=2048,
+        intermediate_size=8192,
+        num_hidden_layers=16,
+        num_attention_heads=32,
+        num_key_value_heads=8,
+        vocab_size=128256,
+        tie_word_embeddings=True,
+        rope_theta=500000.0,
+    ),
+    "tiny": dict(
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=16,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        vocab_size=1000,
+    ),
+}
+LAYERS = [7, 8, 9, 10, 11, 12, 13]  # the study's 7 of 16
+
+
+def model_of(shape: str, dtype: torch.dtype, device: str):
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    config = LlamaConfig(**SHAPES[shape], max_position_embeddings=8192)
+    return LlamaForCausalLM(config).to(dtype=dtype, device=device).eval()
+
+
+def placeholder_tokenizer():
+    """nnsight wants a tokenizer object; token ids are given here directly, so any will do."""
+    from tokenizers import Tokenizer, models
+    from transformers import PreTrainedTokenizerFast
+
+    return PreTrainedTokenizerFast(
+        tokenizer_object=Tokenizer(models.WordLevel({"[UNK]": 0}, unk_token="[UNK]"))
+    )
+
+
+def sync(device: str) -> None:
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+def timed(run, batches, device: str) -> float:
+    run(batches[0])  # warm-up
+    sync(device)
+    start = time.perf_counter()
+    for b in batches[1:]:
+        run(b)
+    sync(device)
+    return time.perf_counter() - start
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--device", default="cuda")
+    p.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float16", "float32"])
+    p.add_argument("--shape", default="llama-3.2-1b", choices=sorted(SHAPES))
+    p.add_argument("--batch", type=int, default=16, help="sequences per forward")
+    p.add_argument("--seq-len", type=int, default=1024)
+    p.add_argument("--batches", type=int, default=9, help="batches timed after the warm-up one")
+    p.add_argument("--build", action="store_true", help="also time the study-scale build")
+    args = p.parse_args()
+
+    from turnphase.builders.activations import LayerReader
+
+    dtype = getattr(torch, args.dtype)
+    model = model_of(args.shape, dtype, args.device)
+    gen = torch.Generator().manual_seed(0)
+    vocab = SHAPES[args.shape]["vocab_size"]
+    batches = [
+        torch.randint(0, vocab, (args.batch, args.seq_len), generator=gen).tolist()
+        for _ in range(args.batches + 1)
+    ]
+    reader = LayerReader(model, placeholder_tokenizer(), LAYERS)
+
+    def forward(batch):
+        ids = torch.tensor(batch, device=args.device)
+        with torch.inference_mode():
+            model(input_ids=ids, attention_mask=torch.ones_like(ids))
+
+    pending = []
+
+    def pipelined(batch):
+        pending.append(reader.submit(batch))
+        if len(pending) > 1:
+            pending.pop(0).result()
+
+    seconds = {
+        "forward": timed(forward, batches, args.device),
+        "sync": timed(reader.batch, batches, args.device),
+    }
+    seconds["pipelined"] = timed(pipelined, batches, args.device)
+    while pending:
+        pending.pop(0).result()
+    name = torch.cuda.get_device_name(args.device) if args.device.startswith("cuda") else "cpu"
+    tokens = args.batches * args.batch * args.seq_len
+    print(
+        f"{name}; {args.shape}, {args.dtype}, {len(LAYERS)} layers read, batch {args.batch} x {args.seq_len} tokens"
+    )
+    for way, sec in seconds.items():
+        print(f"{way:<10} {tokens / sec:12,.0f} tokens/s   x{sec / seconds['forward']:.2f} of forward")
+
+    if args.build:
+        with tempfile.TemporaryDirectory() as tmp:
+            cmd = [sys.executable, "-m", "turnphase", "build", "--out", f"{tmp}/ds", "--device", args.device]
+            cmd += ["--model-dtype", args.dtype, "--extract-batch-size", "16", "--seed-per-conversation"]
+            start = time.perf_counter()
+            subprocess.run(cmd, check=True)
+            print(f"study-scale build (50 x 5, default model): {time.perf_counter() - start:.1f} s on {name}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,115 @@
+"""Data-parallel builds (builders/parallel.py) under torchrun, on CPU: gloo, 2 processes, tiny model.
+
+The sharded build validates, loads with `load_dataset`, holds every conversation once and equals a
+one-process build of the same options row for row; a rank killed mid-build is completed by running
+the same command again.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import datasets
+import pyarrow.parquet as pq
+import pytest
+from tiny_model import TINY_BUILD_ARGS
+
+from turnphase.builders import parallel, schema
+from turnphase.builders.cli import main
+from turnphase.builders.validate import validate
+
+# seed 2: conversation 2 is dropped (every turn cut off at the limit), one of each rank's kept
+ARGS = [*TINY_BUILD_ARGS[: TINY_BUILD_ARGS.index("--seed")], "--seed", "2", "--seed-per-conversation"]
+CONFIGS = ["conversations", "tokens", "layer_1", "layer_3"]
+
+
+def torchrun(out: Path, model: Path, args: list[str], marker: str) -> subprocess.Popen:
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2"]
+    cmd += ["-m", "turnphase", "build", "--out", str(out), "--model", str(model), *args]
+    env = os.environ | {"TURNPHASE_TEST_RUN": marker, "OMP_NUM_THREADS": "1", "TQDM_DISABLE": "1"}
+    return subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+@pytest.fixture(scope="module")
+def one_process(tiny_model_dir, tmp_path_factory):
+    out = tmp_path_factory.mktemp("one") / "ds"
+    assert main(["build", "--out", str(out), "--model", str(tiny_model_dir), *ARGS]) == 0
+    return out
+
+
+def read_config(root: Path, config: str):
+    return pq.read_table(sorted((root / config).glob(schema.SHARD_GLOB)))
+
+
+def assert_same_rows(a: Path, b: Path) -> None:
+    for config in CONFIGS:
+        assert read_config(a, config).equals(read_config(b, config)), config
+
+
+def test_two_ranks_build_the_one_process_dataset(tiny_model_dir, one_process, tmp_path):
+    out = tmp_path / "ds"
+    run = torchrun(out, tiny_model_dir, ARGS, uuid.uuid4().hex)
+    log, _ = run.communicate(timeout=600)
+    assert run.returncode == 0, log[-4000:]
+    assert validate(out) == []
+    assert not (out / ".turnphase_build").exists()
+    ids = read_config(out, "conversations").column("conversation_id").to_pylist()
+    assert ids == [0, 1, 3]  # every kept conversation once, in order
+    prov = json.loads((out / schema.PROVENANCE_FILE).read_text())
+    assert [d["conversation_id"] for d in prov["counts"]["dropped"]] == [2]
+    tokens = datasets.load_dataset(str(out), "tokens", split="train")
+    assert sorted(set(tokens["conversation_id"])) == ids
+    assert_same_rows(out, one_process)
+    assert prov["generation"]["data_parallel"] == {"ranks": 2, "conversations": [[0, 2], [2, 4]]}
+    one = json.loads((one_process / schema.PROVENANCE_FILE).read_text())
+    assert prov["build_options"] == one["build_options"]  # the same build, whichever way it was made
+    assert prov["counts"]["rows"] == one["counts"]["rows"]
+    assert log.count("conversations: 3 kept, 1 dropped") == 1  # rank 0 reports, once
+
+
+def _rank_pid(marker: str, rank: int) -> int | None:
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            env = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if f"TURNPHASE_TEST_RUN={marker}".encode() in env and f"RANK={rank}".encode() in env:
+            if b"LOCAL_RANK=" + str(rank).encode() in env:  # a worker, not the launcher
+                return int(pid)
+    return None
+
+
+def test_a_killed_rank_is_completed_by_running_the_command_again(tiny_model_dir, one_process, tmp_path):
+    out, marker = tmp_path / "ds", uuid.uuid4().hex
+    checkpoint = parallel.rank_dir(out, 1, 2) / ".turnphase_build" / "generation.json"
+    run = torchrun(out, tiny_model_dir, ARGS, marker)
+    deadline = time.monotonic() + 300
+    while not checkpoint.exists() and run.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.01)
+    pid = _rank_pid(marker, 1)
+    assert pid is not None and run.poll() is None, "rank 1 finished before it could be killed"
+    os.kill(pid, signal.SIGKILL)
+    log, _ = run.communicate(timeout=300)
+    assert run.returncode != 0, log[-3000:]
+    assert not (out / schema.PROVENANCE_FILE).exists()
+
+    again = torchrun(out, tiny_model_dir, ARGS, uuid.uuid4().hex)
+    log, _ = again.communicate(timeout=600)
+    assert again.returncode == 0, log[-4000:]
+    assert validate(out) == []
+    assert_same_rows(out, one_process)
+
+
+def test_a_data_parallel_build_without_per_conversation_seeds_is_refused(tiny_model_dir, tmp_path):
+    run = torchrun(tmp_path / "ds", tiny_model_dir, TINY_BUILD_ARGS, uuid.uuid4().hex)
+    log, _ = run.communicate(timeout=300)
+    assert run.returncode != 0
+    assert "a data-parallel build needs --seed-per-conversation" in log
+    assert not (tmp_path / "ds").exists()
