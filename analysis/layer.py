@@ -79,7 +79,8 @@ class Samples:
     """Sorted analysed-token indices the figures and tests draw, chosen once for every layer."""
 
     scatter: np.ndarray  # any analysed tokens (all are held out once): scatters and colour wheels
-    view: np.ndarray  # the analysed tokens of the token-view conversation
+    view_conversation: int  # the conversation the token views show
+    view: np.ndarray  # its analysed tokens
     cuts: dict  # rotation.cut_points
     cut_tokens: np.ndarray  # every token a cut reads
 
@@ -90,7 +91,8 @@ def choose_samples(labels: Labels, view_conversation: int, config: AnalysisConfi
         pool = np.sort(config.rng("scatter sample").choice(pool, config.max_scatter, replace=False))
     cuts = rotation.cut_points(labels, np.ones(labels.n, bool), config.continuity_window)
     cut_tokens = np.unique(np.concatenate([np.concatenate([b.ravel(), a.ravel()]) for b, a in cuts.values()]))
-    return Samples(pool, np.flatnonzero(labels.conversation == view_conversation), cuts, cut_tokens)
+    view = np.flatnonzero(labels.conversation == view_conversation)
+    return Samples(pool, view_conversation, view, cuts, cut_tokens)
 
 
 class Capture:
@@ -224,7 +226,7 @@ class LayerInputs:
 
     @classmethod
     def of(cls, labels: Labels, config: AnalysisConfig) -> LayerInputs:
-        """Folds, nulls, samples (the token view shows the first conversation), grid and columns."""
+        """Folds, nulls, samples (the token views show the first conversation), grid and columns."""
         folds = make_folds(labels, config)
         samples = choose_samples(labels, int(labels.conversation[0]), config)
         grid = RoundGrid(labels, config.grid)

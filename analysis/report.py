@@ -120,7 +120,7 @@ def _analyze(config: AnalysisConfig, tmp: Path | None) -> tuple[dict, Directions
         labels = src.labels(config)
         inputs = LayerInputs.of(labels, config)
         folds, samples, grid = inputs.folds, inputs.samples, inputs.grid
-        view_conversation = int(labels.conversation[0])  # the token view's; samples.view are its tokens
+        view_conversation = samples.view_conversation
         circle = rotation.circle_r2(labels, folds.fold)
     with clock.stage("token_views"):
         view_tokens = src.conversation_tokens(view_conversation) if tmp is not None else None
