@@ -243,26 +243,32 @@ def _batch_args(size: int) -> list[str]:
     return args
 
 
-def test_seed_per_conversation_makes_the_data_independent_of_the_batch_size(tiny_model_dir, tmp_path):
+def test_seed_per_conversation_makes_the_data_independent_of_the_batch_size(
+    tiny_build, tiny_model_dir, tmp_path
+):
     """With one generator per conversation, batches of 1 and of 3 give the same conversations; with
-    one per batched call (the default) they differ, so the option is what makes the difference."""
-    built = {}
-    for per_conversation in (True, False):
-        for size in (1, 3):
-            out = tmp_path / f"{per_conversation}-{size}"
-            flag = ["--seed-per-conversation"] if per_conversation else []
-            args = ["build", "--out", str(out), "--model", str(tiny_model_dir), *_batch_args(size), *flag]
-            assert main(args) == 0
-            built[per_conversation, size] = read_config(out, "conversations").column("messages").to_pylist()
-    assert built[True, 1] == built[True, 3]
-    assert built[False, 1] != built[False, 3]
-    assert built[True, 3] != built[False, 3]
-    prov = json.loads((tmp_path / "True-3" / schema.PROVENANCE_FILE).read_text())
-    assert prov["build_options"]["seed_per_conversation"] is True
+    one per batched call (the default; `tiny_build` is its batch of 3) they differ, so the option is
+    what makes the difference."""
+    built = {(False, 3): tiny_build}
+    for per_conversation, size in ((True, 1), (True, 3), (False, 1)):
+        out = tmp_path / f"{per_conversation}-{size}"
+        flag = ["--seed-per-conversation"] if per_conversation else []
+        assert (
+            main(["build", "--out", str(out), "--model", str(tiny_model_dir), *_batch_args(size), *flag]) == 0
+        )
+        built[per_conversation, size] = out
+    messages = {
+        k: read_config(out, "conversations").column("messages").to_pylist() for k, out in built.items()
+    }
+    assert messages[True, 1] == messages[True, 3]
+    assert messages[False, 1] != messages[False, 3]
+    assert messages[True, 3] != messages[False, 3]
+    options = {
+        k: json.loads((out / schema.PROVENANCE_FILE).read_text())["build_options"] for k, out in built.items()
+    }
+    assert options[True, 3]["seed_per_conversation"] is True
     assert (
-        "seed_per_conversation"
-        not in json.loads((tmp_path / "False-3" / schema.PROVENANCE_FILE).read_text())["build_options"]
+        "seed_per_conversation" not in options[False, 3]
     )  # builds made before the option keep their fingerprint
-    assert (
-        "each conversation sampled from its own generator" in (tmp_path / "True-3" / "README.md").read_text()
-    )
+    assert "each conversation sampled from its own generator" in (built[True, 3] / "README.md").read_text()
+    assert "each conversation sampled" not in (tiny_build / "README.md").read_text()
