@@ -326,7 +326,7 @@ def _read_batches(reader, tables: list[pa.Table], size: int, bar) -> Iterator[di
 def _counts(out: Path, convs: list[conv.Conversation], layers: list[int]) -> dict:
     kept = [c for c in convs if c.dropped is None]
     attempts = [a for c in kept for a in c.attempts]
-    return _with_token_counts(
+    return counts_with_tokens(
         out,
         layers,
         {
@@ -345,7 +345,7 @@ def _counts(out: Path, convs: list[conv.Conversation], layers: list[int]) -> dic
     )
 
 
-def _with_token_counts(out: Path, layers: list[int], conversations: dict) -> dict:
+def counts_with_tokens(out: Path, layers: list[int], conversations: dict) -> dict:
     """The counts of `conversations` (kept, dropped, turns, ...) and of the token shards in `out`."""
     import pyarrow.parquet as pq
 

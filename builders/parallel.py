@@ -120,7 +120,7 @@ def build_parallel(cfg: BuildConfig, rank: int, world: int, local_rank: int) -> 
 
 def merge(cfg: BuildConfig, world: int, fingerprint: str) -> dict:
     """Rank 0, once every rank's build is complete: one dataset in cfg.out from the rank folders."""
-    from turnphase.builders.build import STATE_DIR, _with_token_counts
+    from turnphase.builders.build import STATE_DIR, counts_with_tokens
 
     out = Path(cfg.out)
     parts = [rank_dir(out, r, world) for r in range(world)]
@@ -182,7 +182,7 @@ def merge(cfg: BuildConfig, world: int, fingerprint: str) -> dict:
             dtype=provs[0]["dtype"],
             seed=cfg.seed,
             generation=generation,
-            counts=_with_token_counts(out, layers, merged),
+            counts=counts_with_tokens(out, layers, merged),
             license=provs[0]["license"],
             build_options={"fingerprint": fingerprint, **options},
         )
