@@ -84,38 +84,49 @@ def build_parallel(cfg: BuildConfig, rank: int, world: int, local_rank: int) -> 
     """This rank's part of the build; returns the merged provenance (on every rank)."""
     import torch.distributed as dist
 
-    from turnphase.builders.build import build, complete_provenance
+    from turnphase.builders.build import STATE_DIR, build, complete_provenance
 
     check(cfg, world)
     fingerprint = provenance.fingerprint(cfg.data_options())
-    done = complete_provenance(cfg.out, fingerprint)
-    if done is not None:
-        if rank == 0:  # a merge cut short after the card leaves the rank folders
-            shutil.rmtree(rank_dir(cfg.out, 0, world).parent.parent, ignore_errors=True)
-        return done
     device = cfg.device
     if device == "cuda":
         device = f"cuda:{local_rank}"
     dist.init_process_group("nccl" if device.startswith("cuda") else "gloo", timeout=BARRIER_TIMEOUT)
     try:
-        lo, hi = block(cfg.n_conversations, rank, world)
-        part = replace(
-            cfg,
-            out=rank_dir(cfg.out, rank, world),
-            n_conversations=hi - lo,
-            first_conversation=cfg.first_conversation + lo,
-            push_to_hub=None,
-            device=device,
-        )
-        log.info("rank %d of %d: conversations %d..%d in %s", rank, world, lo, hi - 1, part.out)
-        build(part)
+        # Rank 0 alone looks at OUT (validating a finished build, clearing a stale state) while the
+        # others wait: none may start writing its rank folder meanwhile. A failure there ends the
+        # launch (the launcher stops the waiting ranks).
+        if rank == 0 and complete_provenance(cfg.out, fingerprint) is not None:
+            shutil.rmtree(Path(cfg.out) / STATE_DIR, ignore_errors=True)  # a merge cut short after the card
         dist.barrier()
-        if rank == 0:
-            merge(cfg, world, fingerprint)
-        dist.barrier()
+        if not _finished(cfg.out, fingerprint):
+            lo, hi = block(cfg.n_conversations, rank, world)
+            part = replace(
+                cfg,
+                out=rank_dir(cfg.out, rank, world),
+                n_conversations=hi - lo,
+                first_conversation=cfg.first_conversation + lo,
+                push_to_hub=None,
+                device=device,
+            )
+            log.info("rank %d of %d: conversations %d..%d in %s", rank, world, lo, hi - 1, part.out)
+            build(part)
+            dist.barrier()
+            if rank == 0:
+                merge(cfg, world, fingerprint)
+            dist.barrier()
     finally:
         dist.destroy_process_group()
     return provenance.read_provenance(cfg.out)
+
+
+def _finished(out: Path, fingerprint: str) -> bool:
+    """Whether `out` holds this build's provenance (rank 0 has validated it by then)."""
+    path = Path(out) / schema.PROVENANCE_FILE
+    return (
+        path.exists()
+        and provenance.read_provenance(out).get("build_options", {}).get("fingerprint") == fingerprint
+    )
 
 
 def merge(cfg: BuildConfig, world: int, fingerprint: str) -> dict:

@@ -73,6 +73,15 @@ def test_two_ranks_build_the_one_process_dataset(tiny_model_dir, one_process, tm
     assert prov["counts"]["rows"] == one["counts"]["rows"]
     assert log.count("conversations: 3 kept, 1 dropped") == 1  # rank 0 reports, once
 
+    before = {f: f.stat().st_mtime_ns for f in out.rglob("*")}
+    again = torchrun(out, tiny_model_dir, ARGS, uuid.uuid4().hex)
+    log, _ = again.communicate(timeout=600)
+    assert again.returncode == 0, log[-4000:]
+    assert "already holds this build, and it validates" in log
+    assert {
+        f: f.stat().st_mtime_ns for f in out.rglob("*")
+    } == before  # a rerun of a finished build writes nothing
+
 
 def _rank_pid(marker: str, rank: int) -> int | None:
     for pid in filter(str.isdigit, os.listdir("/proc")):
