@@ -27,7 +27,7 @@ import pyarrow as pa
 from tqdm.auto import tqdm
 
 from turnphase.analysis.config import AnalysisConfig
-from turnphase.analysis.layer import Fitted, LayerInputs, Scores
+from turnphase.analysis.layer import Fitted, LayerInputs, Scores, analysed_part
 from turnphase.analysis.source import DatasetSource, Shard, checked_batch
 from turnphase.analysis.stats import Sums
 from turnphase.builders import schema
@@ -53,10 +53,9 @@ def shard_batches(
             columns = [*schema.KEY_LABEL_COLUMNS[:2], schema.ACTIVATION]
             for record in pq.ParquetFile(f).iter_batches(batch_size, columns=columns):
                 batch = checked_batch(source, config, pa.Table.from_batches([record]), row, labels, d_model)
-                keep = labels.analysed[row : row + len(batch.x)]
-                rows = np.arange(seen, seen + int(keep.sum()))
+                rows, x = analysed_part(labels, batch, seen)
                 seen, row = seen + len(rows), row + len(batch.x)
-                yield rows, batch.x[keep].astype(np.float64)
+                yield rows, x
     except TurnphaseError:
         raise
     except Exception as e:  # unreadable file, the Hub unreachable from the worker

@@ -38,7 +38,7 @@ from turnphase.analysis.probes import (
     role_fit,
 )
 from turnphase.analysis.scores import ConvSums, pearson_columns
-from turnphase.analysis.source import Labels, LayerData
+from turnphase.analysis.source import Batch, Labels, LayerData
 from turnphase.analysis.split import Folds, Pairing, make_folds, pairings
 from turnphase.analysis.stats import PCA, Eig, Sums, pca_from
 from turnphase.analysis.timing import Stopwatch
@@ -157,11 +157,17 @@ def analysed_batches(
                 batch = next(batches, None)
             if batch is None:
                 return
-            keep = labels.analysed[batch.start : batch.start + len(batch.x)]
-            rows = np.arange(seen, seen + int(keep.sum()))
+            rows, x = analysed_part(labels, batch, seen)
             seen += len(rows)
             bar.update(len(batch.x))
-            yield rows, batch.x[keep].astype(np.float64)
+            yield rows, x
+
+
+def analysed_part(labels: Labels, batch: Batch, seen: int) -> tuple[np.ndarray, np.ndarray]:
+    """A batch's analysed tokens: their indices (`seen` analysed tokens come before the batch) and
+    their activations as float64 (b, d_model)."""
+    keep = labels.analysed[batch.start : batch.start + len(batch.x)]
+    return np.arange(seen, seen + int(keep.sum())), batch.x[keep].astype(np.float64)
 
 
 def fold_models(
