@@ -35,6 +35,7 @@ from turnphase.builders.log import progress
 
 log = logging.getLogger(__name__)
 
+NOTHING_KEPT = "every conversation failed generation; nothing to write (see --max-attempts)"
 STATE_DIR = ".turnphase_build"
 
 
@@ -323,26 +324,27 @@ def _read_batches(reader, tables: list[pa.Table], size: int, bar) -> Iterator[di
     bar.update(len(pending.lengths))
 
 
-def _counts(out: Path, convs: list[conv.Conversation], layers: list[int]) -> dict:
+def conversation_counts(convs: list[conv.Conversation]) -> dict:
+    """Kept, dropped (and why), turns, retries and rejected attempts of the conversations."""
     kept = [c for c in convs if c.dropped is None]
     attempts = [a for c in kept for a in c.attempts]
-    return counts_with_tokens(
-        out,
-        layers,
-        {
-            "conversations": len(kept),
-            "dropped": [
-                {"conversation_id": c.conversation_id, "topic": c.topic, "reason": c.dropped}
-                for c in convs
-                if c.dropped
-            ],
-            "turns": len(attempts),
-            "retries": int(sum(max(a - 1, 0) for a in attempts)),  # 0 attempts: a turn read from a source
-            "non_question_user_turns": int(sum(c.non_question_user_turns for c in kept)),
-            # every attempt that was not kept, by reason, dropped conversations included
-            "rejected_attempts": dict(sorted(sum((Counter(c.rejected) for c in convs), Counter()).items())),
-        },
-    )
+    return {
+        "conversations": len(kept),
+        "dropped": [
+            {"conversation_id": c.conversation_id, "topic": c.topic, "reason": c.dropped}
+            for c in convs
+            if c.dropped
+        ],
+        "turns": len(attempts),
+        "retries": int(sum(max(a - 1, 0) for a in attempts)),  # 0 attempts: a turn read from a source
+        "non_question_user_turns": int(sum(c.non_question_user_turns for c in kept)),
+        # every attempt that was not kept, by reason, dropped conversations included
+        "rejected_attempts": dict(sorted(sum((Counter(c.rejected) for c in convs), Counter()).items())),
+    }
+
+
+def _counts(out: Path, convs: list[conv.Conversation], layers: list[int]) -> dict:
+    return counts_with_tokens(out, layers, conversation_counts(convs))
 
 
 def counts_with_tokens(out: Path, layers: list[int], conversations: dict) -> dict:
@@ -425,6 +427,10 @@ def complete_provenance(out: Path, fingerprint: str) -> dict | None:
     work to do (raises if `out` holds something else, or this build damaged)."""
     if _prepare_out(out, fingerprint) != "complete":
         return None
+    prov = provenance.read_provenance(out)
+    rank_part = (prov.get("build_options") or {}).get("rank_part")
+    if rank_part is not None and (prov.get("counts") or {}).get("conversations") == 0:
+        return prov  # a rank's part that kept nothing: its provenance is all there is
     from turnphase.builders.validate import validate
 
     problems = validate(out)
@@ -434,7 +440,7 @@ def complete_provenance(out: Path, fingerprint: str) -> dict | None:
             f"{problems[0]}); see `turnphase validate {out}`, then delete the folder to rebuild"
         )
     log.info("%s already holds this build, and it validates (nothing to do)", out)
-    return provenance.read_provenance(out)
+    return prov
 
 
 def build(cfg: BuildConfig) -> dict:
@@ -444,13 +450,33 @@ def build(cfg: BuildConfig) -> dict:
         return _build(cfg)
 
 
-def _build(cfg: BuildConfig) -> dict:
+def data_identity(cfg: BuildConfig) -> tuple[dict, tuple[list[conv.Conversation], dict] | None]:
+    """The options that make the build what it is, and the conversations read from its source.
+
+    A source is read first (a bad one fails before anything else), and what it is (file hashes,
+    Hub commit) is part of the build's identity."""
     options = cfg.data_options()
-    # Conversations read from a source are read first (a bad source fails before anything else),
-    # and what they are (file hashes, Hub commit) is part of the build's identity.
     source = _read_source(cfg) if cfg.conversations else None
     if source is not None:
         options["source_identity"] = {k: source[1].get(k) for k in ("files", "revision")}
+    return options, source
+
+
+def _source_part(source: tuple, rank: int, world: int) -> tuple[list[conv.Conversation], dict]:
+    """Block `rank` of `world` of the conversations read; they keep the ids of the whole source."""
+    from turnphase.builders.parallel import block
+
+    convs, info = source
+    lo, hi = block(len(convs), rank, world)
+    if lo == hi:
+        raise TurnphaseError(
+            f"{world} ranks for {len(convs)} conversations read: use at most one per conversation"
+        )
+    return convs[lo:hi], info | {"rows": info["rows"][lo:hi], "part": [lo, hi]}
+
+
+def _build(cfg: BuildConfig) -> dict:
+    options, source = data_identity(cfg)
     fingerprint = provenance.fingerprint(options)
     out = cfg.out
     done = complete_provenance(out, fingerprint)
@@ -485,18 +511,19 @@ def _build(cfg: BuildConfig) -> dict:
         )
         strategy = cfg.resolve_strategy(loaded.n_params)
         source = source and _fit_context(cfg, loaded, source)
+        if source is not None and cfg.rank_part is not None:
+            source = _source_part(source, *cfg.rank_part)
         if source is None or cfg.regenerate == "assistant":  # nothing is generated otherwise
             check_build_limits(cfg, loaded, conv.load_prompts(strategy), source and source[1]["longest"])
         writer.atomic_write_json(state_dir / "options.json", {"fingerprint": fingerprint, "options": options})
         writer.remove_temp_files(out)
         convs, generation = _generate(cfg, loaded, strategy, state_dir, source)
         kept = [c for c in convs if c.dropped is None]
-        if not kept:
+        if not kept and cfg.rank_part is None:
             shutil.rmtree(state_dir)  # a rerun would fail the same way: leave nothing behind
-            raise TurnphaseError(
-                "every conversation failed generation; nothing to write (see --max-attempts)"
-            )
-        writer.write_shard(out, schema.CONVERSATIONS, 0, 1, _conversations_table(kept, loaded.id))
+            raise TurnphaseError(NOTHING_KEPT)
+        if kept:
+            writer.write_shard(out, schema.CONVERSATIONS, 0, 1, _conversations_table(kept, loaded.id))
         extraction = _extract(cfg, loaded, loaded.layers, kept, out)
     except BaseException:
         # Before the first checkpoint there is nothing to resume: leave nothing that would block
@@ -514,11 +541,14 @@ def _build(cfg: BuildConfig) -> dict:
         dtype=cfg.dtype,
         seed=cfg.seed,
         generation=generation,
-        counts=_counts(out, convs, loaded.layers),
+        counts=_counts(out, convs, loaded.layers) if kept else conversation_counts(convs),
         license=cfg.license or (loaded.license if loaded.license not in (None, "unknown") else "other"),
         build_options={"fingerprint": fingerprint, **options},
     )
-    writer.finalize(out, prov, repo_id=cfg.push_to_hub)
+    if kept:
+        writer.finalize(out, prov, repo_id=cfg.push_to_hub)
+    else:  # a rank's part whose every conversation was dropped: its provenance is all there is
+        writer.atomic_write_json(out / schema.PROVENANCE_FILE, prov)
     shutil.rmtree(state_dir)
     return prov
 

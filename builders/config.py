@@ -16,7 +16,7 @@ SMALL_MODEL_PARAMS = 1_000_000_000
 
 # Options added after the first builds, with their defaults: not part of a fingerprint at them.
 LATER_OPTIONS = {"seed_per_conversation": False, "first_conversation": 0, "model_dtype": "float32"}
-LATER_OPTIONS |= {"extract_batch_size": 1}
+LATER_OPTIONS |= {"extract_batch_size": 1, "rank_part": None}
 
 
 @dataclass
@@ -48,6 +48,11 @@ class BuildConfig:
     # The id of the first conversation generated (topics cycle from it): a data-parallel rank builds
     # conversations first_conversation .. + n_conversations - 1 (builders/parallel.py). Not a flag.
     first_conversation: int = 0
+    # (rank, world) when this build is a data-parallel rank's part (builders/parallel.py): of the
+    # conversations read from a source (their count is known only once the model's context has
+    # sifted them) it keeps block `rank` of `world`, and it may end with every conversation dropped
+    # (the merge adds up the ranks). Not a flag.
+    rank_part: tuple[int, int] | None = None
     # Off by default: with them (and 8 attempts) the default build drops 8 of 50 conversations
     # instead of 13 and keeps no repeated turn, but takes 1.3x as long (README, bench_build.py).
     stop_runaway: bool = False  # stop and retry a reply as soon as it starts repeating itself

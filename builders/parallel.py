@@ -11,13 +11,17 @@ conversation order, as a one-process build has them), and writes the conversatio
 provenance and the card once. A killed rank (the launcher stops the others) is resumed by running
 the same command again: finished ranks find their build complete, the others continue from their
 last checkpoint, and a merge cut short is redone (links are replaced, the rank folders go last).
+Conversations read with `--conversations` are split the same way, but only once each rank has read
+the source (the same seeded sample everywhere) and the model's context has sifted it: rank R keeps
+block R of what is left (`BuildConfig.rank_part`), under the conversations' ids in the whole.
 
-`--seed-per-conversation` is required: each conversation is sampled from its own generator, so its
-text does not depend on which rank made it, nor on the rest of its batch, wherever the numerics
-allow. They allow it up to the last bits of the logits: a batch of other size or padding can change
-a logit by ~1e-6, which changes a sampled token only when the draw falls that close to a boundary of
-the nucleus or the cumulative distribution (tests/builders/test_parallel.py compares with a
-one-process build on the tiny model; on CUDA, kernels also vary with the batch shape).
+`--seed-per-conversation` is required wherever text is generated: each conversation is sampled
+from its own generator, so its text does not depend on which rank made it, nor on the rest of its
+batch, wherever the numerics allow. They allow it up to the last bits of the logits: a batch of
+other size or padding can change a logit by ~1e-6, which changes a sampled token only when the draw
+falls that close to a boundary of the nucleus or the cumulative distribution
+(tests/builders/test_parallel.py compares with a one-process build on the tiny model; on CUDA,
+kernels also vary with the batch shape).
 """
 
 from __future__ import annotations
@@ -67,14 +71,13 @@ def rank_dir(out: Path, rank: int, world: int) -> Path:
 
 def check(cfg: BuildConfig, world: int) -> None:
     """What a data-parallel build needs, before any process group or model."""
-    if not cfg.seed_per_conversation:
+    generates = not cfg.conversations or cfg.regenerate == "assistant"
+    if generates and not cfg.seed_per_conversation:
         raise TurnphaseError(
             "a data-parallel build needs --seed-per-conversation, so that a conversation's text does "
             "not depend on the rank that generates it"
         )
-    if cfg.conversations:
-        raise TurnphaseError("--conversations is not split across ranks yet; run it in one process")
-    if cfg.n_conversations < world:
+    if not cfg.conversations and cfg.n_conversations < world:
         raise TurnphaseError(
             f"{world} ranks for {cfg.n_conversations} conversations: use at most one per conversation"
         )
@@ -84,10 +87,11 @@ def build_parallel(cfg: BuildConfig, rank: int, world: int, local_rank: int) -> 
     """This rank's part of the build; returns the merged provenance (on every rank)."""
     import torch.distributed as dist
 
-    from turnphase.builders.build import STATE_DIR, build, complete_provenance
+    from turnphase.builders.build import STATE_DIR, build, complete_provenance, data_identity
 
     check(cfg, world)
-    fingerprint = provenance.fingerprint(cfg.data_options())
+    options, _ = data_identity(cfg)  # a source is read by every rank
+    fingerprint = provenance.fingerprint(options)
     device = cfg.device
     if device == "cuda":
         device = f"cuda:{local_rank}"
@@ -100,20 +104,25 @@ def build_parallel(cfg: BuildConfig, rank: int, world: int, local_rank: int) -> 
             shutil.rmtree(Path(cfg.out) / STATE_DIR, ignore_errors=True)  # a merge cut short after the card
         dist.barrier()
         if not _finished(cfg.out, fingerprint):
-            lo, hi = block(cfg.n_conversations, rank, world)
             part = replace(
                 cfg,
                 out=rank_dir(cfg.out, rank, world),
-                n_conversations=hi - lo,
-                first_conversation=cfg.first_conversation + lo,
                 push_to_hub=None,
                 device=device,
+                rank_part=(rank, world),
             )
-            log.info("rank %d of %d: conversations %d..%d in %s", rank, world, lo, hi - 1, part.out)
+            if cfg.conversations:  # how many the model's context keeps is known after the load
+                log.info(
+                    "rank %d of %d: block %d of the conversations read, in %s", rank, world, rank, part.out
+                )
+            else:
+                lo, hi = block(cfg.n_conversations, rank, world)
+                part = replace(part, n_conversations=hi - lo, first_conversation=cfg.first_conversation + lo)
+                log.info("rank %d of %d: conversations %d..%d in %s", rank, world, lo, hi - 1, part.out)
             build(part)
             dist.barrier()
             if rank == 0:
-                merge(cfg, world, fingerprint)
+                merge(cfg, world, options)
             dist.barrier()
     finally:
         dist.destroy_process_group()
@@ -129,14 +138,20 @@ def _finished(out: Path, fingerprint: str) -> bool:
     )
 
 
-def merge(cfg: BuildConfig, world: int, fingerprint: str) -> dict:
-    """Rank 0, once every rank's build is complete: one dataset in cfg.out from the rank folders."""
-    from turnphase.builders.build import STATE_DIR, counts_with_tokens
+def merge(cfg: BuildConfig, world: int, options: dict) -> dict:
+    """Rank 0, once every rank's build is complete: one dataset in cfg.out from the rank folders;
+    `options` are the build's (`build.data_identity`)."""
+    from turnphase.builders.build import NOTHING_KEPT, STATE_DIR, counts_with_tokens
 
     out = Path(cfg.out)
     parts = [rank_dir(out, r, world) for r in range(world)]
     provs = [provenance.read_provenance(p) for p in parts]
     layers = provs[0]["layers"]
+    if not any(p["counts"]["conversations"] for p in provs):  # as a one-process build would fail
+        shutil.rmtree(out / STATE_DIR)
+        if not any(out.iterdir()):
+            out.rmdir()
+        raise TurnphaseError(NOTHING_KEPT)
     with folder_lock(out, "turnphase build (merging ranks)"):
         for config in schema.config_names(layers, conversations=False):
             files = [f for p in parts for f in sorted((p / config).glob(schema.SHARD_GLOB))]
@@ -182,11 +197,14 @@ def merge(cfg: BuildConfig, world: int, fingerprint: str) -> dict:
             },
             "ranks": timing,
         }
-        generation["data_parallel"] = {
-            "ranks": world,
-            "conversations": [list(block(cfg.n_conversations, r, world)) for r in range(world)],
-        }
-        options = cfg.data_options()
+        if cfg.conversations:  # each rank's source rows, in rank order, and its block of them
+            sources = [p["generation"]["source"] for p in provs]
+            generation["source"] = {k: v for k, v in sources[0].items() if k != "part"}
+            generation["source"]["rows"] = [row for s in sources for row in s["rows"]]
+            blocks = [s["part"] for s in sources]
+        else:
+            blocks = [list(block(cfg.n_conversations, r, world)) for r in range(world)]
+        generation["data_parallel"] = {"ranks": world, "conversations": blocks}
         prov = provenance.make_provenance(
             model=provs[0]["model"],
             layers=layers,
@@ -195,7 +213,7 @@ def merge(cfg: BuildConfig, world: int, fingerprint: str) -> dict:
             generation=generation,
             counts=counts_with_tokens(out, layers, merged),
             license=provs[0]["license"],
-            build_options={"fingerprint": fingerprint, **options},
+            build_options={"fingerprint": provenance.fingerprint(options), **options},
         )
         writer.finalize(out, prov, repo_id=cfg.push_to_hub)
         shutil.rmtree(out / STATE_DIR)

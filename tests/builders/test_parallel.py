@@ -1,8 +1,8 @@
 """Data-parallel builds (builders/parallel.py) under torchrun, on CPU: gloo, 2 processes, tiny model.
 
 The sharded build validates, loads with `load_dataset`, holds every conversation once and equals a
-one-process build of the same options row for row; a rank killed mid-build is completed by running
-the same command again.
+one-process build of the same options row for row, for generated conversations and for ones read
+from a file; a rank killed mid-build is completed by running the same command again.
 """
 
 from __future__ import annotations
@@ -116,9 +116,58 @@ def test_a_killed_rank_is_completed_by_running_the_command_again(tiny_model_dir,
     assert_same_rows(out, one_process)
 
 
-def test_a_data_parallel_build_without_per_conversation_seeds_is_refused(tiny_model_dir, tmp_path):
-    run = torchrun(tmp_path / "ds", tiny_model_dir, TINY_BUILD_ARGS, uuid.uuid4().hex)
-    log, _ = run.communicate(timeout=300)
-    assert run.returncode != 0
-    assert "a data-parallel build needs --seed-per-conversation" in log
+def test_a_data_parallel_build_without_per_conversation_seeds_is_refused(
+    tiny_model_dir, tmp_path, monkeypatch, capsys
+):
+    monkeypatch.setenv("WORLD_SIZE", "2")  # what a launcher sets; refused before any process group
+    monkeypatch.setenv("RANK", "0")
+    assert (
+        main(["build", "--out", str(tmp_path / "ds"), "--model", str(tiny_model_dir), *TINY_BUILD_ARGS]) == 2
+    )
+    assert "a data-parallel build needs --seed-per-conversation" in capsys.readouterr().err
     assert not (tmp_path / "ds").exists()
+
+
+def test_a_rank_whose_every_conversation_is_dropped_adds_its_counts(tiny_model_dir, tmp_path):
+    args = [*TINY_BUILD_ARGS, "--seed-per-conversation"]  # seed 7: 0 and 1 (rank 0's block) and 3 drop
+    one = tmp_path / "one"
+    assert main(["build", "--out", str(one), "--model", str(tiny_model_dir), *args]) == 0
+    out = tmp_path / "ds"
+    run = torchrun(out, tiny_model_dir, args, uuid.uuid4().hex)
+    log, _ = run.communicate(timeout=600)
+    assert run.returncode == 0, log[-4000:]
+    assert validate(out) == []
+    assert_same_rows(out, one)
+    prov, alone = (json.loads((d / schema.PROVENANCE_FILE).read_text()) for d in (out, one))
+    assert [d["conversation_id"] for d in prov["counts"]["dropped"]] == [0, 1, 3]
+    assert prov["counts"] == alone["counts"]
+
+
+def test_conversations_read_from_a_file_are_split_across_ranks(tiny_model_dir, tmp_path):
+    chats = [
+        [
+            {"role": "system", "content": "Be brief."},
+            *(
+                {"role": role, "content": f"{role} turn {r} of chat {i}: why does the tide turn?"}
+                for r in range(2)
+                for role in ("user", "assistant")
+            ),
+        ]
+        for i in range(5)
+    ]
+    source = tmp_path / "chats.jsonl"
+    source.write_text("".join(json.dumps({"messages": c}) + "\n" for c in chats))
+    args = [*ARGS, "--conversations", str(source), "--regenerate", "assistant"]  # -n 4: a sample of 5
+    one = tmp_path / "one"
+    assert main(["build", "--out", str(one), "--model", str(tiny_model_dir), *args]) == 0
+    out = tmp_path / "ds"
+    run = torchrun(out, tiny_model_dir, args, uuid.uuid4().hex)
+    log, _ = run.communicate(timeout=600)
+    assert run.returncode == 0, log[-4000:]
+    assert validate(out) == []
+    assert_same_rows(out, one)
+    prov, alone = (json.loads((d / schema.PROVENANCE_FILE).read_text()) for d in (out, one))
+    assert prov["build_options"] == alone["build_options"]  # the source's hash included
+    assert prov["generation"]["source"] == alone["generation"]["source"]  # its rows, in order
+    assert prov["generation"]["data_parallel"] == {"ranks": 2, "conversations": [[0, 2], [2, 4]]}
+    assert prov["counts"]["dropped"] == alone["counts"]["dropped"]
