@@ -4,7 +4,7 @@
     .venv/bin/python scripts/bench_build.py --skip-full-build
     .venv/bin/python scripts/bench_build.py --only decode_step,extraction
     .venv/bin/python scripts/bench_build.py --only runaway_stop   # two more default builds (each 13-55 min here)
-    .venv/bin/python scripts/bench_build.py --only variant_build  # after `make qwen`; ~25 min here
+    .venv/bin/python scripts/bench_build.py --only variant_build  # after `make qwen`; ~36 min here
 
 1. batched generation (50 conversations) vs one conversation at a time: same prompts, same token
    budget (every sequence generates exactly --new-tokens tokens). Target: >= 8x tokens/s.
