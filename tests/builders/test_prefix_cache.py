@@ -26,11 +26,19 @@ def tiny(tiny_model_dir):
         "tiny",
         pytest.param("default", marks=pytest.mark.slow),
         pytest.param(QWEN, marks=pytest.mark.variant),
+        pytest.param(
+            "cuda",
+            marks=[
+                pytest.mark.gpu,
+                pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device"),
+            ],
+        ),
     ],
 )
 def any_model(request, tiny):
-    """(model, tokenizer, atol): the tiny model, SmolLM2-135M whose logits run to ~35, and the
-    1.5B variant (grouped-query attention, 2 KV heads for 12 query heads; attention biases)."""
+    """(model, tokenizer, atol): the tiny model, SmolLM2-135M whose logits run to ~35, the 1.5B
+    variant (grouped-query attention, 2 KV heads for 12 query heads; attention biases), and
+    SmolLM2-135M in bfloat16 on CUDA (`pytest -m gpu`, not run on this project's CPU machines)."""
     if request.param == "tiny":
         # float32 agrees to ~1e-9 here; keys/values of the wrong tokens move logits by ~1e-5
         # even in this tiny random model, whose logits barely depend on attention
@@ -39,6 +47,11 @@ def any_model(request, tiny):
 
     if request.param == QWEN:
         variants.part_files(variants.VARIANTS[QWEN])  # one line saying `make qwen` when missing
+    if request.param == "cuda":
+        loaded = load_model(None, layers="auto", device="cuda", dtype="bfloat16")
+        # bfloat16 keeps 8 bits of mantissa: logits of ~35 are good to ~0.14 per rounding, and
+        # cached keys/values were rounded in another batch shape than the full forward's
+        return loaded.model, loaded.tokenizer, 0.5
     loaded = load_model(None if request.param == "default" else request.param, layers="auto")
     return loaded.model, loaded.tokenizer, 1e-3
 
@@ -84,13 +97,14 @@ def test_reused_prefix_gives_the_logits_of_a_full_forward(any_model):
     reused = cache.get_seq_length()
     assert 0 < reused < ids.shape[1]
     assert (mask[:, reused:] == 0).any()  # a hole between one row's cached and new tokens
+    ids, mask = ids.to(model.device), mask.to(model.device)
     positions = (mask.cumsum(-1) - 1).clamp(min=0)
     with torch.inference_mode():
         out = model(
             input_ids=ids[:, reused:], attention_mask=mask, position_ids=positions[:, reused:], cache=cache
         )
         for b, row in enumerate(rows):
-            full = model(input_ids=torch.tensor([row])).logits[0, -1]
+            full = model(input_ids=torch.tensor([row], device=model.device)).logits[0, -1]
             torch.testing.assert_close(out.logits[b, -1], full, atol=atol, rtol=0)
 
 
