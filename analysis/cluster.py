@@ -160,7 +160,8 @@ def cluster_for(config: AnalysisConfig, src: DatasetSource, inputs: LayerInputs)
         raise TurnphaseError(f"--workers and --scheduler need Dask: {INSTALL_HINT}") from None
     if config.scheduler is not None:
         try:
-            client = Client(config.scheduler, timeout="20s")
+            # waits up to Dask's `distributed.comm.timeouts.connect` (30 s unless configured)
+            client = Client(config.scheduler)
         except Exception as e:
             raise TurnphaseError(
                 f"cannot reach the Dask scheduler {config.scheduler} ({one_line(e)})"

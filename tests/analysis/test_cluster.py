@@ -9,6 +9,7 @@ on a Hub id, whose shards the workers read over hf:// URLs.)
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 
@@ -137,8 +138,10 @@ def test_workers_and_scheduler_together_are_refused(helix_dataset, tmp_path):
         [*cmd, "--workers", "2", "--scheduler", "tcp://127.0.0.1:1"], capture_output=True, text=True
     )
     assert done.returncode == 2 and "not allowed with argument" in done.stderr
+    # Dask's own setting bounds the wait for a scheduler (default 30 s)
+    env = os.environ | {"DASK_DISTRIBUTED__COMM__TIMEOUTS__CONNECT": "2s"}
     done = subprocess.run(
-        [*cmd, "--scheduler", "tcp://127.0.0.1:1"], capture_output=True, text=True, timeout=120
+        [*cmd, "--scheduler", "tcp://127.0.0.1:1"], capture_output=True, text=True, timeout=120, env=env
     )
     assert done.returncode == 2, done.stderr[-2000:]
     errors = [line for line in done.stderr.splitlines() if line.strip()]
