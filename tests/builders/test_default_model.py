@@ -10,7 +10,7 @@ import torch
 
 from turnphase.builders import schema
 from turnphase.builders.cli import main
-from turnphase.builders.model import default_gguf
+from turnphase.builders.model import converted_folder, default_gguf, load_model
 from turnphase.builders.validate import validate
 
 pytestmark = pytest.mark.slow
@@ -75,3 +75,25 @@ def test_without_a_system_message_the_templates_default_line_is_first_turn_marku
     content = "".join(t for t, tpl in zip(tokens["token"], tokens["is_template"], strict=True) if not tpl)
     assert "helpful" not in content and "Why is the sky blue?" in content
     assert set(tokens["role"]) == {"user", "assistant"}
+
+
+def test_the_converted_gguf_is_kept_and_read_back_the_same(tmp_path, monkeypatch):
+    """The first load converts the GGUF and keeps the conversion; the next reads it (seconds, not a
+    minute) and is the same model: weights, tokenizer, logits, provenance."""
+    monkeypatch.setenv("TURNPHASE_CACHE", str(tmp_path))
+    first = load_model(None, layers="13")
+    folder = converted_folder(first.weights_sha256)
+    assert folder.is_dir() and [p.name for p in folder.parent.iterdir()] == [folder.name]  # no temp left
+    again = load_model(None, layers="13")
+    assert again.model.config._name_or_path == str(folder)  # read from the conversion
+    assert again.describe() == first.describe()
+    a, b = first.model.state_dict(), again.model.state_dict()
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    chat = [{"role": "user", "content": "Why is the tide? Ünïcode 東京"}]
+    text = first.tokenizer.apply_chat_template(chat, tokenize=False, add_generation_prompt=True)
+    assert text == again.tokenizer.apply_chat_template(chat, tokenize=False, add_generation_prompt=True)
+    ids = first.tokenizer(text, return_tensors="pt")["input_ids"]
+    assert ids.tolist() == again.tokenizer(text, return_tensors="pt")["input_ids"].tolist()
+    with torch.no_grad():
+        assert torch.equal(first.model(ids).logits, again.model(ids).logits)
+    assert first.model.generation_config.to_dict() == again.model.generation_config.to_dict()
