@@ -216,7 +216,7 @@ def _keep_converted(model, tokenizer, folder: Path) -> None:
         model.generation_config.save_pretrained(tmp)
         save_model(model, str(tmp / "model.safetensors"))  # tied weights stored once
         tmp.rename(folder)
-    except OSError as e:
+    except Exception as e:  # OSError, or safetensors' own error on a full disk: the cache is optional
         log.debug("not keeping the converted model in %s: %s", folder, one_line(e))
         shutil.rmtree(tmp, ignore_errors=True)
 
