@@ -132,7 +132,12 @@ def load_model(
 
     def cannot_load(e: Exception) -> TurnphaseError:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        return TurnphaseError(f"cannot load model {shown_id!r}: {first}")
+        kept = (
+            f" (from its kept conversion {source}: delete it to convert again)"
+            if source == str(converted)
+            else ""
+        )
+        return TurnphaseError(f"cannot load model {shown_id!r}{kept}: {first}")
 
     try:
         tokenizer = AutoTokenizer.from_pretrained(source, **kwargs)
@@ -155,6 +160,10 @@ def load_model(
             "(unpickling it could run code); use safetensors weights"
         ) from None
     except (OSError, ValueError) as e:
+        raise cannot_load(e) from None
+    except Exception as e:  # e.g. safetensors' own error on a damaged kept conversion
+        if source != str(converted):
+            raise
         raise cannot_load(e) from None
     if "gguf_file" in kwargs and dtype == "float32":
         _keep_converted(model, tokenizer, converted)

@@ -10,6 +10,7 @@ import torch
 
 from turnphase.builders import schema
 from turnphase.builders.cli import main
+from turnphase.builders.errors import TurnphaseError
 from turnphase.builders.model import converted_folder, default_gguf, load_model
 from turnphase.builders.validate import validate
 
@@ -97,3 +98,6 @@ def test_the_converted_gguf_is_kept_and_read_back_the_same(tmp_path, monkeypatch
     with torch.no_grad():
         assert torch.equal(first.model(ids).logits, again.model(ids).logits)
     assert first.model.generation_config.to_dict() == again.model.generation_config.to_dict()
+    (folder / "model.safetensors").write_bytes(b"damaged")
+    with pytest.raises(TurnphaseError, match="from its kept conversion .*: delete it to convert again"):
+        load_model(None, layers="13")
