@@ -53,6 +53,20 @@ def assert_same_rows(a: Path, b: Path) -> None:
         assert read_config(a, config).equals(read_config(b, config)), config
 
 
+def both_ways(model: Path, args: list[str], tmp_path: Path) -> tuple[dict, dict]:
+    """Build with `args` in one process and on two ranks; check the rows agree; return the
+    provenances (two ranks, one process)."""
+    one = tmp_path / "one"
+    assert main(["build", "--out", str(one), "--model", str(model), *args]) == 0
+    out = tmp_path / "ds"
+    run = torchrun(out, model, args, uuid.uuid4().hex)
+    log, _ = run.communicate(timeout=600)
+    assert run.returncode == 0, log[-4000:]
+    assert validate(out) == []
+    assert_same_rows(out, one)
+    return tuple(json.loads((d / schema.PROVENANCE_FILE).read_text()) for d in (out, one))
+
+
 def test_two_ranks_build_the_one_process_dataset(tiny_model_dir, one_process, tmp_path):
     out = tmp_path / "ds"
     run = torchrun(out, tiny_model_dir, ARGS, uuid.uuid4().hex)
@@ -130,15 +144,7 @@ def test_a_data_parallel_build_without_per_conversation_seeds_is_refused(
 
 def test_a_rank_whose_every_conversation_is_dropped_adds_its_counts(tiny_model_dir, tmp_path):
     args = [*TINY_BUILD_ARGS, "--seed-per-conversation"]  # seed 7: 0 and 1 (rank 0's block) and 3 drop
-    one = tmp_path / "one"
-    assert main(["build", "--out", str(one), "--model", str(tiny_model_dir), *args]) == 0
-    out = tmp_path / "ds"
-    run = torchrun(out, tiny_model_dir, args, uuid.uuid4().hex)
-    log, _ = run.communicate(timeout=600)
-    assert run.returncode == 0, log[-4000:]
-    assert validate(out) == []
-    assert_same_rows(out, one)
-    prov, alone = (json.loads((d / schema.PROVENANCE_FILE).read_text()) for d in (out, one))
+    prov, alone = both_ways(tiny_model_dir, args, tmp_path)
     assert [d["conversation_id"] for d in prov["counts"]["dropped"]] == [0, 1, 3]
     assert prov["counts"] == alone["counts"]
 
@@ -158,15 +164,7 @@ def test_conversations_read_from_a_file_are_split_across_ranks(tiny_model_dir, t
     source = tmp_path / "chats.jsonl"
     source.write_text("".join(json.dumps({"messages": c}) + "\n" for c in chats))
     args = [*ARGS, "--conversations", str(source), "--regenerate", "assistant"]  # -n 4: a sample of 5
-    one = tmp_path / "one"
-    assert main(["build", "--out", str(one), "--model", str(tiny_model_dir), *args]) == 0
-    out = tmp_path / "ds"
-    run = torchrun(out, tiny_model_dir, args, uuid.uuid4().hex)
-    log, _ = run.communicate(timeout=600)
-    assert run.returncode == 0, log[-4000:]
-    assert validate(out) == []
-    assert_same_rows(out, one)
-    prov, alone = (json.loads((d / schema.PROVENANCE_FILE).read_text()) for d in (out, one))
+    prov, alone = both_ways(tiny_model_dir, args, tmp_path)
     assert prov["build_options"] == alone["build_options"]  # the source's hash included
     assert prov["generation"]["source"] == alone["generation"]["source"]  # its rows, in order
     assert prov["generation"]["data_parallel"] == {"ranks": 2, "conversations": [[0, 2], [2, 4]]}
