@@ -629,6 +629,19 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "tokens said before in it), stopped at the end of its 64-token chunk or when it ends",
     )
     g.add_argument(
+        "--runaway-rewinds",
+        type=int,
+        default=d.runaway_rewinds,
+        metavar="N",
+        help="with --stop-runaway: cut a looping reply back to where its loop began and sample on from "
+        "there, up to N times, before retrying it from the start (0: off)",
+    )
+    g.add_argument(
+        "--stop-at-question",
+        action="store_true",
+        help="reply strategy: stop a user-turn reply as soon as it holds a question (the rest is not kept)",
+    )
+    g.add_argument(
         "--check-repeats",
         action="store_true",
         help="retry a turn that repeats an earlier one of its conversation, and a user turn under 3 words",

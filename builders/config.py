@@ -16,7 +16,7 @@ SMALL_MODEL_PARAMS = 1_000_000_000
 
 # Options added after the first builds, with their defaults: not part of a fingerprint at them.
 LATER_OPTIONS = {"seed_per_conversation": False, "first_conversation": 0, "model_dtype": "float32"}
-LATER_OPTIONS |= {"extract_batch_size": 1, "rank_part": None}
+LATER_OPTIONS |= {"extract_batch_size": 1, "rank_part": None, "runaway_rewinds": 0, "stop_at_question": False}
 
 
 @dataclass
@@ -57,6 +57,12 @@ class BuildConfig:
     # instead of 13 and keeps no repeated turn, but takes 1.3x as long (README, bench_build.py).
     stop_runaway: bool = False  # stop and retry a reply as soon as it starts repeating itself
     check_repeats: bool = False  # retry repeated turns and user turns under 3 words
+    # With stop_runaway: cut a looping reply back to where its loop began and sample on from there,
+    # up to this many times, before retrying it from the start (conversations.loop_start).
+    runaway_rewinds: int = 0
+    # `reply` strategy: stop a user-turn reply as soon as it holds a question (only the question is
+    # kept; the rest of the reply was generated for nothing).
+    stop_at_question: bool = False
     # transformers' formulas, over each reply's own tokens (conversations.ReplyRepetition)
     repetition_penalty: float | None = None  # off by default
     no_repeat_ngram_size: int = 0  # 0 = off
@@ -111,6 +117,12 @@ class BuildConfig:
                 raise ConfigError(name, f"{getattr(self, name)!r}: use {', '.join(allowed)}")
         if self.repetition_penalty is not None and not 0 < self.repetition_penalty <= 10:
             raise ConfigError("repetition_penalty", "must be in (0, 10]")
+        if self.runaway_rewinds < 0:
+            raise ConfigError("runaway_rewinds", "must be 0 (off) or more")
+        if self.runaway_rewinds and not self.stop_runaway:
+            raise ConfigError(
+                "runaway_rewinds", "needs stop_runaway (the loops it cuts are the ones it finds)"
+            )
         if self.no_repeat_ngram_size < 0:
             raise ConfigError("no_repeat_ngram_size", "must be 0 (off) or more")
         if not 0 < self.temperature <= 5:

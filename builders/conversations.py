@@ -16,6 +16,7 @@ Two prompting strategies (prompts live in `prompts/*.json`):
 from __future__ import annotations
 
 import difflib
+import functools
 import hashlib
 import json
 import re
@@ -85,6 +86,10 @@ OPENING_WORDS = 10  # a turn that opens with the same 10 words as an earlier one
 NEAR_REPEAT = 0.9  # difflib similarity of the words at or above which a turn repeats an earlier one
 
 
+# The reason a loop cut back by `runaway_rewinds` is counted under (with the attempts rejected).
+REWOUND = "runaway loop cut back, sampled on (same attempt)"
+
+
 def runaway(ids: Sequence[int]) -> bool:
     """True when a reply has started repeating itself: at least half of the RUNAWAY_NGRAM-token
     phrases ending in its last RUNAWAY_WINDOW tokens occurred earlier in the reply.
@@ -106,6 +111,26 @@ def runaway(ids: Sequence[int]) -> bool:
         repeated += phrase in seen
         seen.add(phrase)
     return repeated >= RUNAWAY_SHARE * (len(phrases) - start)
+
+
+def loop_start(ids: Sequence[int]) -> int:
+    """Where the loop of a reply `runaway` calls begins: the first said-before phrase from which on
+    at least RUNAWAY_SHARE of the phrases were said before, taken back to that phrase's first
+    occurrence (the first time the looping sentence was said). Cutting the reply there and
+    sampling on resamples the sentence the loop grew from; len(ids) when there is no such phrase."""
+    n = RUNAWAY_NGRAM
+    phrases = [tuple(ids[k : k + n]) for k in range(len(ids) - n + 1)]
+    first: dict[tuple, int] = {}
+    repeated = []
+    for j, phrase in enumerate(phrases):
+        repeated.append(phrase in first)
+        first.setdefault(phrase, j)
+    start, count = None, 0
+    for j in range(len(phrases) - 1, -1, -1):
+        count += repeated[j]
+        if repeated[j] and count >= RUNAWAY_SHARE * (len(phrases) - j):
+            start = j
+    return len(ids) if start is None else first[phrases[start]]
 
 
 def _words(text: str) -> list[str]:
@@ -136,6 +161,7 @@ class Reply(NamedTuple):
     text: str
     finished: bool  # ended with an end-of-turn token
     runaway: bool = False  # repeats itself (`runaway`): stopped early, or ended that way
+    rewinds: int = 0  # loops cut back to where they began and sampled on from there
 
 
 class ReplyRepetition:
@@ -198,6 +224,30 @@ class RowSampler:
         return only.scatter_(1, chosen[:, None], 0.0)
 
 
+class QuestionStop:
+    """Ends a row's reply once it holds a question of at least MIN_USER_WORDS words
+    (`extract_question`), looked for whenever the row samples a token with a "?" in it. `stopped`:
+    row -> the tokens this call generated up to that one. A stopping criterion for
+    `generate(stopping_criteria=...)`; the rows stopped are padded until the call ends."""
+
+    def __init__(self, tokenizer, marks: frozenset[int], written: list[list[int]], start: int):
+        self.tokenizer, self.marks, self.written, self.start = tokenizer, marks, written, start
+        self.stopped: dict[int, int] = {}
+
+    def __call__(self, input_ids, scores, **kwargs):
+        import torch
+
+        for b in range(input_ids.shape[0]):
+            if b not in self.stopped and int(input_ids[b, -1]) in self.marks:
+                new = input_ids[b, self.start :].tolist()
+                text = self.tokenizer.decode(self.written[b] + new, skip_special_tokens=True)
+                if (q := extract_question(text)) and len(_words(q)) >= MIN_USER_WORDS:
+                    self.stopped[b] = len(new)
+        done = torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
+        done[list(self.stopped)] = True
+        return done
+
+
 @dataclass
 class Conversation:
     conversation_id: int
@@ -231,6 +281,8 @@ class GenerationSettings:
     seed: int = BuildConfig.seed
     seed_per_conversation: bool = BuildConfig.seed_per_conversation
     stop_runaway: bool = BuildConfig.stop_runaway  # stop a reply as soon as it repeats itself
+    runaway_rewinds: int = BuildConfig.runaway_rewinds  # a loop cut and sampled on, per reply
+    stop_at_question: bool = BuildConfig.stop_at_question  # reply strategy: user replies end at a question
     check_repeats: bool = BuildConfig.check_repeats  # retry repeated turns, and user turns under 3 words
     repetition_penalty: float | None = BuildConfig.repetition_penalty  # transformers' option
     no_repeat_ngram_size: int = BuildConfig.no_repeat_ngram_size  # transformers' option; 0 = off
@@ -278,21 +330,25 @@ class BatchedChat:
         seed: int,
         keys: list[Hashable] | None = None,
         row_seeds: list[int] | None = None,
+        stop_at_question: bool = False,
     ) -> list[Reply]:
         """Reply to each chat: its text, whether it ended, and whether it was stopped as a runaway.
 
         `keys` name the chats whose cache is kept for later calls (a conversation id); chats
         without a key keep theirs for this call only. `row_seeds`: sample each chat from its own
-        generator (RowSampler) instead of the one `seed` gives the whole call.
+        generator (RowSampler) instead of the one `seed` gives the whole call. `stop_at_question`:
+        a reply ends as soon as it holds a question of MIN_USER_WORDS words or more (QuestionStop).
 
         A batched `generate` keeps computing every row until the longest one stops, so one
         runaway reply would make the whole batch pay for the token limit. The budget is spent in
         chunks instead (256 -> 4 x 64, 64 -> 2 x 32): after each chunk only the unfinished rows go
         on, from their cache plus what they wrote so far, and a row that has started repeating
-        itself (`runaway`) stops there instead of looping to the limit.
+        itself (`runaway`) stops there instead of looping to the limit, or, with `runaway_rewinds`,
+        is cut back to where its loop began (`loop_start`) and goes on from there with its room
+        given back, up to that many times.
         """
         import torch
-        from transformers import LogitsProcessorList
+        from transformers import LogitsProcessorList, StoppingCriteriaList
 
         ids = [
             self.tokenizer.apply_chat_template(c, tokenize=False, add_generation_prompt=True) for c in chats
@@ -303,16 +359,20 @@ class BatchedChat:
         call_keys = [k if k is not None else ("call", i) for i, k in enumerate(keys)]
         written: list[list[int]] = [[] for _ in chats]
         finished, looping = [False] * len(chats), [False] * len(chats)
+        rewinds = [0] * len(chats)
         penalty, ngram = self.settings.repetition_penalty, self.settings.no_repeat_ngram_size
-        pending, budget = list(range(len(chats))), max_new_tokens
+        pending, size = list(range(len(chats))), max(32, max_new_tokens // 4)
         torch.manual_seed(seed)
         own = (
             None
             if row_seeds is None
             else [torch.Generator(self.model.device).manual_seed(s) for s in row_seeds]
         )
-        while pending and budget > 0:
-            chunk = min(budget, max(32, max_new_tokens // 4))
+        while pending:
+            # A row may write max_new_tokens in all; only a row cut back to before its loop has
+            # more room than the others (without rewinds every pending row has the same).
+            room = {i: max_new_tokens - len(written[i]) for i in pending}
+            chunk = min(size, max(room.values()))
             rows = [ids[i] + written[i] for i in pending]
             row_keys = [call_keys[i] for i in pending]
             input_ids, mask, cache = self.cache.batch(row_keys, rows, self.pad_id, chunk)
@@ -326,6 +386,12 @@ class BatchedChat:
                     RowSampler([own[i] for i in pending], self.settings.temperature, self.settings.top_p)
                 )
             options = {"logits_processor": LogitsProcessorList(processors)} if processors else {}
+            question = None
+            if stop_at_question:
+                question = QuestionStop(
+                    self.tokenizer, self.question_marks, [written[i] for i in pending], input_ids.shape[1]
+                )
+                options["stopping_criteria"] = StoppingCriteriaList([question])
             with torch.inference_mode():
                 out = self.model.generate(
                     input_ids=input_ids.to(self.model.device),
@@ -341,28 +407,45 @@ class BatchedChat:
                     **options,
                 )
             still, generated, before = [], [], self.new_tokens
-            for i, row in zip(pending, out.sequences[:, input_ids.shape[1] :].tolist(), strict=True):
+            for b, (i, row) in enumerate(
+                zip(pending, out.sequences[:, input_ids.shape[1] :].tolist(), strict=True)
+            ):
+                asked = question.stopped.get(b) if question else None  # tokens up to its question
+                row = row if asked is None else row[:asked]
                 end = next((k for k, t in enumerate(row) if t in self.eos_ids), None)
-                new = row if end is None else row[:end]
+                new = row[: room[i]] if end is None else row[:end]  # a row past its room is cut off
                 written[i] += new
                 generated.append(new)
-                self.new_tokens += len(row) if end is None else end + 1
-                if end is not None:
+                self.new_tokens += len(new) + (end is not None)
+                ended = end is not None
+                if asked is not None and not ended:
+                    continue  # it holds its question: done
+                if self.settings.stop_runaway and runaway(written[i]):
+                    if rewinds[i] < self.settings.runaway_rewinds:
+                        written[i] = written[i][: loop_start(written[i])]
+                        rewinds[i] += 1
+                        still.append(i)
+                    else:
+                        looping[i], finished[i] = True, ended
+                elif ended:
                     finished[i] = True
-                    looping[i] = self.settings.stop_runaway and runaway(written[i])
-                elif self.settings.stop_runaway and runaway(written[i]):
-                    looping[i] = True
-                else:
+                elif len(written[i]) < max_new_tokens:
                     still.append(i)
             self.cache.store(row_keys, rows, mask, out.cache, generated)
             if self.on_tokens:
                 self.on_tokens(self.new_tokens - before)
-            pending, budget = still, budget - chunk
+            pending = still
         self.cache.forget(k for k, given in zip(call_keys, keys, strict=True) if given is None)
         return [
-            Reply(self.tokenizer.decode(w, skip_special_tokens=True).strip(), f, r)
-            for w, f, r in zip(written, finished, looping, strict=True)
+            Reply(self.tokenizer.decode(w, skip_special_tokens=True).strip(), f, r, n)
+            for w, f, r, n in zip(written, finished, looping, rewinds, strict=True)
         ]
+
+    @functools.cached_property
+    def question_marks(self) -> frozenset[int]:
+        """The ids of the tokens with a "?" in them."""
+        vocab = self.tokenizer.convert_ids_to_tokens(list(range(len(self.tokenizer))))
+        return frozenset(i for i, t in enumerate(vocab) if t and "?" in t)
 
     def keep_cache(self, keys: list[Hashable]) -> None:
         """Forget every cached conversation but these."""
@@ -435,10 +518,20 @@ def generate_conversations(
                             step_seed(settings.seed, step, attempt, "conversation", c.conversation_id)
                             for c in group
                         ]
-                    replies = chat(chats, max_new, step_seed(settings.seed, step, attempt, b), keys, seeds)
+                    asks = settings.stop_at_question and role_name == "user" and settings.strategy == "reply"
+                    replies = chat(
+                        chats,
+                        max_new,
+                        step_seed(settings.seed, step, attempt, b),
+                        keys,
+                        seeds,
+                        stop_at_question=asks,
+                    )
                     for conv, reply in zip(group, replies, strict=True):
-                        text, finished, looped = Reply(*reply)
+                        text, finished, looped, rewinds = Reply(*reply)
                         cid = conv.conversation_id
+                        if rewinds:  # parts of this attempt, not attempts: counted apart
+                            conv.rejected[REWOUND] = conv.rejected.get(REWOUND, 0) + rewinds
                         attempts[cid] += 1
                         is_question = True
                         if (

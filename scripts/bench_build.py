@@ -19,8 +19,10 @@
    d_model x dtype bytes.
 6. Wall time of the default full build (`turnphase build`, 50 topics x 5 rounds). Target: <= 15 min.
 7. (only when asked: two more default builds) the default build with CLEANER options
-   (`--stop-runaway --check-repeats --max-attempts 8`: replies that repeat themselves stopped at
-   the end of their chunk, repeated and too-short turns retried) vs the default build:
+   (`--stop-runaway --runaway-rewinds 3 --stop-at-question --check-repeats --max-attempts 8`: a
+   reply that repeats itself is cut back to where its loop began and sampled on, up to 3 times,
+   then retried; user replies end at their question; repeated and too-short turns are retried)
+   vs the default build:
    wall-time ratio (target >= 1.25x), tokens generated, conversations dropped (target < 15%) and
    verbatim repeated turns kept (target 0).
 8. (only when asked; needs `make qwen`) the same small build (--variant-recipe, default 10
@@ -271,12 +273,21 @@ def full_build(*extra: str, keep: Path | None = None) -> dict:
     }
 
 
-CLEANER = ("--stop-runaway", "--check-repeats", "--max-attempts", "8")
+CLEANER = (
+    "--stop-runaway",
+    "--runaway-rewinds",
+    "3",
+    "--stop-at-question",
+    "--check-repeats",
+    "--max-attempts",
+    "8",
+)
 
 
 def runaway_stop(keep: Path | None = None) -> dict:
-    """The default build, and the same with CLEANER options (replies that repeat themselves
-    stopped early, repeated and too-short turns retried, more attempts since failed ones are
+    """The default build, and the same with CLEANER options (a reply that repeats itself cut back
+    to where its loop began and sampled on, up to 3 times, then retried; user replies stopped at
+    their question; repeated and too-short turns retried; more attempts since failed ones are
     cheaper), one after the other."""
     without = full_build()
     with_stop = full_build(*CLEANER, keep=keep)

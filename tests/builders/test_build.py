@@ -223,6 +223,9 @@ def test_bad_inputs_fail_with_one_line_and_write_nothing(tiny_model_dir, tiny_bu
         base + ["--model", str(tiny_model_dir), "--layers", "2-9"], capsys, out
     )
     assert "at least 1" in _fails_cleanly(base + ["--model", str(tiny_model_dir), "-n", "0"], capsys, out)
+    assert "needs stop_runaway" in _fails_cleanly(
+        base + ["--model", str(tiny_model_dir), "--runaway-rewinds", "2"], capsys, out
+    )
     assert not out.exists()
     other = ["build", "--out", str(tiny_build), "--model", str(tiny_model_dir), *TINY_ARGS, "--rounds", "3"]
     assert "different build" in _fails_cleanly(other, capsys, tiny_build)

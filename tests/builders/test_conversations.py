@@ -47,8 +47,10 @@ class ScriptedChat:
         self.calls = []
         self.keys = []  # the cache keys each call passed
         self.kept = []  # the conversations kept in the cache after each step
+        self.asked = []  # stop_at_question of each call
 
-    def __call__(self, chats, max_new_tokens, seed, keys=None, row_seeds=None):
+    def __call__(self, chats, max_new_tokens, seed, keys=None, row_seeds=None, stop_at_question=False):
+        self.asked.append(stop_at_question)
         self.calls.append(len(chats))
         self.keys.append(keys)
         return [self.scripts[self._id(chat)].pop(0) for chat in chats]
@@ -121,7 +123,7 @@ def test_study_strategy_uses_a_temporary_instruction_and_removes_it():
     seen, keys = [], []
 
     class Chat:
-        def __call__(self, chats, max_new_tokens, seed, keys_=None, row_seeds=None):
+        def __call__(self, chats, max_new_tokens, seed, keys_=None, row_seeds=None, stop_at_question=False):
             seen.append(chats[0])
             keys.append(keys_)
             n = len(seen)  # a new turn each call: a repeated one would be retried
@@ -178,6 +180,21 @@ def _sentence(i, changed=None):
 )
 def test_runaway(ids, loops):
     assert conv.runaway(ids) == loops
+
+
+@pytest.mark.parametrize(
+    ("ids", "first", "last"),
+    [
+        # a 20-token sentence said first at 50, then over and over with a word changed each time:
+        # cut inside its first saying (where its first phrase said again begins)
+        (list(range(50)) + sum((_sentence(0, changed=k) for k in range(6)), []), 50, 69),
+        (list(range(30)) + [7] * 40, 30, 30),  # one token over and over: cut where it began
+        (list(range(100)) + _periodic([1, 2, 3, 4, 5], 48), 100, 100),  # a phrase from 100 on
+        (list(range(200)), 200, 200),  # nothing said before: nothing to cut
+    ],
+)
+def test_loop_start(ids, first, last):
+    assert first <= conv.loop_start(ids) <= last
 
 
 def test_reply_repetition_sees_the_earlier_chunks_of_each_reply():
@@ -314,3 +331,82 @@ def test_row_sampler_gives_a_chat_the_same_reply_whatever_its_batch(endless):
     assert chat([story], 48, seed=1, row_seeds=[8])[0] != alone  # the row seed is what is followed
     shared = [chat([story], 48, seed=1)[0], chat([others[0], story, others[1]], 48, seed=1)[1]]
     assert shared[0] != shared[1]
+
+
+def test_batched_chat_cuts_a_loop_back_and_samples_on(endless, monkeypatch):
+    """Wiring of runaway_rewinds: a reply called a runaway at 64 tokens is cut back to where its
+    loop began (here token 32) and goes on from there, twice, then is stopped as a runaway: three
+    64-token chunks are spent, not four attempts of 256."""
+    model, tok = endless
+    monkeypatch.setattr(conv, "runaway", lambda ids: len(ids) >= 64)
+    monkeypatch.setattr(conv, "loop_start", lambda ids: 32)
+    settings = conv.GenerationSettings(stop_runaway=True, runaway_rewinds=2)
+    chat = conv.BatchedChat(model, tok, settings)
+    replies = chat([[{"role": "user", "content": "Tell me a story."}]] * 2, 256, seed=0)
+    assert [(r.finished, r.runaway, r.rewinds) for r in replies] == [(False, True, 2)] * 2
+    assert chat.new_tokens == 2 * 3 * 64
+
+
+def test_a_rewound_reply_gets_its_room_back_and_no_more(endless, monkeypatch):
+    """A reply cut back from 64 to 32 tokens may write up to the budget again (256), not past it:
+    the last chunk is only as long as its room, and it ends cut off at the limit."""
+    model, tok = endless
+    calls = []
+    monkeypatch.setattr(conv, "runaway", lambda ids: calls.append(len(ids)) or len(calls) == 1)
+    monkeypatch.setattr(conv, "loop_start", lambda ids: 32)
+    settings = conv.GenerationSettings(stop_runaway=True, runaway_rewinds=3)
+    chat = conv.BatchedChat(model, tok, settings)
+    (reply,) = chat([[{"role": "user", "content": "Tell me a story."}]], 256, seed=0)
+    assert (reply.finished, reply.runaway, reply.rewinds) == (False, False, 1)
+    assert calls == [64, 96, 160, 224, 256]  # the reply's length after each chunk
+    assert chat.new_tokens == 64 + 224
+
+
+def test_question_stop_ends_a_reply_at_its_first_real_question(endless):
+    """QuestionStop calls a row done at the token that completes a question of 3 words or more,
+    not at a shorter one ("What?"), and counts the tokens this call generated up to it."""
+    torch = pytest.importorskip("torch")
+    _, tok = endless
+    text = "Sure. What? One question a student would ask: Why is the sky blue? It is"
+    ids = tok(text, add_special_tokens=False)["input_ids"]
+    marks = frozenset(i for i, t in enumerate(tok.convert_ids_to_tokens(list(range(len(tok))))) if "?" in t)
+    written = ids[:3]  # an earlier chunk of the reply
+    stop = conv.QuestionStop(tok, marks, [written, []], start=1)
+    done_at = None
+    for k in range(4, len(ids) + 1):
+        row = torch.tensor([[0] + ids[3:k], [0] + [ids[0]] * (k - 3)])  # column 0: the prompt
+        done = stop(row, None)
+        assert not done[1]
+        if done[0] and done_at is None:
+            done_at = k
+    assert tok.decode(ids[:done_at]).rstrip().endswith("Why is the sky blue?")
+    assert stop.stopped == {0: done_at - 3}
+
+
+def test_batched_chat_stops_rows_at_a_question(endless, monkeypatch):
+    """Wiring of stop_at_question: every row holds a question after one token (the question
+    finder is stubbed), so each stops there and is not continued, and no row is cut off."""
+    model, tok = endless
+    monkeypatch.setattr(conv, "extract_question", lambda text: "why is it so?" if text else None)
+    chat = conv.BatchedChat(model, tok, conv.GenerationSettings())
+    chat.question_marks = frozenset(range(len(tok)))  # every token may end a question
+    replies = chat([[{"role": "user", "content": "Ask me."}]] * 3, 64, seed=0, stop_at_question=True)
+    assert chat.new_tokens == 3
+    assert [len(tok(r.text, add_special_tokens=False)["input_ids"]) >= 1 for r in replies] == [True] * 3
+    replies = chat([[{"role": "user", "content": "Ask me."}]] * 3, 64, seed=0)
+    assert chat.new_tokens == 3 + 3 * 64  # without it: to the limit
+
+
+def test_generation_asks_for_question_stops_and_counts_rewinds():
+    """stop_at_question reaches the user turns of the reply strategy only; a reply's rewinds are
+    counted under REWOUND with the rejected attempts, without being an attempt."""
+    convs, prompts = _convs(1)
+    chat = ScriptedChat(
+        {0: [("Why is the sky blue?", False), conv.Reply("Air scatters blue light most.", True, False, 2)]}
+    )
+    settings = conv.GenerationSettings(rounds=1, stop_at_question=True)
+    conv.generate_conversations(convs, chat, prompts, settings)
+    (c,) = convs
+    assert chat.asked == [True, False]
+    assert c.dropped is None and c.attempts == [1, 1]
+    assert c.rejected == {conv.REWOUND: 2}
