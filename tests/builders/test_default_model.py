@@ -101,3 +101,24 @@ def test_the_converted_gguf_is_kept_and_read_back_the_same(tmp_path, monkeypatch
     (folder / "model.safetensors").write_bytes(b"damaged")
     with pytest.raises(TurnphaseError, match="from its kept conversion .*: delete it to convert again"):
         load_model(None, layers="13")
+
+
+def test_a_killed_conversions_temporary_folder_is_swept(tmp_path):
+    """A conversion's temporary folder is removed once the process that wrote it is gone; one of
+    a running process (here this one) is left alone."""
+    import os
+    import subprocess
+    import sys
+
+    from turnphase.builders.model import _sweep_unfinished
+
+    gone = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True
+    )
+    dead = tmp_path / f"abc-transformers-5.tmp-{int(gone.stdout)}"
+    live = tmp_path / f"abc-transformers-5.tmp-{os.getpid()}"
+    kept = tmp_path / "abc-transformers-5"
+    for folder in (dead, live, kept):
+        (folder / "part").mkdir(parents=True)
+    _sweep_unfinished(tmp_path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([live.name, kept.name])
