@@ -19,7 +19,7 @@
    d_model x dtype bytes.
 6. Wall time of the default full build (`turnphase build`, 50 topics x 5 rounds). Target: <= 15 min.
 7. (only when asked: two more default builds) the default build with CLEANER options
-   (`--stop-runaway --runaway-rewinds 3 --stop-at-question --check-repeats --max-attempts 8`: a
+   (`--stop-runaway --runaway-rewinds 3 --stop-at-question --check-repeats`: a
    reply that repeats itself is cut back to where its loop began and sampled on, up to 3 times,
    then retried; user replies end at their question; repeated and too-short turns are retried)
    vs the default build:
@@ -279,16 +279,14 @@ CLEANER = (
     "3",
     "--stop-at-question",
     "--check-repeats",
-    "--max-attempts",
-    "8",
 )
 
 
 def runaway_stop(keep: Path | None = None) -> dict:
     """The default build, and the same with CLEANER options (a reply that repeats itself cut back
     to where its loop began and sampled on, up to 3 times, then retried; user replies stopped at
-    their question; repeated and too-short turns retried; more attempts since failed ones are
-    cheaper), one after the other."""
+    their question; repeated and too-short turns retried; the default 4 attempts: more would also
+    retry non-question user turns longer), one after the other."""
     without = full_build()
     with_stop = full_build(*CLEANER, keep=keep)
     return {
