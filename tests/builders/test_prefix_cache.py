@@ -128,7 +128,7 @@ def test_an_entry_holds_the_prompt_and_the_reply_it_computed(tiny):
     tokens, kv = chat.cache.entries["a"]
     prompt = _ids(tokenizer, chats[0])
     assert tokens[: len(prompt)] == prompt
-    text, finished, _ = replies[0]
+    text, finished = replies[0].text, replies[0].finished
     held = tokenizer.decode(tokens[len(prompt) :], skip_special_tokens=True).strip()
     # a reply cut off at the limit lacks its last token: it was sampled but never fed back
     assert held == text if finished else text.startswith(held)
