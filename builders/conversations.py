@@ -237,8 +237,8 @@ class QuestionStop:
     def __call__(self, input_ids, scores, **kwargs):
         import torch
 
-        for b in range(input_ids.shape[0]):
-            if b not in self.stopped and int(input_ids[b, -1]) in self.marks:
+        for b, last in enumerate(input_ids[:, -1].tolist()):
+            if b not in self.stopped and last in self.marks:
                 new = input_ids[b, self.start :].tolist()
                 text = self.tokenizer.decode(self.written[b] + new, skip_special_tokens=True)
                 if (q := extract_question(text)) and len(_words(q)) >= MIN_USER_WORDS:
@@ -413,11 +413,11 @@ class BatchedChat:
                 asked = question.stopped.get(b) if question else None  # tokens up to its question
                 row = row if asked is None else row[:asked]
                 end = next((k for k, t in enumerate(row) if t in self.eos_ids), None)
-                new = row[: room[i]] if end is None else row[:end]  # a row past its room is cut off
+                ended = end is not None
+                new = row[:end] if ended else row[: room[i]]  # a row past its room is cut off
                 written[i] += new
                 generated.append(new)
-                self.new_tokens += len(new) + (end is not None)
-                ended = end is not None
+                self.new_tokens += end + 1 if ended else len(row)  # generated, kept or not
                 if asked is not None and not ended:
                     continue  # it holds its question: done
                 if self.settings.stop_runaway and runaway(written[i]):
