@@ -403,6 +403,9 @@ def fourier_in_sample(res: LayerResult) -> dict:
     return out
 
 
+TRANSFER_DIRECTIONS = ("user_to_assistant", "assistant_to_user", "mean")
+
+
 def _beats(result: dict, others: list[float]) -> bool:
     ci = result.get("ci95")
     return ci is not None and ci[0] > max(others)
@@ -419,7 +422,6 @@ def evidence(entry: dict, config: AnalysisConfig) -> dict:
         )
 
     tr = entry["rotation"]["transfer"]
-    mean = tr["real"]["mean"]
     wheel = any(
         _beats(
             entry["planes"][plane]["real"]["circcorr"],
@@ -432,8 +434,12 @@ def evidence(entry: dict, config: AnalysisConfig) -> dict:
     return {
         "signal": probe_beats(["scrambled"]),
         "within_turn": probe_beats(["within_turn"]),
-        "transfer_positive": _beats(
-            mean, [0.0, *(tr[n]["mean"]["value"] for n in ("within_role", "within_turn"))]
+        # One rotation through the round is one readout for both roles: the readout fitted on
+        # either role must turn on through the other's tokens. A positive mean of two directions
+        # of opposite sign (one runs on, the other backwards) is not that.
+        "transfer_positive": all(
+            _beats(tr["real"][d], [0.0, *(tr[n][d]["value"] for n in ("within_role", "within_turn"))])
+            for d in TRANSFER_DIRECTIONS
         ),
         "wheel": wheel,
         "line": _beats({"ci95": line["linear_ci95"]}, [line["circle_r2"]]),

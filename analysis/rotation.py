@@ -6,7 +6,8 @@ cannot separate the hypotheses. These can:
 
     cross-role transfer  the trig readout fitted on one role's tokens, scored (Pearson r of sin and
                          cos) on the other role's held-out tokens. A rotation is one readout for the
-                         whole round: positive. Ramps that restart every turn: zero or negative
+                         whole round: positive both ways. Ramps that restart every turn: zero or
+                         negative
     continuity           at each user->assistant and assistant->user boundary, how far the trig
                          readout (cos, sin) moves across it (mean of the `continuity_window` tokens
                          each side), minus the same at mid-turn cuts. A clock or a progress bar moves
@@ -93,7 +94,8 @@ def verdict(evidence: dict) -> dict:
     wholly above the largest value among the named nulls):
         signal            linear or trig R^2 beats every null, and exceeds 0.05
         within_turn       linear or trig R^2 beats the within-turn null (progress inside turns)
-        transfer_positive cross-role transfer's interval is above 0 and beats the role-keeping nulls
+        transfer_positive cross-role transfer's interval is above 0 and beats the role-keeping nulls,
+                          in each direction (user->assistant, assistant->user) and on their mean
         wheel             the held-out Fourier or supervised plane's circular r beats every null
         line              linear R^2's interval is above what a perfect circle gives
         jump              the trig readout jumps at user->assistant boundaries: the excess jump's

@@ -3,6 +3,8 @@ where nothing was; no null finds anything."""
 
 from __future__ import annotations
 
+import copy
+
 import numpy as np
 import pytest
 import scipy.linalg
@@ -10,6 +12,9 @@ from reference import load_reference
 from sklearn.decomposition import PCA
 from synthetic import planted_basis
 
+from turnphase.analysis.config import AnalysisConfig
+from turnphase.analysis.report import evidence
+from turnphase.analysis.rotation import verdict
 from turnphase.analysis.split import NULLS
 
 VERDICTS = {
@@ -38,6 +43,23 @@ def test_switch_and_ramps_is_not_a_clock(planted_report):
     assert transfer["mean"]["ci95"][1] < 0.0  # ... cross-role transfer is not: a ramp restarts each turn
     assert e["rotation"]["continuity"]["real"]["user_to_assistant"]["ci95"][0] > 0.05
     assert e["verdict"]["rotation"] is False
+
+
+def test_rotation_needs_transfer_both_ways(planted_report):
+    """A readout that turns on from one role into the other but runs backwards the other way is not
+    one rotation, even when the mean of the two directions is positive (the 1.5B variant's layer
+    12: user->assistant -0.10, assistant->user +0.16, mean +0.03)."""
+    entry = copy.deepcopy(planted_report("helix")["layers"]["1"])
+    config = AnalysisConfig(source="planted")
+    real = entry["rotation"]["transfer"]["real"]
+    assert all(real[d]["ci95"][0] > 0 for d in ("user_to_assistant", "assistant_to_user", "mean"))
+    assert evidence(entry, config)["transfer_positive"]
+    real["user_to_assistant"] = {"value": -0.10, "ci95": [-0.12, -0.08]}
+    real["assistant_to_user"] = {"value": 0.16, "ci95": [0.14, 0.18]}
+    real["mean"] = {"value": 0.03, "ci95": [0.01, 0.05]}
+    e = evidence(entry, config)
+    assert not e["transfer_positive"]
+    assert verdict(e)["verdict"] not in ("helix", "clock")
 
 
 def test_weak_helix_is_found_below_the_top_pcs(planted_report):
