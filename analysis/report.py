@@ -539,7 +539,7 @@ def findings(report: dict) -> list[str]:
         p = e["probes"][scheme]
         trig, lin = p["trig"], p["linear"]
         null = max(trig["acts"][n]["r2"] for n in NULLS)
-        tr = e["rotation"]["transfer"]["real"]["mean"]
+        tr = e["rotation"]["transfer"]["real"]
         wheel = e["planes"]["fourier"]["real"]
         coh = e["rotation"]["coherence"]["real"]
         lines.append(
@@ -549,7 +549,9 @@ def findings(report: dict) -> list[str]:
             f"{_ci(trig['partial_r2_over_structure']['real'])} of what it leaves). "
             f"Linear R² {lin['acts']['real']['r2']:.2f} (a perfect circle allows "
             f"{e['rotation']['line_beyond_circle']['circle_r2']:.2f}). "
-            f"Cross-role transfer r {_ci(tr)}; held-out Fourier-plane wheel r {_ci(wheel['circcorr'])}; "
+            f"Cross-role transfer r {_ci(tr['mean'])} (user->assistant {_ci(tr['user_to_assistant'])}, "
+            f"assistant->user {_ci(tr['assistant_to_user'])}); "
+            f"held-out Fourier-plane wheel r {_ci(wheel['circcorr'])}; "
             f"coherence power at 2 vs 1 cycles per round {coh['k2_over_k1']:.2f}x."
         )
     return lines

@@ -106,7 +106,7 @@ def verdict(evidence: dict) -> dict:
     no_rotation = (
         "no held-out wheel beyond the nulls"
         if e["transfer_positive"]
-        else "cross-role transfer is not positive"
+        else "cross-role transfer is not positive both ways"
     )
     if not e["signal"]:
         name, why = "none", "no probe beats the scrambled null"
