@@ -5,6 +5,7 @@
     .venv/bin/python scripts/bench_build.py --only decode_step,extraction
     .venv/bin/python scripts/bench_build.py --only runaway_stop   # two more default builds (each 13-55 min here)
     .venv/bin/python scripts/bench_build.py --only variant_build  # after `make qwen`; ~36 min here
+    .venv/bin/python scripts/bench_build.py --only model_dtype    # a few min; the variant too after `make qwen`
 
 1. batched generation (50 conversations) vs one conversation at a time: same prompts, same token
    budget (every sequence generates exactly --new-tokens tokens). Target: >= 8x tokens/s.
@@ -29,6 +30,9 @@
    conversations x 2 rounds, each model's own default strategy and layers) on SmolLM2-135M and on
    the 1.5B variant, one after the other: wall time, model load, generation tokens/s, extraction
    tokens/s, and the variant's cost relative to SmolLM2.
+9. (only when asked) batched decoding (50 rows, --new-tokens each) with the weights in float32 vs
+   bfloat16 (`--model-dtype`), on the default model and, when its parts are installed, on the 1.5B
+   variant; and whether the CPU has bfloat16 matrix units (AMX, AVX512-BF16), which decide it.
 """
 
 from __future__ import annotations
@@ -49,41 +53,49 @@ import torch
 from turnphase.builders import conversations as conv
 from turnphase.builders import schema, writer
 from turnphase.builders.activations import LayerReader
+from turnphase.builders.errors import TurnphaseError
 from turnphase.builders.model import load_model
+from turnphase.builders.variants import VARIANTS, part_files
+
+
+def topic_chats(n: int) -> list[list[dict]]:
+    """n first-turn chats, one per default topic."""
+    prompts = conv.load_prompts("reply")
+    return [
+        c.messages + [{"role": "user", "content": f"Tell me about {c.topic}"}]
+        for c in conv.new_conversations(n, prompts)
+    ]
+
+
+def sample(loaded, chats: list[list[dict]], new_tokens: int) -> tuple[int, float]:
+    """One batched `generate` of exactly `new_tokens` per chat: (tokens generated, seconds)."""
+    tok, model = loaded.tokenizer, loaded.model
+    tok.padding_side = "left"
+    texts = [tok.apply_chat_template(c, tokenize=False, add_generation_prompt=True) for c in chats]
+    enc = tok(texts, return_tensors="pt", padding=True, add_special_tokens=False)
+    torch.manual_seed(0)
+    t0 = time.perf_counter()
+    with torch.inference_mode():
+        out = model.generate(
+            **enc,
+            max_new_tokens=new_tokens,
+            min_new_tokens=new_tokens,
+            do_sample=True,
+            temperature=0.7,
+            top_p=0.9,
+            pad_token_id=tok.pad_token_id,
+        )
+    dt = time.perf_counter() - t0
+    return (out.shape[1] - enc["input_ids"].shape[1]) * len(chats), dt
 
 
 def generation(loaded, n_batched: int, n_sequential: int, new_tokens: int) -> dict:
-    prompts = conv.load_prompts("reply")
-    chats = [
-        c.messages + [{"role": "user", "content": f"Tell me about {c.topic}"}]
-        for c in conv.new_conversations(n_batched, prompts)
-    ]
-    tok, model = loaded.tokenizer, loaded.model
-    tok.padding_side = "left"
-
-    def run(batch):
-        texts = [tok.apply_chat_template(c, tokenize=False, add_generation_prompt=True) for c in batch]
-        enc = tok(texts, return_tensors="pt", padding=True, add_special_tokens=False)
-        torch.manual_seed(0)
-        t0 = time.perf_counter()
-        with torch.inference_mode():
-            out = model.generate(
-                **enc,
-                max_new_tokens=new_tokens,
-                min_new_tokens=new_tokens,
-                do_sample=True,
-                temperature=0.7,
-                top_p=0.9,
-                pad_token_id=tok.pad_token_id,
-            )
-        dt = time.perf_counter() - t0
-        return (out.shape[1] - enc["input_ids"].shape[1]) * len(batch), dt
-
+    chats = topic_chats(n_batched)
     n_seq, t_seq = 0, 0.0
     for chat in chats[:n_sequential]:
-        n, dt = run([chat])
+        n, dt = sample(loaded, [chat], new_tokens)
         n_seq, t_seq = n_seq + n, t_seq + dt
-    n_bat, t_bat = run(chats)
+    n_bat, t_bat = sample(loaded, chats, new_tokens)
     return {
         "sequential_tokens_per_s": n_seq / t_seq,
         "batched_tokens_per_s": n_bat / t_bat,
@@ -309,6 +321,45 @@ def variant_build(recipe: list[str], variant: str = "qwen2.5-coder-1.5b-instruct
     }
 
 
+def variant_installed(name: str) -> bool:
+    """Whether a named variant's part wheels are all installed (`make qwen`)."""
+    try:
+        part_files(VARIANTS[name])
+    except TurnphaseError:
+        return False
+    return True
+
+
+def cpu_bf16_units() -> list[str]:
+    """The CPU's bfloat16 matrix features torch's oneDNN kernels use, from /proc/cpuinfo."""
+    try:
+        flags = set(Path("/proc/cpuinfo").read_text().split())
+    except OSError:
+        return []
+    return sorted(flags & {"amx_bf16", "amx_tile", "avx512_bf16"})
+
+
+def model_dtype(models: list[str | None], new_tokens: int, batch: int = 50) -> dict:
+    """Batched decoding with the weights in float32, then the same model cast to bfloat16 (what
+    `--model-dtype bfloat16` loads), same chats and seed, one model after the other."""
+    out = {"cpu_bf16_units": cpu_bf16_units(), "batch": batch, "new_tokens_per_sequence": new_tokens}
+    chats = topic_chats(batch)
+    for model_id in models:
+        loaded = load_model(model_id)
+        rates = {}
+        for dtype in ("float32", "bfloat16"):
+            loaded.model.to(getattr(torch, dtype))
+            sample(loaded, chats[:2], 2)  # warm-up
+            n, dt = sample(loaded, chats, new_tokens)
+            rates[dtype] = n / dt
+        out[loaded.id] = {
+            **{f"{k}_tokens_per_s": v for k, v in rates.items()},
+            "speedup": rates["bfloat16"] / rates["float32"],
+        }
+        del loaded
+    return out
+
+
 def in_process(only: set[str], args) -> dict:
     loaded = load_model(None)
     measures = {
@@ -324,7 +375,7 @@ def in_process(only: set[str], args) -> dict:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     default = ["generation", "kv_reuse", "decode_step", "extraction", "parquet", "full_build"]
-    parts = [*default, "runaway_stop", "variant_build"]  # the last two only when asked
+    parts = [*default, "runaway_stop", "variant_build", "model_dtype"]  # the last three only when asked
     p.add_argument("--only", default=",".join(default), help=f"comma-separated parts: {','.join(parts)}")
     p.add_argument("--skip-full-build", action="store_true")
     p.add_argument("--new-tokens", type=int, default=128, help="per sequence; about a mean assistant turn")
@@ -349,6 +400,10 @@ def main() -> None:
         results["runaway_stop"] = runaway_stop(args.keep)
     if "variant_build" in only:
         results["variant_build"] = variant_build(args.variant_recipe.split())
+    if "model_dtype" in only:
+        variant = "qwen2.5-coder-1.5b-instruct"
+        models = [None, *([variant] if variant_installed(variant) else [])]
+        results["model_dtype"] = model_dtype(models, args.new_tokens // 2)
     print(json.dumps(results, indent=2))
     for name, result in results.items():
         print(SUMMARY[name](result))
@@ -400,6 +455,16 @@ SUMMARY = {  # one line per part
         f"{v['variant']['extraction_tokens_per_s']:.0f} vs {v['default']['extraction_tokens_per_s']:.0f} tokens/s "
         f"({v['extraction_tokens_per_s_ratio']:.1f}x slower; {v['variant']['layers']} vs "
         f"{v['default']['layers']} layers stored)"
+    ),
+    "model_dtype": lambda m: (
+        "; ".join(
+            f"{name}: bfloat16 vs float32 weights {r['speedup']:.2f}x "
+            f"({r['bfloat16_tokens_per_s']:.1f} vs {r['float32_tokens_per_s']:.1f} tokens/s)"
+            for name, r in m.items()
+            if isinstance(r, dict)
+        )
+        + f" (batch {m['batch']} x {m['new_tokens_per_sequence']} tokens; CPU bf16 units: "
+        + f"{', '.join(m['cpu_bf16_units']) or 'none'})"
     ),
 }
 
