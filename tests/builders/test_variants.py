@@ -113,3 +113,43 @@ def test_a_variant_loads_like_a_gguf_and_is_refused_once_tampered(tmp_path, cach
         f.write(bytes([byte[0] ^ 1]))
     with pytest.raises(TurnphaseError, match="not the pinned"):
         model.load_model("fake-variant")
+
+
+@pytest.mark.variant
+@pytest.mark.parametrize("strategy", ["study", "reply"])
+def test_the_variant_builds_with_either_strategy(strategy, tmp_path):
+    """The 1.5B variant (`make qwen`) builds a valid dataset with the study's dual-role prompts and
+    with the `reply` strategy, in bfloat16 as its recipe runs: one user and one assistant turn per
+    conversation kept, the user turns questions but those counted as kept without one, the
+    strategy and dtype in the provenance."""
+    import json
+    import subprocess
+    import sys
+
+    import pyarrow.parquet as pq
+
+    from turnphase.builders import schema
+
+    out = tmp_path / strategy
+    args = ["build", "--out", str(out), "--model", "qwen2.5-coder-1.5b-instruct", "-n", "3", "--rounds", "1"]
+    args += ["--strategy", strategy, "--model-dtype", "bfloat16", "--layers", "14"]
+    args += ["--assistant-max-new-tokens", "384"]
+    done = subprocess.run(
+        [sys.executable, "-m", "turnphase.builders.cli", *args], capture_output=True, text=True
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert (
+        subprocess.run([sys.executable, "-m", "turnphase.builders.cli", "validate", str(out)]).returncode == 0
+    )
+    prov = json.loads((out / schema.PROVENANCE_FILE).read_text())
+    assert prov["generation"]["strategy"] == strategy
+    assert prov["build_options"]["model_dtype"] == "bfloat16"
+    rows = pq.read_table(out / schema.CONVERSATIONS).to_pylist()
+    assert len(rows) + len(prov["counts"]["dropped"]) == 3 and rows
+    user = [[m["content"] for m in row["messages"] if m["role"] == "user"] for row in rows]
+    assert all(len(u) == 1 for u in user), user
+    assert all(
+        sum(m["role"] == "assistant" and bool(m["content"]) for m in row["messages"]) == 1 for row in rows
+    )
+    questions = sum("?" in u[0] for u in user)
+    assert questions == len(rows) - prov["counts"]["non_question_user_turns"], user
