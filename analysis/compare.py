@@ -21,7 +21,7 @@ from pathlib import Path
 from turnphase.analysis.cli import add_figure_arguments
 from turnphase.analysis.config import AnalysisConfig, check_figure_options
 from turnphase.analysis.report import check_out
-from turnphase.analysis.rotation import VERDICTS
+from turnphase.analysis.rotation import DIRECTIONS, VERDICTS
 from turnphase.analysis.split import NULLS
 from turnphase.builders.errors import TurnphaseError
 from turnphase.builders.writer import atomic_write_json, staged_folder
@@ -73,6 +73,7 @@ def layer_rows(report: dict) -> list[dict]:
                 "trig_structure_r2": probes["trig"]["structure"]["r2"],
                 "trig_partial_r2": probes["trig"]["partial_r2_over_structure"]["real"]["value"],
                 "transfer_r": e["rotation"]["transfer"]["real"]["mean"]["value"],
+                **{f"transfer_{d}": e["rotation"]["transfer"]["real"][d]["value"] for d in DIRECTIONS},
                 **{f"wheel_{p}": e["planes"][p]["real"]["circcorr"]["value"] for p in PLANES},
                 **{
                     f"wheel_{p}_null": max(e["planes"][p][n]["circcorr"]["value"] for n in NULLS)
@@ -144,11 +145,16 @@ def compare(
 def by_depth_figure(variants: list[dict]):
     from matplotlib.figure import Figure
 
-    fig = Figure(figsize=(13, 8), layout="constrained")
-    axes = fig.subplots(2, 3)
+    fig = Figure(figsize=(17, 8), layout="constrained")
+    axes = fig.subplots(2, 4)
     panels = [
         ("trig_r2", "trig_r2_null", "trig probe R² (held out)"),
         ("helix_r2", "helix_r2_null", "helix probe R² (held out)"),
+        (
+            None,
+            None,
+            "cross-role transfer r of the sin/cos readout\n(solid: user→assistant; dashed: assistant→user)",
+        ),
         ("trig_partial_r2", None, "what activations add over the structure baseline\n(partial R², trig)"),
         ("wheel_fourier", "wheel_fourier_null", "colour wheel r, once-per-round Fourier plane"),
         ("wheel_trig", "wheel_trig_null", "colour wheel r, supervised (trig) plane"),
@@ -156,6 +162,10 @@ def by_depth_figure(variants: list[dict]):
     for ax, (key, null, title) in zip(axes.flat, panels, strict=False):
         for i, v in enumerate(variants):
             depth = [r["depth"] for r in v["layers"]]
+            if key is None:  # the transfer panel: both directions; a rotation is above 0 in both
+                for d, style in zip(DIRECTIONS, ("o-", "s--"), strict=True):
+                    ax.plot(depth, [r[f"transfer_{d}"] for r in v["layers"]], style, color=f"C{i}")
+                continue
             line = ax.plot(depth, [r[key] for r in v["layers"]], "o-", label=v["model"], color=f"C{i}")[0]
             if null:
                 ax.plot(depth, [r[null] for r in v["layers"]], ":", color=line.get_color(), label="_")
@@ -163,6 +173,8 @@ def by_depth_figure(variants: list[dict]):
         ax.set_xlabel("relative depth (layer / last layer)")
         ax.axhline(0, color="0.7", lw=0.8)
     axes[0, 0].legend(fontsize=7, title="solid: real; dotted: largest null", title_fontsize=7)
+    for ax in axes.flat[len(panels) : -1]:  # between the panels and the verdicts
+        ax.set_axis_off()
     ax = axes.flat[-1]
     for i, v in enumerate(variants):
         ys = [
@@ -178,7 +190,8 @@ def by_depth_figure(variants: list[dict]):
 
 def markdown(result: dict) -> str:
     cols = ["model", "layer", "depth", "verdict", "linear R² (null)", "trig R² (null)", "structure"]
-    cols += ["trig +acts", "transfer r", "wheel r Fourier (null)", "wheel r trig (null)", "k2/k1"]
+    cols += ["trig +acts", "transfer r (user->assistant / assistant->user)", "wheel r Fourier (null)"]
+    cols += ["wheel r trig (null)", "k2/k1"]
     lines = ["# Variants side by side", "", "| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
     for v in result["variants"]:
         for r in v["layers"]:
@@ -186,7 +199,8 @@ def markdown(result: dict) -> str:
             lines.append(
                 f"| {v['model']} | {r['layer']} | {r['depth']:.2f} | {r['verdict']} | "
                 f"{r['linear_r2']:.3f} ({r['linear_r2_null']:.3f}) | {r['trig_r2']:.3f} ({r['trig_r2_null']:.3f}) | "
-                f"{r['trig_structure_r2']:.3f} | {r['trig_partial_r2']:.3f} | {r['transfer_r']:.3f} | "
+                f"{r['trig_structure_r2']:.3f} | {r['trig_partial_r2']:.3f} | {r['transfer_r']:.3f} "
+                f"({r['transfer_user_to_assistant']:+.3f} / {r['transfer_assistant_to_user']:+.3f}) | "
                 f"{r['wheel_fourier']:.3f} ({r['wheel_fourier_null']:.3f}) | "
                 f"{r['wheel_trig']:.3f} ({r['wheel_trig_null']:.3f}) | {k} |"
             )

@@ -14,6 +14,7 @@ from __future__ import annotations
 import html
 from pathlib import Path
 
+from turnphase.analysis.rotation import DIRECTIONS
 from turnphase.analysis.split import NULLS
 
 INDEX_FILE = "index.html"
@@ -57,14 +58,15 @@ COLUMNS = (
     "trig R² (null)",
     "structure",
     "trig +acts",
-    "transfer r",
+    "transfer r (u->a / a->u)",
     "wheel r (null)",
     "k2/k1",
 )
 TABLE_NOTE = (
     "R² and r: real activations, held out (in brackets the largest of the three nulls); structure = "
     "labels-only baseline (trig R²); trig +acts = partial R² of activations over it; transfer r = "
-    "cross-role transfer of the sin/cos readout; wheel = held-out once-per-round Fourier plane; "
+    "cross-role transfer of the sin/cos readout, the mean (user->assistant / assistant->user; a "
+    "rotation is above 0 both ways); wheel = held-out once-per-round Fourier plane; "
     "k2/k1 = coherence power at 2 vs 1 cycles per round."
 )
 
@@ -88,7 +90,9 @@ def results_rows(report: dict) -> list[list[str]]:
                 with_null(p["trig"]["acts"], lambda r: r["r2"]),
                 f"{p['trig']['structure']['r2']:.3f}",
                 f"{p['trig']['partial_r2_over_structure']['real']['value']:.3f}",
-                f"{e['rotation']['transfer']['real']['mean']['value']:.3f}",
+                "{:.3f} ({:+.2f} / {:+.2f})".format(
+                    *(e["rotation"]["transfer"]["real"][d]["value"] for d in ("mean", *DIRECTIONS))
+                ),
                 with_null(e["planes"]["fourier"], lambda r: r["circcorr"]["value"]),
                 "n/a" if k2_over_k1 is None else f"{k2_over_k1:.2f}",
             ]

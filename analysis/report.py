@@ -403,9 +403,6 @@ def fourier_in_sample(res: LayerResult) -> dict:
     return out
 
 
-TRANSFER_DIRECTIONS = ("user_to_assistant", "assistant_to_user", "mean")
-
-
 def _beats(result: dict, others: list[float]) -> bool:
     ci = result.get("ci95")
     return ci is not None and ci[0] > max(others)
@@ -439,7 +436,7 @@ def evidence(entry: dict, config: AnalysisConfig) -> dict:
         # of opposite sign (one runs on, the other backwards) is not that.
         "transfer_positive": all(
             _beats(tr["real"][d], [0.0, *(tr[n][d]["value"] for n in ("within_role", "within_turn"))])
-            for d in TRANSFER_DIRECTIONS
+            for d in (*rotation.DIRECTIONS, "mean")
         ),
         "wheel": wheel,
         "line": _beats({"ci95": line["linear_ci95"]}, [line["circle_r2"]]),

@@ -32,6 +32,7 @@ from turnphase.analysis.source import Labels
 from turnphase.analysis.split import turn_ids
 
 CUTS = ("user_to_assistant", "assistant_to_user", "mid_turn")
+DIRECTIONS = ("user_to_assistant", "assistant_to_user")  # the two ways a readout can transfer
 JUMP_FLOOR = 0.05  # excess jump (readout units) below this is not called a jump, whatever its interval
 VERDICTS = ("helix", "clock", "switch + ramps", "switch", "progress bar", "none")
 
