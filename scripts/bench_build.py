@@ -294,13 +294,13 @@ CLEANER = (
 )
 
 
-def runaway_stop(keep: Path | None = None) -> dict:
+def runaway_stop(keep: Path | None = None, cleaner: tuple[str, ...] = CLEANER) -> dict:
     """The default build, and the same with CLEANER options (a reply that repeats itself cut back
     to where its loop began and sampled on, up to 3 times, then retried; user replies stopped at
     their question; repeated and too-short turns retried; the default 4 attempts: more would also
     retry non-question user turns longer), one after the other."""
     without = full_build()
-    with_stop = full_build(*CLEANER, keep=keep)
+    with_stop = full_build(*cleaner, keep=keep)
     return {
         "with": with_stop,
         "without": without,
@@ -386,6 +386,9 @@ def main() -> None:
     )
     p.add_argument("--keep", type=Path, help="runaway_stop: keep the cleaner build in this new folder")
     p.add_argument(
+        "--cleaner", default="", help=f"runaway_stop: other build options (default: {' '.join(CLEANER)})"
+    )
+    p.add_argument(
         "--variant-recipe", default="-n 10 --rounds 2", help="build options of the variant_build part"
     )
     args = p.parse_args()
@@ -397,7 +400,7 @@ def main() -> None:
     if "full_build" in only:
         results["full_build"] = full_build()
     if "runaway_stop" in only:
-        results["runaway_stop"] = runaway_stop(args.keep)
+        results["runaway_stop"] = runaway_stop(args.keep, tuple(args.cleaner.split()) or CLEANER)
     if "variant_build" in only:
         results["variant_build"] = variant_build(args.variant_recipe.split())
     if "model_dtype" in only:
