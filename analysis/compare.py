@@ -158,6 +158,7 @@ def by_depth_figure(variants: list[dict]):
         ("trig_partial_r2", None, "what activations add over the structure baseline\n(partial R², trig)"),
         ("wheel_fourier", "wheel_fourier_null", "colour wheel r, once-per-round Fourier plane"),
         ("wheel_trig", "wheel_trig_null", "colour wheel r, supervised (trig) plane"),
+        ("wheel_pair", "wheel_pair_null", "colour wheel r, the study's best pair of PCs"),
     ]
     for ax, (key, null, title) in zip(axes.flat, panels, strict=False):
         for i, v in enumerate(variants):
@@ -173,8 +174,6 @@ def by_depth_figure(variants: list[dict]):
         ax.set_xlabel("relative depth (layer / last layer)")
         ax.axhline(0, color="0.7", lw=0.8)
     axes[0, 0].legend(fontsize=7, title="solid: real; dotted: largest null", title_fontsize=7)
-    for ax in axes.flat[len(panels) : -1]:  # between the panels and the verdicts
-        ax.set_axis_off()
     ax = axes.flat[-1]
     for i, v in enumerate(variants):
         ys = [
@@ -191,7 +190,7 @@ def by_depth_figure(variants: list[dict]):
 def markdown(result: dict) -> str:
     cols = ["model", "layer", "depth", "verdict", "linear R² (null)", "trig R² (null)", "structure"]
     cols += ["trig +acts", "transfer r (user->assistant / assistant->user)", "wheel r Fourier (null)"]
-    cols += ["wheel r trig (null)", "k2/k1"]
+    cols += ["wheel r trig (null)", "wheel r pair (null)", "k2/k1"]
     lines = ["# Variants side by side", "", "| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
     for v in result["variants"]:
         for r in v["layers"]:
@@ -202,7 +201,8 @@ def markdown(result: dict) -> str:
                 f"{r['trig_structure_r2']:.3f} | {r['trig_partial_r2']:.3f} | {r['transfer_r']:.3f} "
                 f"({r['transfer_user_to_assistant']:+.3f} / {r['transfer_assistant_to_user']:+.3f}) | "
                 f"{r['wheel_fourier']:.3f} ({r['wheel_fourier_null']:.3f}) | "
-                f"{r['wheel_trig']:.3f} ({r['wheel_trig_null']:.3f}) | {k} |"
+                f"{r['wheel_trig']:.3f} ({r['wheel_trig_null']:.3f}) | "
+                f"{r['wheel_pair']:.3f} ({r['wheel_pair_null']:.3f}) | {k} |"
             )
     lines += [
         "",

@@ -44,7 +44,8 @@ def test_variants_side_by_side_by_relative_depth(two_reports, tmp_path, capsys):
             trig = e["probes"]["phase"]["trig"]["acts"]
             assert row["trig_r2"] == trig["real"]["r2"]
             assert row["trig_r2_null"] == max(trig[n]["r2"] for n in NULLS)
-            assert row["wheel_fourier"] == e["planes"]["fourier"]["real"]["circcorr"]["value"]
+            for plane in ("pair", "fourier", "trig"):
+                assert row[f"wheel_{plane}"] == e["planes"][plane]["real"]["circcorr"]["value"]
             for d in ("user_to_assistant", "assistant_to_user"):
                 assert row[f"transfer_{d}"] == e["rotation"]["transfer"]["real"][d]["value"]
         assert variant["findings"] == report["findings"]
