@@ -34,7 +34,10 @@ def main() -> int:
     p.add_argument("--layer", default=None, help="the layer config read back (default: the first)")
     p.add_argument("--timeout", type=int, default=1800, help="seconds the push may take")
     args = p.parse_args()
-    layer = args.layer or sorted(d.name for d in args.folder.glob("layer_*"))[0]
+    layers = sorted(d.name for d in args.folder.glob("layer_*"))
+    if not layers:
+        p.error(f"{args.folder}: no layer_* folder; is it a turnphase dataset?")
+    layer = args.layer or layers[0]
     with StandinHub() as hub, tempfile.TemporaryDirectory() as home:
         env = hub_env(hub.endpoint, Path(home), token=TOKEN)
         start = time.perf_counter()
