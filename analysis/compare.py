@@ -156,9 +156,7 @@ def by_depth_figure(variants: list[dict]):
             "cross-role transfer r of the sin/cos readout\n(solid: user→assistant; dashed: assistant→user)",
         ),
         ("trig_partial_r2", None, "what activations add over the structure baseline\n(partial R², trig)"),
-        ("wheel_fourier", "wheel_fourier_null", "colour wheel r, once-per-round Fourier plane"),
-        ("wheel_trig", "wheel_trig_null", "colour wheel r, supervised (trig) plane"),
-        ("wheel_pair", "wheel_pair_null", "colour wheel r, the study's best pair of PCs"),
+        *((f"wheel_{p}", f"wheel_{p}_null", f"colour wheel r, {label}") for p, label in PLANES.items()),
     ]
     for ax, (key, null, title) in zip(axes.flat, panels, strict=False):
         for i, v in enumerate(variants):
