@@ -338,6 +338,7 @@ def conversation_counts(convs: list[conv.Conversation]) -> dict:
         "turns": len(attempts),
         "retries": int(sum(max(a - 1, 0) for a in attempts)),  # 0 attempts: a turn read from a source
         "non_question_user_turns": int(sum(c.non_question_user_turns for c in kept)),
+        "same_opening_turns": int(sum(c.same_opening_turns for c in kept)),
         # every attempt that was not kept, by reason, dropped conversations included
         "rejected_attempts": dict(sorted(sum((Counter(c.rejected) for c in convs), Counter()).items())),
     }
@@ -377,6 +378,7 @@ def counts_with_tokens(out: Path, layers: list[int], conversations: dict) -> dic
         "tokens_by_role": {r: int((role == r).sum()) for r in schema.ROLES},
         "tokens_per_turn": per_turn,
         **{k: c[k] for k in ("turns", "retries", "non_question_user_turns", "rejected_attempts")},
+        "same_opening_turns": c.get("same_opening_turns", 0),
         "rows": {schema.CONVERSATIONS: c["conversations"], schema.TOKENS: n_tokens}
         | {schema.layer_config(L): n_tokens for L in layers},
         "shards": {schema.TOKENS: len(files)},
@@ -392,7 +394,8 @@ def summary(out: Path, prov: dict) -> str:
     c = prov["counts"]
     lines = [
         f"conversations: {c['conversations']} kept, {len(c['dropped'])} dropped; {c['turns']} turns, "
-        f"{c['retries']} retries, {c['non_question_user_turns']} user turns kept without a question",
+        f"{c['retries']} retries, {c['non_question_user_turns']} user turns kept without a question"
+        + (f", {n} turns kept opening like an earlier one" if (n := c.get("same_opening_turns")) else ""),
     ]
     if source := prov["generation"].get("source"):
         skipped = ", ".join(f"{why} {n}" for why, n in source["skipped"].items()) or "none"
@@ -609,6 +612,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="token budget of an assistant turn",
     )
     g.add_argument("--temperature", type=float, default=d.temperature, help="sampling temperature")
+    g.add_argument(
+        "--retry-temperature",
+        type=float,
+        default=d.retry_temperature,
+        help="sampling temperature of a turn's retries, its attempts after the first (default: "
+        "--temperature); a higher one breaks the loops that make a turn fail again and again",
+    )
     g.add_argument("--top-p", type=float, default=d.top_p, help="nucleus sampling: the probability mass kept")
     g.add_argument(
         "--batch-size", type=int, default=d.batch_size, help="conversations per batched generate call"
@@ -640,6 +650,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "--stop-at-question",
         action="store_true",
         help="reply strategy: stop a user-turn reply as soon as it holds a question (the rest is not kept)",
+    )
+    g.add_argument(
+        "--continuous",
+        action="store_true",
+        help="continuous batching: each conversation moves on as soon as its turn is kept, and every "
+        "chunk of 32 tokens batches what each live conversation is writing, a turn or a retry (needs "
+        "--seed-per-conversation)",
     )
     g.add_argument(
         "--check-repeats",

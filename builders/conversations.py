@@ -6,6 +6,10 @@ a turn cut off at the token limit) is retried, only for the conversations that n
 `max_attempts` times; a conversation whose turn still fails is dropped and reported. A user turn
 that is not a question is retried too, but kept after the last attempt, and counted.
 
+With `continuous` (continuous batching, `generate_continuously`), there are no such steps: each
+conversation moves on as soon as its turn is settled, and every chunk of decoding batches what each
+live conversation is writing (a user turn, an assistant turn or a retry), so the batch stays full.
+
 Two prompting strategies (prompts live in `prompts/*.json`):
 - `study`: the study's exact procedure (dual-role system prompt, a temporary "act as the User"
   system message before each user turn, removed afterwards).
@@ -23,7 +27,7 @@ import re
 from collections.abc import Callable, Hashable, Sequence
 from dataclasses import asdict, dataclass, field, fields
 from importlib import resources
-from typing import Literal, NamedTuple
+from typing import Any, Literal, NamedTuple
 
 from turnphase.builders.config import BuildConfig
 from turnphase.builders.log import progress
@@ -82,7 +86,7 @@ RUNAWAY_WINDOW = 64  # the tail of a reply looked at (one assistant chunk)
 RUNAWAY_SHARE = 0.5  # a tail whose phrases were mostly said before in the reply is looping
 RUNAWAY_MIN = 24  # phrases: a tail shorter than this is too short to call
 MIN_USER_WORDS = 3  # a user turn shorter than this is no question ("mean?")
-OPENING_WORDS = 10  # a turn that opens with the same 10 words as an earlier one repeats it
+OPENING_WORDS = 10  # a turn that opens with the same 10 words as an earlier one: retried, kept last
 NEAR_REPEAT = 0.9  # difflib similarity of the words at or above which a turn repeats an earlier one
 
 
@@ -138,22 +142,36 @@ def _words(text: str) -> list[str]:
 
 
 def repeats(text: str, earlier: str) -> bool:
-    """`text` repeats `earlier` exactly or nearly: the same words, >= 90% similar words
-    (difflib), or the same opening of OPENING_WORDS words."""
+    """`text` repeats `earlier` exactly or nearly: the same words, or >= 90% similar words (difflib)."""
     a, b = _words(text), _words(earlier)
     if not a or not b:
         return False
-    if a == b or (len(a) >= OPENING_WORDS and a[:OPENING_WORDS] == b[:OPENING_WORDS]):
-        return True
-    return difflib.SequenceMatcher(None, a, b, autojunk=False).ratio() >= NEAR_REPEAT
+    return a == b or difflib.SequenceMatcher(None, a, b, autojunk=False).ratio() >= NEAR_REPEAT
+
+
+def same_opening(text: str, earlier: str) -> bool:
+    """`text` opens with the same OPENING_WORDS words as `earlier` ("The answer is no, it is not
+    possible to travel with bicycles" three times), whatever follows."""
+    a, b = _words(text), _words(earlier)
+    return len(a) >= OPENING_WORDS and a[:OPENING_WORDS] == b[:OPENING_WORDS]
+
+
+# A flaw, not a fault: such a turn is retried, and kept after the last attempt if no better came
+# (like a user turn without a question), so that a model's habit of opening alike drops nothing.
+SAME_OPENING = "opens like an earlier turn"
+NO_QUESTION = "user turn without a question"
 
 
 def conversation_problem(text: str, role: str, messages: list[dict]) -> str | None:
-    """Why a turn that is sound on its own does not fit its conversation, or None."""
+    """Why a turn that is sound on its own does not fit its conversation, or None; SAME_OPENING
+    is a flaw to retry, the others faults."""
     if role == "user" and len(_words(text)) < MIN_USER_WORDS:
         return f"user turn under {MIN_USER_WORDS} words"
-    if any(repeats(text, m["content"]) for m in messages if m["role"] in ("user", "assistant")):
+    earlier = [m["content"] for m in messages if m["role"] in ("user", "assistant")]
+    if any(repeats(text, e) for e in earlier):
         return "repeats an earlier turn"
+    if any(same_opening(text, e) for e in earlier):
+        return SAME_OPENING
     return None
 
 
@@ -199,21 +217,26 @@ class RowSampler:
     """Draws each row's next token with the row's own `torch.Generator`, then leaves `generate` no
     choice (every other token at -inf), so a row's sample does not depend on the batch around it.
 
-    The temperature and nucleus are applied here with transformers' own warpers (generate applies
-    its warpers after custom processors; on a single finite token they change nothing). A logits
-    processor for `generate(logits_processor=...)`, last in the list."""
+    The temperature (one, or one per row) and nucleus are applied here with transformers' own
+    warpers (generate applies its warpers after custom processors; on a single finite token they
+    change nothing). A logits processor for `generate(logits_processor=...)`, last in the list."""
 
-    def __init__(self, generators: list, temperature: float, top_p: float):
+    def __init__(self, generators: list, temperature: float | Sequence[float], top_p: float):
         from transformers import TemperatureLogitsWarper, TopPLogitsWarper
 
         self.generators = generators
-        self.warpers = [TemperatureLogitsWarper(temperature)]
+        self.temperatures = None if isinstance(temperature, int | float) else list(temperature)
+        self.warpers = [] if self.temperatures is not None else [TemperatureLogitsWarper(temperature)]
         if top_p < 1.0:
             self.warpers.append(TopPLogitsWarper(top_p))
 
     def __call__(self, input_ids, scores):
         import torch
 
+        if self.temperatures is not None:  # TemperatureLogitsWarper's division, row by row
+            scores = (
+                scores / torch.tensor(self.temperatures, dtype=scores.dtype, device=scores.device)[:, None]
+            )
         for warp in self.warpers:
             scores = warp(input_ids, scores)
         probs = scores.float().softmax(dim=-1)
@@ -230,15 +253,23 @@ class QuestionStop:
     row -> the tokens this call generated up to that one. A stopping criterion for
     `generate(stopping_criteria=...)`; the rows stopped are padded until the call ends."""
 
-    def __init__(self, tokenizer, marks: frozenset[int], written: list[list[int]], start: int):
+    def __init__(
+        self,
+        tokenizer,
+        marks: frozenset[int],
+        written: list[list[int]],
+        start: int,
+        asks: Sequence[bool] | None = None,
+    ):
         self.tokenizer, self.marks, self.written, self.start = tokenizer, marks, written, start
+        self.asks = [True] * len(written) if asks is None else list(asks)  # the rows it watches
         self.stopped: dict[int, int] = {}
 
     def __call__(self, input_ids, scores, **kwargs):
         import torch
 
         for b, last in enumerate(input_ids[:, -1].tolist()):
-            if b not in self.stopped and last in self.marks:
+            if self.asks[b] and b not in self.stopped and last in self.marks:
                 new = input_ids[b, self.start :].tolist()
                 text = self.tokenizer.decode(self.written[b] + new, skip_special_tokens=True)
                 if (q := extract_question(text)) and len(_words(q)) >= MIN_USER_WORDS:
@@ -255,6 +286,7 @@ class Conversation:
     messages: list[dict]  # the final conversation: system prompt, then user/assistant turns
     attempts: list[int] = field(default_factory=list)  # per non-system message
     non_question_user_turns: int = 0
+    same_opening_turns: int = 0  # kept although they open like an earlier turn (SAME_OPENING)
     dropped: str | None = None  # why the conversation was left out
     rejected: dict[str, int] = field(default_factory=dict)  # attempts rejected, by reason
     # Given user turns, one per round (a source read with `--regenerate assistant`): kept verbatim,
@@ -276,6 +308,7 @@ class GenerationSettings:
     user_max_new_tokens: int = BuildConfig.user_max_new_tokens
     assistant_max_new_tokens: int = BuildConfig.assistant_max_new_tokens
     temperature: float = BuildConfig.temperature
+    retry_temperature: float | None = BuildConfig.retry_temperature  # None: temperature
     top_p: float = BuildConfig.top_p
     batch_size: int = BuildConfig.batch_size
     seed: int = BuildConfig.seed
@@ -286,6 +319,7 @@ class GenerationSettings:
     check_repeats: bool = BuildConfig.check_repeats  # retry repeated turns, and user turns under 3 words
     repetition_penalty: float | None = BuildConfig.repetition_penalty  # transformers' option
     no_repeat_ngram_size: int = BuildConfig.no_repeat_ngram_size  # transformers' option; 0 = off
+    continuous: bool = BuildConfig.continuous  # continuous batching (generate_continuously)
 
     @classmethod
     def of(cls, config: BuildConfig, strategy: Strategy) -> GenerationSettings:
@@ -307,6 +341,23 @@ def step_seed(seed: int, *parts: int | str) -> int:
     """A seed per (step, attempt, batch) or (step, attempt, "conversation", id): a resumed build
     replays each call with the same RNG."""
     return int.from_bytes(hashlib.sha256(repr((seed, *parts)).encode()).digest()[:4], "little")
+
+
+@dataclass
+class Row:
+    """One reply being written, over the chunks (`BatchedChat.advance` calls) it takes."""
+
+    ids: list[int]  # the prompt's token ids
+    key: Hashable  # its cache entry
+    max_new_tokens: int
+    generator: Any = None  # its own torch.Generator (RowSampler); None: the call's seed
+    temperature: float = BuildConfig.temperature
+    asks: bool = False  # ends at its first question (QuestionStop)
+    written: list[int] = field(default_factory=list)
+    finished: bool = False  # ended with an end-of-turn token
+    looping: bool = False  # repeats itself (`runaway`)
+    rewinds: int = 0
+    done: bool = False
 
 
 class BatchedChat:
@@ -331,6 +382,7 @@ class BatchedChat:
         keys: list[Hashable] | None = None,
         row_seeds: list[int] | None = None,
         stop_at_question: bool = False,
+        temperature: float | None = None,
     ) -> list[Reply]:
         """Reply to each chat: its text, whether it ended, and whether it was stopped as a runaway.
 
@@ -338,108 +390,161 @@ class BatchedChat:
         without a key keep theirs for this call only. `row_seeds`: sample each chat from its own
         generator (RowSampler) instead of the one `seed` gives the whole call. `stop_at_question`:
         a reply ends as soon as it holds a question of MIN_USER_WORDS words or more (QuestionStop).
+        `temperature`: this call's, instead of the settings' (a retry's).
 
         A batched `generate` keeps computing every row until the longest one stops, so one
         runaway reply would make the whole batch pay for the token limit. The budget is spent in
-        chunks instead (256 -> 4 x 64, 64 -> 2 x 32): after each chunk only the unfinished rows go
-        on, from their cache plus what they wrote so far, and a row that has started repeating
-        itself (`runaway`) stops there instead of looping to the limit, or, with `runaway_rewinds`,
-        is cut back to where its loop began (`loop_start`) and goes on from there with its room
-        given back, up to that many times.
+        chunks instead (256 -> 4 x 64, 64 -> 2 x 32; `advance`): after each chunk only the
+        unfinished rows go on.
         """
         import torch
-        from transformers import LogitsProcessorList, StoppingCriteriaList
 
-        ids = [
-            self.tokenizer.apply_chat_template(c, tokenize=False, add_generation_prompt=True) for c in chats
-        ]
-        ids = [self.tokenizer(p, add_special_tokens=False)["input_ids"] for p in ids]
         keys = list(keys) if keys is not None else [None] * len(chats)
         # Chats without a key still reuse their cache between chunks, under a key of this call.
         call_keys = [k if k is not None else ("call", i) for i, k in enumerate(keys)]
-        written: list[list[int]] = [[] for _ in chats]
-        finished, looping = [False] * len(chats), [False] * len(chats)
-        rewinds = [0] * len(chats)
-        penalty, ngram = self.settings.repetition_penalty, self.settings.no_repeat_ngram_size
-        pending, size = list(range(len(chats))), max(32, max_new_tokens // 4)
+        temperature = self.settings.temperature if temperature is None else temperature
         torch.manual_seed(seed)
-        own = (
-            None
-            if row_seeds is None
-            else [torch.Generator(self.model.device).manual_seed(s) for s in row_seeds]
-        )
-        while pending:
-            # A row may write max_new_tokens in all; only a row cut back to before its loop has
-            # more room than the others (without rewinds every pending row has the same).
-            room = {i: max_new_tokens - len(written[i]) for i in pending}
-            chunk = min(size, max(room.values()))
-            rows = [ids[i] + written[i] for i in pending]
-            row_keys = [call_keys[i] for i in pending]
-            input_ids, mask, cache = self.cache.batch(row_keys, rows, self.pad_id, chunk)
-            processors = []
-            if penalty is not None or ngram:
-                processors.append(
-                    ReplyRepetition([written[i] for i in pending], input_ids.shape[1], penalty, ngram)
-                )
-            if own is not None:  # last: it samples from what the others left
-                processors.append(
-                    RowSampler([own[i] for i in pending], self.settings.temperature, self.settings.top_p)
-                )
-            options = {"logits_processor": LogitsProcessorList(processors)} if processors else {}
-            question = None
-            if stop_at_question:
-                question = QuestionStop(
-                    self.tokenizer, self.question_marks, [written[i] for i in pending], input_ids.shape[1]
-                )
-                options["stopping_criteria"] = StoppingCriteriaList([question])
-            with torch.inference_mode():
-                out = self.model.generate(
-                    input_ids=input_ids.to(self.model.device),
-                    attention_mask=mask.to(self.model.device),
-                    cache=cache,
-                    max_new_tokens=chunk,
-                    do_sample=True,
-                    temperature=self.settings.temperature,
-                    top_p=self.settings.top_p,
-                    eos_token_id=self.eos_ids,
-                    pad_token_id=self.pad_id,
-                    return_dict_in_generate=True,
-                    **options,
-                )
-            still, generated, before = [], [], self.new_tokens
-            for b, (i, row) in enumerate(
-                zip(pending, out.sequences[:, input_ids.shape[1] :].tolist(), strict=True)
-            ):
-                asked = question.stopped.get(b) if question else None  # tokens up to its question
-                row = row if asked is None else row[:asked]
-                end = next((k for k, t in enumerate(row) if t in self.eos_ids), None)
-                ended = end is not None
-                new = row[:end] if ended else row[: room[i]]  # a row past its room is cut off
-                written[i] += new
-                generated.append(new)
-                self.new_tokens += end + 1 if ended else len(row)  # generated, kept or not
-                if asked is not None and not ended:
-                    continue  # it holds its question: done
-                if self.settings.stop_runaway and runaway(written[i]):
-                    if rewinds[i] < self.settings.runaway_rewinds:
-                        written[i] = written[i][: loop_start(written[i])]
-                        rewinds[i] += 1
-                        still.append(i)
-                    else:
-                        looping[i], finished[i] = True, ended
-                elif ended:
-                    finished[i] = True
-                elif len(written[i]) < max_new_tokens:
-                    still.append(i)
-            self.cache.store(row_keys, rows, mask, out.cache, generated)
-            if self.on_tokens:
-                self.on_tokens(self.new_tokens - before)
-            pending = still
-        self.cache.forget(k for k, given in zip(call_keys, keys, strict=True) if given is None)
-        return [
-            Reply(self.tokenizer.decode(w, skip_special_tokens=True).strip(), f, r, n)
-            for w, f, r, n in zip(written, finished, looping, rewinds, strict=True)
+        seeds = row_seeds if row_seeds is not None else [None] * len(chats)
+        rows = [
+            self.row(c, k, max_new_tokens, s, temperature, stop_at_question)
+            for c, k, s in zip(chats, call_keys, seeds, strict=True)
         ]
+        pending, size = rows, max(32, max_new_tokens // 4)
+        while pending:
+            self.advance(pending, size)
+            pending = [r for r in pending if not r.done]
+        self.cache.forget(k for k, given in zip(call_keys, keys, strict=True) if given is None)
+        return [self.reply(r) for r in rows]
+
+    def row(
+        self,
+        chat: list[dict],
+        key: Hashable,
+        max_new_tokens: int,
+        seed: int | None = None,
+        temperature: float | None = None,
+        asks: bool = False,
+    ) -> Row:
+        """A reply to `chat` to be written by `advance`, from its own generator when `seed` is given."""
+        import torch
+
+        text = self.tokenizer.apply_chat_template(chat, tokenize=False, add_generation_prompt=True)
+        generator = None if seed is None else torch.Generator(self.model.device).manual_seed(seed)
+        temperature = self.settings.temperature if temperature is None else temperature
+        ids = self.tokenizer(text, add_special_tokens=False)["input_ids"]
+        return Row(ids, key, max_new_tokens, generator, temperature, asks)
+
+    def reply(self, row: Row) -> Reply:
+        text = self.tokenizer.decode(row.written, skip_special_tokens=True).strip()
+        return Reply(text, row.finished, row.looping, row.rewinds)
+
+    def prefill(self, rows: list[Row]) -> None:
+        """Feed the uncached prompts of the rows that have more than their last token to feed (new
+        replies), in a forward of their own, and cache them: in a batch with rows that feed one
+        token each, their prompts would make every row pay for their width in padding. (One greedy
+        token is generated and thrown away; the row's own sampling is left untouched.)"""
+        import torch
+
+        if not self.cache.reuse:  # nothing would be kept: every call feeds whole prompts
+            return
+        new = [
+            r for r in rows if len(r.ids) + len(r.written) - self.cache.reusable(r.key, r.ids + r.written) > 1
+        ]
+        if not new:
+            return
+        prompts, keys = [r.ids + r.written for r in new], [r.key for r in new]
+        input_ids, mask, cache = self.cache.batch(keys, prompts, self.pad_id, 1)
+        with torch.inference_mode():
+            out = self.model.generate(
+                input_ids=input_ids.to(self.model.device),
+                attention_mask=mask.to(self.model.device),
+                cache=cache,
+                max_new_tokens=1,
+                do_sample=False,
+                pad_token_id=self.pad_id,
+                return_dict_in_generate=True,
+            )
+        self.cache.store(keys, prompts, mask, out.cache, [[] for _ in new])
+
+    def advance(self, rows: list[Row], size: int) -> None:
+        """One batched `generate` call: every row writes up to `size` more tokens, from its cache
+        plus what it wrote so far. A row is `done` when it ends, fills its budget, holds its
+        question, or has started repeating itself (`runaway`) and stops there instead of looping to
+        the limit, or, with `runaway_rewinds`, is cut back to where its loop began (`loop_start`)
+        and goes on with its room given back, up to that many times. The rows either all have
+        their own generator or all sample from the global one (seeded by the caller) at one
+        temperature."""
+        import torch
+        from transformers import LogitsProcessorList, StoppingCriteriaList
+
+        penalty, ngram = self.settings.repetition_penalty, self.settings.no_repeat_ngram_size
+        # A row may write max_new_tokens in all; only a row cut back to before its loop has
+        # more room than the others.
+        room = [r.max_new_tokens - len(r.written) for r in rows]
+        chunk = min(size, max(room))
+        prompts = [r.ids + r.written for r in rows]
+        keys = [r.key for r in rows]
+        input_ids, mask, cache = self.cache.batch(keys, prompts, self.pad_id, chunk)
+        processors = []
+        if penalty is not None or ngram:
+            processors.append(ReplyRepetition([r.written for r in rows], input_ids.shape[1], penalty, ngram))
+        own = [r.generator for r in rows]
+        if any(g is not None for g in own):  # last: it samples from what the others left
+            temperatures = [r.temperature for r in rows]
+            one = len(set(temperatures)) == 1
+            processors.append(RowSampler(own, temperatures[0] if one else temperatures, self.settings.top_p))
+        options = {"logits_processor": LogitsProcessorList(processors)} if processors else {}
+        question = None
+        if any(r.asks for r in rows):
+            question = QuestionStop(
+                self.tokenizer,
+                self.question_marks,
+                [r.written for r in rows],
+                input_ids.shape[1],
+                [r.asks for r in rows],
+            )
+            options["stopping_criteria"] = StoppingCriteriaList([question])
+        with torch.inference_mode():
+            out = self.model.generate(
+                input_ids=input_ids.to(self.model.device),
+                attention_mask=mask.to(self.model.device),
+                cache=cache,
+                max_new_tokens=chunk,
+                do_sample=True,
+                temperature=rows[0].temperature,
+                top_p=self.settings.top_p,
+                eos_token_id=self.eos_ids,
+                pad_token_id=self.pad_id,
+                return_dict_in_generate=True,
+                **options,
+            )
+        generated, before = [], self.new_tokens
+        for b, (r, tokens) in enumerate(
+            zip(rows, out.sequences[:, input_ids.shape[1] :].tolist(), strict=True)
+        ):
+            asked = question.stopped.get(b) if question else None  # tokens up to its question
+            tokens = tokens if asked is None else tokens[:asked]
+            end = next((k for k, t in enumerate(tokens) if t in self.eos_ids), None)
+            ended = end is not None
+            new = tokens[:end] if ended else tokens[: room[b]]  # a row past its room is cut off
+            r.written += new
+            generated.append(new)
+            self.new_tokens += end + 1 if ended else len(tokens)  # generated, kept or not
+            if asked is not None and not ended:
+                r.done = True  # it holds its question
+            elif self.settings.stop_runaway and runaway(r.written):
+                if r.rewinds < self.settings.runaway_rewinds:
+                    r.written = r.written[: loop_start(r.written)]
+                    r.rewinds += 1
+                else:
+                    r.looping, r.finished, r.done = True, ended, True
+            elif ended:
+                r.finished = r.done = True
+            elif len(r.written) >= r.max_new_tokens:
+                r.done = True
+        self.cache.store(keys, prompts, mask, out.cache, generated)
+        if self.on_tokens:
+            self.on_tokens(self.new_tokens - before)
 
     @functools.cached_property
     def question_marks(self) -> frozenset[int]:
@@ -461,6 +566,173 @@ def _user_chat(conv: Conversation, prompts: dict, strategy: Strategy, first: boo
     return [{"role": "user", "content": text}]
 
 
+def _take(
+    conv: Conversation,
+    reply: Reply,
+    step: int,
+    attempt: int,
+    settings: GenerationSettings,
+    fallback: dict[int, tuple[str, str]],
+) -> bool:
+    """Judge attempt `attempt` (0-based) at turn `step` of `conv`: keep it in `conv.messages`, or
+    on the last attempt keep the flawed fallback or drop the conversation; True asks for a retry.
+    `fallback` holds, per conversation, a sound turn with a flaw (no question, an opening said
+    before), kept if nothing better comes."""
+    rnd, role = divmod(step, 2)
+    role_name = "user" if role == 0 else "assistant"
+    last = attempt == settings.max_attempts - 1
+    text, finished, looped, rewinds = Reply(*reply)
+    cid = conv.conversation_id
+    if rewinds:  # parts of this attempt, not attempts: counted apart
+        conv.rejected[REWOUND] = conv.rejected.get(REWOUND, 0) + rewinds
+    flaw = None  # kept after the last attempt if nothing better comes
+    if role_name == "user" and settings.strategy == "reply" and (question := extract_question(text)):
+        # The reply only carries the question: a question found in it is the turn, even when the
+        # reply around it ran on past the token limit.
+        text, problem = question, turn_problem(question, True)
+    else:
+        problem = "repeats itself (runaway)" if looped else turn_problem(text, finished)
+        # reply: no question was found above; study: the turn is the reply
+        if role_name == "user" and not (settings.strategy == "study" and "?" in text):
+            flaw = NO_QUESTION
+    if settings.check_repeats:
+        problem = problem or conversation_problem(text, role_name, conv.messages)
+        if problem == SAME_OPENING:
+            problem, flaw = None, flaw or SAME_OPENING
+    if reason := problem or flaw:
+        conv.rejected[reason] = conv.rejected.get(reason, 0) + 1
+    if problem is None and flaw:
+        fallback.setdefault(cid, (text, flaw))
+    if problem is None and not flaw:
+        conv.messages.append({"role": role_name, "content": text})
+    elif last and cid in fallback:
+        text, flaw = fallback.pop(cid)
+        conv.messages.append({"role": role_name, "content": text})
+        if flaw == NO_QUESTION:
+            conv.non_question_user_turns += 1
+        else:
+            conv.same_opening_turns += 1
+    elif last:
+        conv.dropped = f"round {rnd} {role_name} turn: {problem} after {attempt + 1} attempts"
+        return False
+    else:
+        return True
+    fallback.pop(cid, None)
+    conv.attempts.append(attempt + 1)
+    return False
+
+
+def _give_user_turn(conv: Conversation, step: int) -> bool:
+    """Append a given user turn (a source read with `--regenerate assistant`) at a user step."""
+    if step % 2 or conv.user_turns is None:
+        return False
+    conv.messages.append({"role": "user", "content": conv.user_turns[step // 2]})
+    conv.attempts.append(0)  # given, not generated
+    return True
+
+
+def _attempt_row(
+    chat: BatchedChat,
+    conv: Conversation,
+    step: int,
+    attempt: int,
+    prompts: dict,
+    settings: GenerationSettings,
+) -> Row:
+    """Attempt `attempt` at turn `step` of `conv`, as a row of its own (continuous batching): sampled
+    from the conversation's own generator (seeded as with seed_per_conversation), the user chats
+    of the `reply` strategy cached under ("user", id) until their turn is settled."""
+    rnd, role = divmod(step, 2)
+    cid, user = conv.conversation_id, role == 0
+    if user:
+        messages, key = _user_chat(conv, prompts, settings.strategy, rnd == 0), cid
+        if settings.strategy == "reply":
+            key = ("user", cid)
+    else:
+        messages, key = conv.messages, cid
+    temperature = settings.temperature
+    if attempt and settings.retry_temperature is not None:
+        temperature = settings.retry_temperature
+    return chat.row(
+        messages,
+        key,
+        settings.user_max_new_tokens if user else settings.assistant_max_new_tokens,
+        step_seed(settings.seed, step, attempt, "conversation", cid),
+        temperature,
+        asks=user and settings.stop_at_question and settings.strategy == "reply",
+    )
+
+
+def generate_continuously(
+    conversations: list[Conversation],
+    chat: BatchedChat,
+    prompts: dict,
+    settings: GenerationSettings,
+    *,
+    on_step: Callable[[int, list[Conversation]], None] | None = None,
+) -> list[Conversation]:
+    """The turn-taking with continuous batching: every conversation moves on as soon as its turn
+    is settled, and each chunk (`BatchedChat.advance`) batches whatever reply each live
+    conversation is writing, a user turn, an assistant turn or a retry, so the batch stays full
+    instead of waiting for a step's longest reply and then running its retries in small batches.
+    Each conversation resumes at its own next turn (its settled turns, `attempts`); its samples
+    come from its own generators, seeded per (turn, attempt) as with seed_per_conversation, so its
+    text does not depend on the schedule where the numerics allow. `on_step(steps, snapshot)` is
+    called whenever every live conversation has settled `steps` turns, with the conversations as
+    they were after their last settled turn (what a resume starts from)."""
+    total = 2 * settings.rounds
+    size = min(max(32, n // 4) for n in (settings.user_max_new_tokens, settings.assistant_max_new_tokens))
+    rows: dict[int, tuple[Row, int]] = {}  # conversation id -> (its reply in flight, attempt)
+    fallback: dict[int, tuple[str, str]] = {}
+    settled = {c.conversation_id: to_json([c])[0] for c in conversations}
+    steps_done = min((len(c.attempts) for c in conversations if c.dropped is None), default=total)
+    with progress(desc="generation", unit="tok") as bar:
+        chat.on_tokens = bar.update
+        while True:
+            for c in conversations:
+                cid = c.conversation_id
+                while c.dropped is None and cid not in rows and len(c.attempts) < total:
+                    if _give_user_turn(c, len(c.attempts)):
+                        settled[cid] = to_json([c])[0]
+                    elif len(rows) < settings.batch_size:
+                        rows[cid] = (_attempt_row(chat, c, len(c.attempts), 0, prompts, settings), 0)
+                    else:
+                        break
+            if not rows:
+                break
+            live = [c for c in conversations if c.dropped is None]
+            bar.set_postfix_str(
+                f"continuous: {len(rows)} replies in flight, turns {min(len(c.attempts) for c in live)}"
+                f"-{max(len(c.attempts) for c in live)} of {total} settled, "
+                f"{sum(sum(c.rejected.values()) for c in conversations)} attempts rejected, "
+                f"{sum(c.dropped is not None for c in conversations)} dropped"
+            )
+            order = sorted(rows)
+            chat.prefill([rows[cid][0] for cid in order])
+            chat.advance([rows[cid][0] for cid in order], size)
+            by_id = {c.conversation_id: c for c in conversations}
+            for cid in order:
+                row, attempt = rows[cid]
+                if not row.done:
+                    continue
+                c, step = by_id[cid], len(by_id[cid].attempts)
+                if _take(c, chat.reply(row), step, attempt, settings, fallback):
+                    rows[cid] = (_attempt_row(chat, c, step, attempt + 1, prompts, settings), attempt + 1)
+                    continue
+                del rows[cid]
+                chat.cache.forget([("user", cid)])
+                if c.dropped is not None or len(c.attempts) == total:
+                    chat.cache.forget([cid])  # no turn of it is left to write
+                settled[cid] = to_json([c])[0]
+            done = min((len(c.attempts) for c in conversations if c.dropped is None), default=total)
+            if done > steps_done:
+                steps_done = done
+                if on_step:
+                    on_step(steps_done, from_json([settled[c.conversation_id] for c in conversations]))
+    chat.on_tokens = None
+    return conversations
+
+
 def generate_conversations(
     conversations: list[Conversation],
     chat: BatchedChat,
@@ -472,7 +744,10 @@ def generate_conversations(
 ) -> list[Conversation]:
     """Run the turn-taking for every conversation, from `start_step` (2 steps per round: user,
     assistant) on. `on_step(steps_done, conversations)` is called after each step, for
-    checkpointing. Returns the same list, with `dropped` set on the conversations left out."""
+    checkpointing. Returns the same list, with `dropped` set on the conversations left out.
+    With `settings.continuous`, `generate_continuously` (each conversation from its own next turn)."""
+    if settings.continuous:
+        return generate_continuously(conversations, chat, prompts, settings, on_step=on_step)
     total = 2 * settings.rounds
     # Counted in generated tokens, with no ETA: a turn's length, its retries and the drops are
     # not known in advance, so any ETA would be a guess. The postfix says where the build is.
@@ -482,23 +757,17 @@ def generate_conversations(
             rnd, role = divmod(step, 2)
             role_name = "user" if role == 0 else "assistant"
             live = [c for c in conversations if c.dropped is None]
-            pending = list(live)
-            if role_name == "user":
-                for c in (c for c in live if c.user_turns is not None):
-                    c.messages.append({"role": "user", "content": c.user_turns[rnd]})
-                    c.attempts.append(0)  # given, not generated
-                pending = [c for c in live if c.user_turns is None]
-            attempts = {c.conversation_id: 0 for c in live}
-            fallback: dict[
-                int, str
-            ] = {}  # a sound user turn that is not a question, kept if nothing better comes
+            pending = [c for c in live if not _give_user_turn(c, step)]
+            fallback: dict[int, tuple[str, str]] = {}
             for attempt in range(settings.max_attempts):
                 bar.set_postfix_str(
                     f"round {rnd + 1}/{settings.rounds} {role_name} attempt {attempt + 1}, {len(live)} live, "
                     f"{sum(sum(c.rejected.values()) for c in conversations)} attempts rejected, "
                     f"{sum(c.dropped is not None for c in conversations)} dropped"
                 )
-                last = attempt == settings.max_attempts - 1
+                temperature = settings.temperature
+                if attempt and settings.retry_temperature is not None:
+                    temperature = settings.retry_temperature
                 retry = []
                 for b in range(0, len(pending), settings.batch_size):
                     group = pending[b : b + settings.batch_size]
@@ -526,47 +795,11 @@ def generate_conversations(
                         keys,
                         seeds,
                         stop_at_question=asks,
+                        temperature=temperature,
                     )
                     for conv, reply in zip(group, replies, strict=True):
-                        text, finished, looped, rewinds = Reply(*reply)
-                        cid = conv.conversation_id
-                        if rewinds:  # parts of this attempt, not attempts: counted apart
-                            conv.rejected[REWOUND] = conv.rejected.get(REWOUND, 0) + rewinds
-                        attempts[cid] += 1
-                        is_question = True
-                        if (
-                            role_name == "user"
-                            and settings.strategy == "reply"
-                            and (question := extract_question(text))
-                        ):
-                            # The reply only carries the question: a question found in it is the turn,
-                            # even when the reply around it ran on past the token limit.
-                            text, problem = question, turn_problem(question, True)
-                        else:
-                            problem = "repeats itself (runaway)" if looped else turn_problem(text, finished)
-                            if role_name == "user":
-                                # reply: no question was found above; study: the turn is the reply
-                                is_question = settings.strategy == "study" and "?" in text
-                        if settings.check_repeats:
-                            problem = problem or conversation_problem(text, role_name, conv.messages)
-                        if reason := problem or (None if is_question else "user turn without a question"):
-                            conv.rejected[reason] = conv.rejected.get(reason, 0) + 1
-                        if problem is None and not is_question:
-                            fallback.setdefault(cid, text)
-                        if problem is None and is_question:
-                            conv.messages.append({"role": role_name, "content": text})
-                        elif last and cid in fallback:
-                            conv.messages.append({"role": role_name, "content": fallback[cid]})
-                            conv.non_question_user_turns += 1
-                        elif last:
-                            conv.dropped = (
-                                f"round {rnd} {role_name} turn: {problem} after {attempt + 1} attempts"
-                            )
-                            continue
-                        else:
+                        if _take(conv, reply, step, attempt, settings, fallback):
                             retry.append(conv)
-                            continue
-                        conv.attempts.append(attempts[cid])
                 pending = retry
                 if not pending:
                     break

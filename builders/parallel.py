@@ -176,6 +176,7 @@ def merge(cfg: BuildConfig, world: int, options: dict) -> dict:
             "turns": sum(c["turns"] for c in counts),
             "retries": sum(c["retries"] for c in counts),
             "non_question_user_turns": sum(c["non_question_user_turns"] for c in counts),
+            "same_opening_turns": sum(c.get("same_opening_turns", 0) for c in counts),
             "rejected_attempts": dict(
                 sorted(sum((Counter(c.get("rejected_attempts") or {}) for c in counts), Counter()).items())
             ),

@@ -226,6 +226,9 @@ def test_bad_inputs_fail_with_one_line_and_write_nothing(tiny_model_dir, tiny_bu
     assert "needs stop_runaway" in _fails_cleanly(
         base + ["--model", str(tiny_model_dir), "--runaway-rewinds", "2"], capsys, out
     )
+    assert "needs --seed-per-conversation" in _fails_cleanly(
+        base + ["--model", str(tiny_model_dir), "--continuous"], capsys, out
+    )
     assert not out.exists()
     other = ["build", "--out", str(tiny_build), "--model", str(tiny_model_dir), *TINY_ARGS, "--rounds", "3"]
     assert "different build" in _fails_cleanly(other, capsys, tiny_build)
@@ -275,3 +278,54 @@ def test_seed_per_conversation_makes_the_data_independent_of_the_batch_size(
     )  # builds made before the option keep their fingerprint
     assert "each conversation sampled from its own generator" in (built[True, 3] / "README.md").read_text()
     assert "each conversation sampled" not in (tiny_build / "README.md").read_text()
+
+
+def test_continuous_batching_gives_each_conversation_the_text_of_the_stepwise_build(
+    tiny_model_dir, tmp_path, monkeypatch
+):
+    """With every conversation sampled from its own generators, continuous batching (each one
+    moving on as soon as its turn is settled, batches of 3 made of whatever turns and retries are
+    in flight) gives the conversations, attempts and rejections of the step-by-step build; a
+    build killed halfway resumes, each conversation from its own next turn, to the same data."""
+    from turnphase.builders import conversations
+
+    args = [*_batch_args(3), "--seed-per-conversation"]
+    built = {}
+    for name, extra in (("stepwise", []), ("continuous", ["--continuous"])):
+        built[name] = tmp_path / name
+        assert main(["build", "--out", str(built[name]), "--model", str(tiny_model_dir), *args, *extra]) == 0
+        assert validate(built[name]) == []
+    provs = {k: json.loads((out / schema.PROVENANCE_FILE).read_text()) for k, out in built.items()}
+    assert provs["continuous"]["build_options"]["continuous"] is True
+    assert "continuous" not in provs["stepwise"]["build_options"]
+    for config in ["conversations", "tokens", "layer_1"]:
+        assert read_config(built["continuous"], config).equals(read_config(built["stepwise"], config)), config
+    counts = [provs[k]["counts"] for k in built]
+    assert counts[0]["rejected_attempts"] == counts[1]["rejected_attempts"]
+    assert counts[0]["dropped"] == counts[1]["dropped"] and counts[0]["retries"] > 0  # retries happened
+    # the batches really mixed turns: some chunk held rows of different turns (user and assistant)
+    mixed, advance = [], conversations.BatchedChat.advance
+
+    def spy(self, rows, size):
+        mixed.append(len({r.max_new_tokens for r in rows}) > 1 or len({len(r.ids) for r in rows}) > 1)
+        return advance(self, rows, size)
+
+    out = tmp_path / "resumed"
+    monkeypatch.setattr(conversations.BatchedChat, "advance", spy)
+
+    def killed(self, rows, size):
+        checkpoint = out / ".turnphase_build" / "generation.json"
+        if checkpoint.exists() and json.loads(checkpoint.read_text())["steps_done"] >= 2:
+            raise KeyboardInterrupt
+        return spy(self, rows, size)
+
+    monkeypatch.setattr(conversations.BatchedChat, "advance", killed)
+    command = ["build", "--out", str(out), "--model", str(tiny_model_dir), *args, "--continuous"]
+    assert main(command) == 130
+    saved = json.loads((out / ".turnphase_build" / "generation.json").read_text())
+    assert any(len(c["attempts"]) > 2 for c in saved["conversations"])  # some ran ahead of the others
+    monkeypatch.setattr(conversations.BatchedChat, "advance", spy)
+    assert main(command) == 0
+    assert validate(out) == [] and any(mixed)
+    for config in ["conversations", "tokens", "layer_1"]:
+        assert read_config(out, config).equals(read_config(built["continuous"], config)), config

@@ -48,9 +48,13 @@ class ScriptedChat:
         self.keys = []  # the cache keys each call passed
         self.kept = []  # the conversations kept in the cache after each step
         self.asked = []  # stop_at_question of each call
+        self.temperatures = []  # the temperature each call passed (None: the settings')
 
-    def __call__(self, chats, max_new_tokens, seed, keys=None, row_seeds=None, stop_at_question=False):
+    def __call__(
+        self, chats, max_new_tokens, seed, keys=None, row_seeds=None, stop_at_question=False, temperature=None
+    ):
         self.asked.append(stop_at_question)
+        self.temperatures.append(temperature)
         self.calls.append(len(chats))
         self.keys.append(keys)
         return [self.scripts[self._id(chat)].pop(0) for chat in chats]
@@ -102,6 +106,18 @@ def test_retries_drops_and_non_questions_are_recorded():
     assert chat.kept == [[0, 1, 2], [0, 1, 2]]
 
 
+def test_retries_are_sampled_at_the_retry_temperature():
+    """A turn's first attempt uses `temperature`, every retry `retry_temperature` (when given)."""
+    convs, prompts = _convs(1)
+    replies = [("No question.", True), ("Why is that?", True), ("too long", False), ("Because.", True)]
+    for retry, expected in ((None, [0.7] * 4), (1.1, [0.7, 1.1, 0.7, 1.1])):
+        chat, (c,) = ScriptedChat({0: list(replies)}), _convs(1)[0]
+        settings = conv.GenerationSettings(rounds=1, temperature=0.7, retry_temperature=retry)
+        conv.generate_conversations([c], chat, prompts, settings)
+        assert c.dropped is None and c.attempts == [2, 2]
+        assert chat.temperatures == expected
+
+
 def test_a_turn_that_keeps_failing_drops_the_conversation():
     convs, prompts = _convs(2)
     chat = ScriptedChat(
@@ -123,7 +139,9 @@ def test_study_strategy_uses_a_temporary_instruction_and_removes_it():
     seen, keys = [], []
 
     class Chat:
-        def __call__(self, chats, max_new_tokens, seed, keys_=None, row_seeds=None, stop_at_question=False):
+        def __call__(
+            self, chats, max_new_tokens, seed, keys_=None, row_seeds=None, stop_at_question=False, **_
+        ):
             seen.append(chats[0])
             keys.append(keys_)
             n = len(seen)  # a new turn each call: a repeated one would be retried
@@ -220,8 +238,10 @@ def test_repeats_and_conversation_problems():
     assert conv.repeats(earlier, earlier)
     assert conv.repeats("the answer is NO it is not possible to travel with bicycles on that train", earlier)
     assert conv.repeats(earlier.replace("that train", "the train"), earlier)  # near-exact
-    # the same ten-word opening, whatever follows
-    assert conv.repeats("The answer is no, it is not possible to travel with bikes at all, sadly.", earlier)
+    # the same ten-word opening, whatever follows: a flaw of its own, not a repeat
+    same_start = "The answer is no, it is not possible to travel with bikes at all, sadly."
+    assert conv.same_opening(same_start, earlier) and not conv.repeats(same_start, earlier)
+    assert not conv.same_opening("The answer is no, it is not possible.", earlier)  # under ten words
     assert not conv.repeats("Bicycles can travel on most regional trains outside rush hours.", earlier)
     messages = [
         {"role": "system", "content": "You help."},
@@ -236,6 +256,27 @@ def test_repeats_and_conversation_problems():
     assert (
         conv.conversation_problem("You help.", "assistant", messages) is None
     )  # the system prompt is no turn
+    answered = [*messages, {"role": "assistant", "content": earlier}]
+    assert conv.conversation_problem(same_start, "assistant", answered) == conv.SAME_OPENING
+
+
+def test_a_turn_opening_like_an_earlier_one_is_retried_then_kept_and_counted():
+    """An opening said before is retried like a user turn without a question, and the first such
+    turn is kept (and counted) when no attempt did better; a turn that repeats one is never kept."""
+    q1, q2 = "Why is the sky blue at noon?", "And why is it red at sunset, then?"
+    a1 = "The sky is blue because air molecules scatter the short wavelengths of sunlight more."
+    again = "The sky is blue because air molecules scatter the short wavelengths, in the evening too."
+    for later, kept in ((again, again), (a1, None)):
+        convs, prompts = _convs(1)
+        chat = ScriptedChat({0: [(q1, True), (a1, True), (q2, True)] + [(later, True)] * 3})
+        settings = conv.GenerationSettings(rounds=2, max_attempts=3, check_repeats=True)
+        conv.generate_conversations(convs, chat, prompts, settings)
+        (c,) = convs
+        if kept is None:
+            assert c.dropped == "round 1 assistant turn: repeats an earlier turn after 3 attempts"
+            continue
+        assert c.dropped is None and c.messages[-1]["content"] == kept and c.attempts == [1, 1, 1, 3]
+        assert c.same_opening_turns == 1 and c.rejected == {conv.SAME_OPENING: 3}
 
 
 def test_repeated_short_and_runaway_turns_are_retried_and_counted():
@@ -333,80 +374,17 @@ def test_row_sampler_gives_a_chat_the_same_reply_whatever_its_batch(endless):
     assert shared[0] != shared[1]
 
 
-def test_batched_chat_cuts_a_loop_back_and_samples_on(endless, monkeypatch):
-    """Wiring of runaway_rewinds: a reply called a runaway at 64 tokens is cut back to where its
-    loop began (here token 32) and goes on from there, twice, then is stopped as a runaway: three
-    64-token chunks are spent, not four attempts of 256."""
+def test_a_calls_temperature_replaces_the_settings_one(endless, monkeypatch):
+    """Wiring: `temperature=` reaches both samplers of a call (generate's warpers, and RowSampler
+    with row seeds); a call without it keeps the settings' temperature."""
     model, tok = endless
-    monkeypatch.setattr(conv, "runaway", lambda ids: len(ids) >= 64)
-    monkeypatch.setattr(conv, "loop_start", lambda ids: 32)
-    settings = conv.GenerationSettings(stop_runaway=True, runaway_rewinds=2)
-    chat = conv.BatchedChat(model, tok, settings)
-    replies = chat([[{"role": "user", "content": "Tell me a story."}]] * 2, 256, seed=0)
-    assert [(r.finished, r.runaway, r.rewinds) for r in replies] == [(False, True, 2)] * 2
-    assert chat.new_tokens == 2 * 3 * 64
-
-
-def test_a_rewound_reply_gets_its_room_back_and_no_more(endless, monkeypatch):
-    """A reply cut back from 64 to 32 tokens may write up to the budget again (256), not past it:
-    the last chunk is only as long as its room, and it ends cut off at the limit."""
-    model, tok = endless
-    calls = []
-    monkeypatch.setattr(conv, "runaway", lambda ids: calls.append(len(ids)) or len(calls) == 1)
-    monkeypatch.setattr(conv, "loop_start", lambda ids: 32)
-    settings = conv.GenerationSettings(stop_runaway=True, runaway_rewinds=3)
-    chat = conv.BatchedChat(model, tok, settings)
-    (reply,) = chat([[{"role": "user", "content": "Tell me a story."}]], 256, seed=0)
-    assert (reply.finished, reply.runaway, reply.rewinds) == (False, False, 1)
-    assert calls == [64, 96, 160, 224, 256]  # the reply's length after each chunk
-    assert chat.new_tokens == 64 + 224
-
-
-def test_question_stop_ends_a_reply_at_its_first_real_question(endless):
-    """QuestionStop calls a row done at the token that completes a question of 3 words or more,
-    not at a shorter one ("What?"), and counts the tokens this call generated up to it."""
-    torch = pytest.importorskip("torch")
-    _, tok = endless
-    text = "Sure. What? One question a student would ask: Why is the sky blue? It is"
-    ids = tok(text, add_special_tokens=False)["input_ids"]
-    marks = frozenset(i for i, t in enumerate(tok.convert_ids_to_tokens(list(range(len(tok))))) if "?" in t)
-    written = ids[:3]  # an earlier chunk of the reply
-    stop = conv.QuestionStop(tok, marks, [written, []], start=1)
-    done_at = None
-    for k in range(4, len(ids) + 1):
-        row = torch.tensor([[0] + ids[3:k], [0] + [ids[0]] * (k - 3)])  # column 0: the prompt
-        done = stop(row, None)
-        assert not done[1]
-        if done[0] and done_at is None:
-            done_at = k
-    assert tok.decode(ids[:done_at]).rstrip().endswith("Why is the sky blue?")
-    assert stop.stopped == {0: done_at - 3}
-
-
-def test_batched_chat_stops_rows_at_a_question(endless, monkeypatch):
-    """Wiring of stop_at_question: every row holds a question after one token (the question
-    finder is stubbed), so each stops there and is not continued, and no row is cut off."""
-    model, tok = endless
-    monkeypatch.setattr(conv, "extract_question", lambda text: "why is it so?" if text else None)
-    chat = conv.BatchedChat(model, tok, conv.GenerationSettings())
-    chat.question_marks = frozenset(range(len(tok)))  # every token may end a question
-    replies = chat([[{"role": "user", "content": "Ask me."}]] * 3, 64, seed=0, stop_at_question=True)
-    assert chat.new_tokens == 3
-    assert [len(tok(r.text, add_special_tokens=False)["input_ids"]) >= 1 for r in replies] == [True] * 3
-    replies = chat([[{"role": "user", "content": "Ask me."}]] * 3, 64, seed=0)
-    assert chat.new_tokens == 3 + 3 * 64  # without it: to the limit
-
-
-def test_generation_asks_for_question_stops_and_counts_rewinds():
-    """stop_at_question reaches the user turns of the reply strategy only; a reply's rewinds are
-    counted under REWOUND with the rejected attempts, without being an attempt."""
-    convs, prompts = _convs(1)
-    chat = ScriptedChat(
-        {0: [("Why is the sky blue?", False), conv.Reply("Air scatters blue light most.", True, False, 2)]}
-    )
-    settings = conv.GenerationSettings(rounds=1, stop_at_question=True)
-    conv.generate_conversations(convs, chat, prompts, settings)
-    (c,) = convs
-    assert chat.asked == [True, False]
-    assert c.dropped is None and c.attempts == [1, 1]
-    assert c.rejected == {conv.REWOUND: 2}
+    used, generate = [], model.generate
+    monkeypatch.setattr(model, "generate", lambda **kw: used.append(kw["temperature"]) or generate(**kw))
+    sampler = conv.RowSampler
+    monkeypatch.setattr(conv, "RowSampler", lambda g, t, p: used.append(("row", t)) or sampler(g, t, p))
+    chat = conv.BatchedChat(model, tok, conv.GenerationSettings(temperature=0.2))
+    story = [{"role": "user", "content": "Tell me a story."}]
+    chat([story], 32, 1, temperature=3.0)
+    chat([story], 32, 1, row_seeds=[7], temperature=3.0)
+    chat([story], 32, 1, row_seeds=[7])
+    assert used == [3.0, ("row", 3.0), 3.0, ("row", 0.2), 0.2]
