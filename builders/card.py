@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import re
+from dataclasses import fields
 from importlib import resources
 from pathlib import Path
 
@@ -16,6 +17,7 @@ from datasets.info import DatasetInfosDict
 from huggingface_hub import DatasetCard, DatasetCardData
 
 from turnphase.builders import schema
+from turnphase.builders.conversations import GenerationSettings
 
 TEMPLATE = "turnphase_dataset.md"
 config_names = schema.config_names  # the card's configs are the schema's, in the schema's order
@@ -123,9 +125,23 @@ def limitations(provenance: dict) -> dict:
         "turns": counts.get("turns"),
         "retries": counts.get("retries"),
         "non_question_user_turns": counts.get("non_question_user_turns"),
+        "same_opening_turns": counts.get("same_opening_turns"),
         "parameters": _parameters(model.get("n_params")),
         "small": bool(model.get("n_params")) and model["n_params"] < 1e9,
     }
+
+
+def generation_flags(build_options: dict) -> str:
+    """The generation options a build set away from their defaults, as `turnphase build` flags
+    (the strategy and seed have rows of their own)."""
+    defaults, flags = GenerationSettings(), []
+    for f in fields(GenerationSettings):
+        value = build_options.get(f.name, getattr(defaults, f.name))
+        if f.name in ("strategy", "seed", "seed_per_conversation") or value == getattr(defaults, f.name):
+            continue
+        flag = "--" + f.name.replace("_", "-")
+        flags.append(flag if value is True else f"{flag} {value}")
+    return " ".join(flags)
 
 
 def render_card(provenance: dict, repo_id: str | None = None, revision: str | None = None) -> str:
@@ -159,6 +175,7 @@ def render_card(provenance: dict, repo_id: str | None = None, revision: str | No
         strategy=gen["strategy"],
         seed=provenance["seed"],
         seed_per_conversation=(provenance.get("build_options") or {}).get("seed_per_conversation", False),
+        generation_options=generation_flags(provenance.get("build_options") or {}),
         generation_text=gen["description"],
         source=gen.get("source"),
         regenerate=gen.get("regenerate"),
