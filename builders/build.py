@@ -121,6 +121,18 @@ def _source_generation(cfg: BuildConfig, info: dict) -> dict:
     }
 
 
+def generation_model(cfg: BuildConfig, model):
+    """The model that samples the conversations: `model`, or a copy of it in generation_dtype (the
+    activations are read with `model`, so their numerics do not change)."""
+    if cfg.generation_dtype in (None, cfg.model_dtype):
+        return model
+    import copy
+
+    import torch
+
+    return copy.deepcopy(model).to(getattr(torch, cfg.generation_dtype))
+
+
 def _generate(
     cfg: BuildConfig, loaded, strategy: str, state_dir: Path, source: tuple | None = None
 ) -> tuple[list[conv.Conversation], dict]:
@@ -153,7 +165,7 @@ def _generate(
             0,
             {"seconds": 0.0, "new_tokens": 0, "prompt_tokens_fed": 0, "prompt_tokens_reused": 0},
         )
-    chat = conv.BatchedChat(loaded.model, loaded.tokenizer, settings)
+    chat = conv.BatchedChat(generation_model(cfg, loaded.model), loaded.tokenizer, settings)
     # The conversations' KV caches are checkpointed with them: a resumed build then computes
     # exactly what the uninterrupted one did (a fresh prefill would differ in the last bits).
     kv_file = state_dir / f"kv_cache_{start}.pt"
@@ -578,6 +590,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         choices=["float32", "bfloat16", "float16"],
         default=d.model_dtype,
         help="the weights' dtype in memory (bfloat16 on a GPU); the stored dtype is --dtype",
+    )
+    p.add_argument(
+        "--generation-dtype",
+        choices=["float32", "bfloat16", "float16"],
+        default=d.generation_dtype,
+        help="sample the conversations with a copy of the weights in this dtype, and read the "
+        "activations with --model-dtype's (bfloat16: 1.5x faster decoding on CPUs with AMX)",
     )
 
     g = p.add_argument_group("generated conversations")

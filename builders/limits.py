@@ -47,12 +47,15 @@ def context_length(model) -> int | None:
     return int(n) if n else None
 
 
-def kv_bytes_per_token(model) -> int:
+def kv_bytes_per_token(model, dtype: str | None = None) -> int:
+    """Bytes of keys and values per token, in the model's dtype or `dtype` (generation_dtype)."""
+    import torch
+
     config = text_config_of(model.config)
     heads = config.num_attention_heads
     kv_heads = getattr(config, "num_key_value_heads", None) or heads
     head_dim = getattr(config, "head_dim", None) or config.hidden_size // heads
-    element = next(model.parameters()).element_size()
+    element = next(model.parameters()).element_size() if dtype is None else getattr(torch, dtype).itemsize
     return config.num_hidden_layers * 2 * kv_heads * head_dim * element
 
 
@@ -70,6 +73,8 @@ def check_build_limits(cfg: BuildConfig, loaded, prompts: dict, longest: int | N
     """Raise TurnphaseError if the build cannot fit; returns what was checked (for the log).
     `longest`: the longest conversation when they are read from a source (already checked
     against the context, one by one), instead of the bound the generation options allow."""
+    import torch
+
     longest = longest or longest_conversation(cfg, loaded.tokenizer, prompts)
     window = context_length(loaded.model)
     if window is not None and longest > window:
@@ -79,12 +84,17 @@ def check_build_limits(cfg: BuildConfig, loaded, prompts: dict, longest: int | N
             f"context of {window}; lower --rounds, --user-max-new-tokens or --assistant-max-new-tokens"
         )
     rows = cfg.n_conversations + min(cfg.batch_size, cfg.n_conversations)
-    need = rows * longest * kv_bytes_per_token(loaded.model)
+    need = rows * longest * kv_bytes_per_token(loaded.model, cfg.generation_dtype)
+    what = "KV caches"
+    if cfg.generation_dtype not in (None, cfg.model_dtype):  # build.generation_model's copy
+        element = getattr(torch, cfg.generation_dtype).itemsize
+        need += sum(p.numel() for p in loaded.model.parameters()) * element
+        what += f" and a {cfg.generation_dtype} copy of the weights"
     have = available_memory(cfg.device)
     if need > have:
         raise TurnphaseError(
             f"{cfg.n_conversations} conversations of up to {longest} tokens need up to "
-            f"{need / GIB:.1f} GiB of KV caches, and {have / GIB:.1f} GiB of memory is available on "
+            f"{need / GIB:.1f} GiB of {what}, and {have / GIB:.1f} GiB of memory is available on "
             f"{cfg.device}; lower -n (and build more datasets), --rounds or the max-new-tokens options"
         )
     return {"longest_conversation": longest, "context": window, "kv_cache_bytes": need, "available": have}

@@ -47,6 +47,11 @@ def test_conversations_follow_the_turn_structure(tiny_build):
 
 
 def test_stored_activations_equal_plain_forward_hidden_states(tiny_build, tiny_model_dir):
+    _assert_activations_equal_a_plain_forward(tiny_build, tiny_model_dir)
+
+
+def _assert_activations_equal_a_plain_forward(tiny_build, tiny_model_dir):
+    """The first conversation's stored layers are a float32 forward's hidden states."""
     from transformers import AutoModelForCausalLM
 
     model = AutoModelForCausalLM.from_pretrained(tiny_model_dir).eval()
@@ -329,3 +334,31 @@ def test_continuous_batching_gives_each_conversation_the_text_of_the_stepwise_bu
     assert validate(out) == [] and any(mixed)
     for config in ["conversations", "tokens", "layer_1"]:
         assert read_config(out, config).equals(read_config(built["continuous"], config)), config
+
+
+def test_generation_dtype_samples_with_a_copy_and_reads_float32_activations(
+    tiny_build, tiny_model_dir, tmp_path, monkeypatch
+):
+    """--generation-dtype bfloat16 samples the conversations with a bfloat16 copy of the weights
+    (the model the chat gets is bfloat16), while the activations are read from the float32 model:
+    they equal a plain float32 forward of the stored tokens. The option is in the fingerprint."""
+    from turnphase.builders import conversations
+
+    seen, chat = [], conversations.BatchedChat.__init__
+
+    def spy(self, model, *a, **kw):
+        seen.append(next(model.parameters()).dtype)
+        return chat(self, model, *a, **kw)
+
+    monkeypatch.setattr(conversations.BatchedChat, "__init__", spy)
+    out = tmp_path / "bf16-generation"
+    command = ["build", "--out", str(out), "--model", str(tiny_model_dir), *TINY_ARGS]
+    assert main([*command, "--generation-dtype", "bfloat16"]) == 0
+    assert seen == [torch.bfloat16] and validate(out) == []
+    _assert_activations_equal_a_plain_forward(out, tiny_model_dir)
+    options = json.loads((out / schema.PROVENANCE_FILE).read_text())["build_options"]
+    assert options["generation_dtype"] == "bfloat16"
+    assert (
+        "generation_dtype"
+        not in json.loads((tiny_build / schema.PROVENANCE_FILE).read_text())["build_options"]
+    )
