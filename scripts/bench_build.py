@@ -3,9 +3,10 @@
     .venv/bin/python scripts/bench_build.py                 # everything, ~20 min on 2 cores
     .venv/bin/python scripts/bench_build.py --skip-full-build
     .venv/bin/python scripts/bench_build.py --only decode_step,extraction
-    .venv/bin/python scripts/bench_build.py --only runaway_stop   # two more default builds (each 13-55 min here)
+    .venv/bin/python scripts/bench_build.py --only cleaner_build  # three more builds (~35 min here)
     .venv/bin/python scripts/bench_build.py --only variant_build  # after `make qwen`; ~36 min here
     .venv/bin/python scripts/bench_build.py --only model_dtype    # a few min; the variant too after `make qwen`
+    .venv/bin/python scripts/bench_build.py --only retry_temperature --hard-from data/smollm2  # ~5 min
 
 1. batched generation (50 conversations) vs one conversation at a time: same prompts, same token
    budget (every sequence generates exactly --new-tokens tokens). Target: >= 8x tokens/s.
@@ -19,25 +20,33 @@
 5. Parquet write throughput of layer shards, and bytes per token per layer on disk vs the raw
    d_model x dtype bytes.
 6. Wall time of the default full build (`turnphase build`, 50 topics x 5 rounds). Target: <= 15 min.
-7. (only when asked: two more default builds) the default build with CLEANER options
-   (`--stop-runaway --runaway-rewinds 3 --stop-at-question --check-repeats`: a
-   reply that repeats itself is cut back to where its loop began and sampled on, up to 3 times,
-   then retried; user replies end at their question; repeated and too-short turns are retried)
-   vs the default build:
-   wall-time ratio (target >= 1.25x), tokens generated, conversations dropped (target < 15%) and
-   verbatim repeated turns kept (target 0).
+7. (only when asked: three more builds) the default build, the same with continuous batching
+   only (CONTINUOUS: it changes the schedule, not the checks), and with the CLEANER recipe
+   (continuous batching, a reply that repeats itself stopped and retried, retries at temperature
+   1.0, repeated and too-short turns retried, a 384-token assistant budget, 6 attempts), one after
+   the other (--cleaner-builds picks the builds after the default one; cleaner_bf16 is the recipe
+   sampling with a bfloat16 copy of the weights, the activations still read in float32):
+   wall-time ratios to the default (target >= 1.25x), tokens generated and kept, conversations
+   dropped (target < 15%) and verbatim repeated turns kept (target 0).
 8. (only when asked; needs `make qwen`) the same small build (--variant-recipe, default 10
    conversations x 2 rounds, each model's own default strategy and layers) on SmolLM2-135M and on
    the 1.5B variant, one after the other: wall time, model load, generation tokens/s, extraction
    tokens/s, and the variant's cost relative to SmolLM2.
 9. (only when asked) batched decoding (50 rows, --new-tokens each) with the weights in float32 vs
    bfloat16 (`--model-dtype`), on the default model and, when its parts are installed, on the 1.5B
-   variant; and whether the CPU has bfloat16 matrix units (AMX, AVX512-BF16), which decide it.
+   variant; and whether the CPU has bfloat16 matrix units (AMX, AVX512-BF16), which decide it; and
+   how far bfloat16 moves the next-token distributions the build samples from (KL, total
+   variation, top-token agreement with float32 on 8 sampled continuations).
+10. (only when asked; needs a default build) the hardest assistant contexts of a build (the turns
+   that took 2 or more attempts), each sampled --hard-samples times at the default temperature and
+   at 1.0 (`--stop-runaway`, the default 256-token budget): replies that are sound (ended, no role
+   label, not looping) and that loop, at each temperature, per context.
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import statistics
 import subprocess
@@ -285,27 +294,38 @@ def full_build(*extra: str, keep: Path | None = None) -> dict:
     }
 
 
+CONTINUOUS = ("--continuous", "--seed-per-conversation")
 CLEANER = (
+    *CONTINUOUS,
     "--stop-runaway",
-    "--runaway-rewinds",
-    "3",
-    "--stop-at-question",
     "--check-repeats",
+    "--retry-temperature",
+    "1.0",
+    "--assistant-max-new-tokens",
+    "384",
+    "--max-attempts",
+    "6",
 )
 
 
-def runaway_stop(keep: Path | None = None, cleaner: tuple[str, ...] = CLEANER) -> dict:
-    """The default build, and the same with CLEANER options (a reply that repeats itself cut back
-    to where its loop began and sampled on, up to 3 times, then retried; user replies stopped at
-    their question; repeated and too-short turns retried; the default 4 attempts: more would also
-    retry non-question user turns longer), one after the other."""
-    without = full_build()
-    with_stop = full_build(*cleaner, keep=keep)
-    return {
-        "with": with_stop,
-        "without": without,
-        "speedup": without["wall_minutes"] / with_stop["wall_minutes"],
-    }
+BF16_GENERATION = ("--generation-dtype", "bfloat16")
+CLEANER_BUILDS = ("continuous", "cleaner", "cleaner_bf16")
+
+
+def cleaner_build(
+    keep: Path | None = None, cleaner: tuple[str, ...] = CLEANER, which: tuple[str, ...] = CLEANER_BUILDS[:2]
+) -> dict:
+    """The default build, then those of `which`, one after the other: continuous batching only
+    (CONTINUOUS), the `cleaner` options, and those sampling with bfloat16 weights (cleaner_bf16)."""
+    options = {"continuous": CONTINUOUS, "cleaner": cleaner, "cleaner_bf16": (*cleaner, *BF16_GENERATION)}
+    builds = {"default": full_build()}
+    for name in which:
+        builds[name] = full_build(*options[name], keep=keep if name == "cleaner" else None)
+    base = builds["default"]
+    for b in builds.values():
+        b["speedup"] = base["wall_minutes"] / b["wall_minutes"]
+        b["generated_per_kept_token"] = b["new_tokens"] / b["tokens"]
+    return builds
 
 
 def variant_build(recipe: list[str], variant: str = "qwen2.5-coder-1.5b-instruct") -> dict:
@@ -346,6 +366,7 @@ def model_dtype(models: list[str | None], new_tokens: int, batch: int = 50) -> d
     chats = topic_chats(batch)
     for model_id in models:
         loaded = load_model(model_id)
+        reference = copy.deepcopy(loaded.model)  # float32, for the distributions below
         rates = {}
         for dtype in ("float32", "bfloat16"):
             loaded.model.to(getattr(torch, dtype))
@@ -355,8 +376,83 @@ def model_dtype(models: list[str | None], new_tokens: int, batch: int = 50) -> d
         out[loaded.id] = {
             **{f"{k}_tokens_per_s": v for k, v in rates.items()},
             "speedup": rates["bfloat16"] / rates["float32"],
+            "next_token_gap": next_token_gap(reference, loaded, chats[:8], new_tokens),
         }
-        del loaded
+        del loaded, reference
+    return out
+
+
+def next_token_gap(reference, loaded, chats: list[list[dict]], new_tokens: int) -> dict:
+    """How far bfloat16 weights move what is sampled: on `chats` continued by the float32 model
+    (`reference`), the next-token distributions of both (temperature 0.7, as the build samples)
+    at every generated position: mean KL(float32 || bfloat16), mean total variation, and how often
+    the most likely token is the same."""
+    tok = loaded.tokenizer
+    texts = [tok.apply_chat_template(c, tokenize=False, add_generation_prompt=True) for c in chats]
+    enc = tok(texts, return_tensors="pt", padding=True, add_special_tokens=False)
+    torch.manual_seed(0)
+    with torch.inference_mode():
+        ids = reference.generate(
+            **enc,
+            max_new_tokens=new_tokens,
+            min_new_tokens=new_tokens,
+            do_sample=True,
+            temperature=0.7,
+            top_p=0.9,
+            pad_token_id=tok.pad_token_id,
+        )
+        mask = torch.cat([enc["attention_mask"], torch.ones_like(ids[:, enc["input_ids"].shape[1] :])], 1)
+        positions = (mask.cumsum(-1) - 1).clamp(min=0)  # as generate numbers left-padded rows
+        where = slice(enc["input_ids"].shape[1] - 1, ids.shape[1] - 1)  # the logits of generated tokens
+        logp = [
+            torch.log_softmax(
+                m(ids, attention_mask=mask, position_ids=positions).logits[:, where].float() / 0.7, -1
+            )
+            for m in (reference, loaded.model)
+        ]
+    p = logp[0].exp()
+    return {
+        "positions": int(p.shape[0] * p.shape[1]),
+        "kl_float32_bfloat16": float((p * (logp[0] - logp[1])).sum(-1).mean()),
+        "total_variation": float(0.5 * (p - logp[1].exp()).abs().sum(-1).mean()),
+        "top1_agreement": float((logp[0].argmax(-1) == logp[1].argmax(-1)).float().mean()),
+    }
+
+
+def hard_contexts(root: Path) -> list[list[dict]]:
+    """The contexts (system prompt and turns before it) of the assistant turns of a build that took
+    2 or more attempts."""
+    import pyarrow.parquet as pq
+
+    contexts = []
+    for row in pq.read_table(root / schema.CONVERSATIONS).to_pylist():
+        turns = [m for m in row["messages"] if m["role"] != "system"]
+        for k, (m, attempts) in enumerate(zip(turns, row["attempts"], strict=True)):
+            if m["role"] == "assistant" and attempts >= 2:
+                contexts.append(row["messages"][: len(row["messages"]) - len(turns) + k])
+    return contexts
+
+
+def retry_temperature(loaded, root: Path, samples: int, temperatures=(0.7, 1.0)) -> dict:
+    """Each hard context of `root` sampled `samples` times per temperature, each reply from its
+    own seed, with the runaway stop: how many replies are sound and how many loop."""
+    contexts = hard_contexts(root)
+    chats = [c for c in contexts for _ in range(samples)]
+    out = {"build": str(root), "contexts": len(contexts), "samples_per_context": samples}
+    for t in temperatures:
+        settings = conv.GenerationSettings(temperature=t, stop_runaway=True)
+        chat = conv.BatchedChat(loaded.model, loaded.tokenizer, settings)
+        t0 = time.perf_counter()
+        replies = chat(chats, settings.assistant_max_new_tokens, 1, row_seeds=list(range(len(chats))))
+        sound = [conv.turn_problem(r.text, r.finished) is None and not r.runaway for r in replies]
+        out[str(t)] = {
+            "sound": sum(sound),
+            "looping": sum(r.runaway for r in replies),
+            "cut_off": sum(not r.finished and not r.runaway for r in replies),
+            "sound_per_context": [sum(sound[i * samples : (i + 1) * samples]) for i in range(len(contexts))],
+            "tokens": chat.new_tokens,
+            "seconds": time.perf_counter() - t0,
+        }
     return out
 
 
@@ -368,6 +464,7 @@ def in_process(only: set[str], args) -> dict:
         "decode_step": lambda: decode_step(loaded, rows=45, cached=1000),
         "extraction": lambda: extraction(loaded, loaded.layers, args.extract_tokens, repeats=5),
         "parquet": lambda: parquet(loaded.d_model, 20_000, "float16"),
+        "retry_temperature": lambda: retry_temperature(loaded, args.hard_from, args.hard_samples),
     }
     return {name: measure() for name, measure in measures.items() if name in only}
 
@@ -375,7 +472,13 @@ def in_process(only: set[str], args) -> dict:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     default = ["generation", "kv_reuse", "decode_step", "extraction", "parquet", "full_build"]
-    parts = [*default, "runaway_stop", "variant_build", "model_dtype"]  # the last three only when asked
+    parts = [
+        *default,
+        "cleaner_build",
+        "variant_build",
+        "model_dtype",
+        "retry_temperature",
+    ]  # the last 4: asked
     p.add_argument("--only", default=",".join(default), help=f"comma-separated parts: {','.join(parts)}")
     p.add_argument("--skip-full-build", action="store_true")
     p.add_argument("--new-tokens", type=int, default=128, help="per sequence; about a mean assistant turn")
@@ -384,23 +487,35 @@ def main() -> None:
     p.add_argument(
         "--extract-tokens", type=int, default=1200, help="tokens per forward (a conversation's length)"
     )
-    p.add_argument("--keep", type=Path, help="runaway_stop: keep the cleaner build in this new folder")
+    p.add_argument("--keep", type=Path, help="cleaner_build: keep the cleaner build in this new folder")
     p.add_argument(
-        "--cleaner", default="", help=f"runaway_stop: other build options (default: {' '.join(CLEANER)})"
+        "--cleaner", default="", help=f"cleaner_build: other build options (default: {' '.join(CLEANER)})"
     )
     p.add_argument(
         "--variant-recipe", default="-n 10 --rounds 2", help="build options of the variant_build part"
     )
+    p.add_argument(
+        "--cleaner-builds",
+        default=",".join(CLEANER_BUILDS[:2]),
+        help=f"cleaner_build: the builds after the default one, of {','.join(CLEANER_BUILDS)}",
+    )
+    p.add_argument("--hard-from", type=Path, help="retry_temperature: a default build's folder")
+    p.add_argument("--hard-samples", type=int, default=4, help="retry_temperature: replies per context")
     args = p.parse_args()
     print(f"torch threads: {torch.get_num_threads()}")
     only = set(args.only.split(",")) - ({"full_build"} if args.skip_full_build else set())
     if unknown := only - set(parts):
         p.error(f"unknown parts: {', '.join(sorted(unknown))}")
+    if "retry_temperature" in only and args.hard_from is None:
+        p.error("retry_temperature needs --hard-from, a default build's folder")
     results = in_process(only, args)  # the model is let go before the full build's subprocess
     if "full_build" in only:
         results["full_build"] = full_build()
-    if "runaway_stop" in only:
-        results["runaway_stop"] = runaway_stop(args.keep, tuple(args.cleaner.split()) or CLEANER)
+    if "cleaner_build" in only:
+        which = tuple(args.cleaner_builds.split(","))
+        if unknown := set(which) - set(CLEANER_BUILDS):
+            p.error(f"unknown --cleaner-builds: {', '.join(sorted(unknown))}")
+        results["cleaner_build"] = cleaner_build(args.keep, tuple(args.cleaner.split()) or CLEANER, which)
     if "variant_build" in only:
         results["variant_build"] = variant_build(args.variant_recipe.split())
     if "model_dtype" in only:
@@ -441,12 +556,12 @@ SUMMARY = {  # one line per part
         f"{f['conversations']} conversations, {f['dropped']} dropped, {f['tokens']} tokens, "
         f"{f['dataset_MB']:.0f} MB; prompt tokens fed {f['prompt_tokens_fed']}, reused {f['prompt_tokens_reused']}"
     ),
-    "runaway_stop": lambda r: (
-        f"default build with {' '.join(r['with']['options'])} vs without: {r['speedup']:.2f}x "
-        f"({r['with']['wall_minutes']:.1f} vs {r['without']['wall_minutes']:.1f} min; target >= 1.25x), "
-        f"{r['with']['new_tokens']} vs {r['without']['new_tokens']} tokens generated, dropped "
-        f"{r['with']['dropped']} vs {r['without']['dropped']} of 50 (target < 15%), verbatim repeated turns "
-        f"kept {r['with']['verbatim_repeated_turns']} vs {r['without']['verbatim_repeated_turns']} (target 0)"
+    "cleaner_build": lambda r: "; ".join(
+        f"{name} build ({' '.join(b['options']) or 'no options'}): {b['speedup']:.2f}x the default's speed "
+        f"({b['wall_minutes']:.1f} min wall; target >= 1.25x), {b['new_tokens']} tokens generated for "
+        f"{b['tokens']} kept ({b['generated_per_kept_token']:.2f} per kept), dropped {b['dropped']} of 50 "
+        f"(target < 15%), verbatim repeated turns kept {b['verbatim_repeated_turns']} (target 0)"
+        for name, b in r.items()
     ),
     "variant_build": lambda v: (
         f"build {' '.join(v['recipe'])}: {v['variant']['model']} ({v['variant']['strategy']}) "
@@ -459,10 +574,23 @@ SUMMARY = {  # one line per part
         f"({v['extraction_tokens_per_s_ratio']:.1f}x slower; {v['variant']['layers']} vs "
         f"{v['default']['layers']} layers stored)"
     ),
+    "retry_temperature": lambda r: (
+        f"{r['contexts']} hardest assistant contexts of {r['build']} x {r['samples_per_context']} samples: "
+        + "; ".join(
+            f"temperature {t}: {r[t]['sound']} sound, {r[t]['looping']} looping, {r[t]['cut_off']} cut off"
+            f" (sound per context {r[t]['sound_per_context']})"
+            for t in r
+            if isinstance(r[t], dict)
+        )
+    ),
     "model_dtype": lambda m: (
         "; ".join(
             f"{name}: bfloat16 vs float32 weights {r['speedup']:.2f}x "
-            f"({r['bfloat16_tokens_per_s']:.1f} vs {r['float32_tokens_per_s']:.1f} tokens/s)"
+            f"({r['bfloat16_tokens_per_s']:.1f} vs {r['float32_tokens_per_s']:.1f} tokens/s; next-token "
+            f"distributions over {r['next_token_gap']['positions']} positions: KL "
+            f"{r['next_token_gap']['kl_float32_bfloat16']:.4f}, total variation "
+            f"{r['next_token_gap']['total_variation']:.3f}, same top token "
+            f"{r['next_token_gap']['top1_agreement']:.1%})"
             for name, r in m.items()
             if isinstance(r, dict)
         )
