@@ -28,7 +28,7 @@ import pyarrow as pa
 
 from turnphase.builders import conversations as conv
 from turnphase.builders import parallel, provenance, schema, writer
-from turnphase.builders.config import BuildConfig
+from turnphase.builders.config import WEIGHT_DTYPES, BuildConfig
 from turnphase.builders.errors import TurnphaseError
 from turnphase.builders.lock import folder_lock
 from turnphase.builders.log import progress
@@ -587,13 +587,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--device", default=d.device, help="torch device, e.g. cpu or cuda")
     g.add_argument(
         "--model-dtype",
-        choices=["float32", "bfloat16", "float16"],
+        choices=WEIGHT_DTYPES,
         default=d.model_dtype,
         help="the weights' dtype in memory (bfloat16 on a GPU); the stored dtype is --dtype",
     )
-    p.add_argument(
+    g.add_argument(
         "--generation-dtype",
-        choices=["float32", "bfloat16", "float16"],
+        choices=WEIGHT_DTYPES,
         default=d.generation_dtype,
         help="sample the conversations with a copy of the weights in this dtype, and read the "
         "activations with --model-dtype's (bfloat16: 1.5x faster decoding on CPUs with AMX)",

@@ -12,6 +12,8 @@ from turnphase.builders.layers import parse_layers
 # Below this many parameters a model cannot follow the study's dual-role instructions well
 # (SmolLM2-135M describes the conversation instead of asking); `auto` then picks `reply`.
 SMALL_MODEL_PARAMS = 1_000_000_000
+# The dtypes of the weights in memory (--model-dtype, --generation-dtype).
+WEIGHT_DTYPES = ("float32", "bfloat16", "float16")
 
 
 # Options added after the first builds, with their defaults: not part of a fingerprint at them.
@@ -124,10 +126,10 @@ class BuildConfig:
                 if getattr(self, name) != off:
                     raise ConfigError(name, "applies to conversations read from a source only")
         choices = {"strategy": ("auto", "study", "reply"), "dtype": ("float16", "float32")}
-        choices |= {"model_dtype": ("float32", "bfloat16", "float16")}
+        choices |= {"model_dtype": WEIGHT_DTYPES}
         choices |= {"system": ("keep", "drop", "replace"), "regenerate": ("none", "assistant")}
         if self.generation_dtype is not None:
-            choices["generation_dtype"] = choices["model_dtype"]
+            choices["generation_dtype"] = WEIGHT_DTYPES
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
                 raise ConfigError(name, f"{getattr(self, name)!r}: use {', '.join(allowed)}")

@@ -76,9 +76,9 @@ def topic_chats(n: int) -> list[list[dict]]:
     ]
 
 
-def sample(loaded, chats: list[list[dict]], new_tokens: int) -> tuple[int, float]:
-    """One batched `generate` of exactly `new_tokens` per chat: (tokens generated, seconds)."""
-    tok, model = loaded.tokenizer, loaded.model
+def continue_chats(model, tok, chats: list[list[dict]], new_tokens: int):
+    """One batched `generate` of exactly `new_tokens` per chat (left-padded, seed 0, the build's
+    sampling settings): (the prompts' encoding, the sequences, seconds)."""
     tok.padding_side = "left"
     texts = [tok.apply_chat_template(c, tokenize=False, add_generation_prompt=True) for c in chats]
     enc = tok(texts, return_tensors="pt", padding=True, add_special_tokens=False)
@@ -94,7 +94,12 @@ def sample(loaded, chats: list[list[dict]], new_tokens: int) -> tuple[int, float
             top_p=0.9,
             pad_token_id=tok.pad_token_id,
         )
-    dt = time.perf_counter() - t0
+    return enc, out, time.perf_counter() - t0
+
+
+def sample(loaded, chats: list[list[dict]], new_tokens: int) -> tuple[int, float]:
+    """One batched `generate` of exactly `new_tokens` per chat: (tokens generated, seconds)."""
+    enc, out, dt = continue_chats(loaded.model, loaded.tokenizer, chats, new_tokens)
     return (out.shape[1] - enc["input_ids"].shape[1]) * len(chats), dt
 
 
@@ -387,20 +392,8 @@ def next_token_gap(reference, loaded, chats: list[list[dict]], new_tokens: int) 
     (`reference`), the next-token distributions of both (temperature 0.7, as the build samples)
     at every generated position: mean KL(float32 || bfloat16), mean total variation, and how often
     the most likely token is the same."""
-    tok = loaded.tokenizer
-    texts = [tok.apply_chat_template(c, tokenize=False, add_generation_prompt=True) for c in chats]
-    enc = tok(texts, return_tensors="pt", padding=True, add_special_tokens=False)
-    torch.manual_seed(0)
+    enc, ids, _ = continue_chats(reference, loaded.tokenizer, chats, new_tokens)
     with torch.inference_mode():
-        ids = reference.generate(
-            **enc,
-            max_new_tokens=new_tokens,
-            min_new_tokens=new_tokens,
-            do_sample=True,
-            temperature=0.7,
-            top_p=0.9,
-            pad_token_id=tok.pad_token_id,
-        )
         mask = torch.cat([enc["attention_mask"], torch.ones_like(ids[:, enc["input_ids"].shape[1] :])], 1)
         positions = (mask.cumsum(-1) - 1).clamp(min=0)  # as generate numbers left-padded rows
         where = slice(enc["input_ids"].shape[1] - 1, ids.shape[1] - 1)  # the logits of generated tokens
