@@ -388,3 +388,82 @@ def test_a_calls_temperature_replaces_the_settings_one(endless, monkeypatch):
     chat([story], 32, 1, row_seeds=[7], temperature=3.0)
     chat([story], 32, 1, row_seeds=[7])
     assert used == [3.0, ("row", 3.0), 3.0, ("row", 0.2), 0.2]
+
+
+def test_batched_chat_cuts_a_loop_back_and_samples_on(endless, monkeypatch):
+    """Wiring of runaway_rewinds: a reply called a runaway at 64 tokens is cut back to where its
+    loop began (here token 32) and goes on from there, twice, then is stopped as a runaway: three
+    64-token chunks are spent, not four attempts of 256."""
+    model, tok = endless
+    monkeypatch.setattr(conv, "runaway", lambda ids: len(ids) >= 64)
+    monkeypatch.setattr(conv, "loop_start", lambda ids: 32)
+    settings = conv.GenerationSettings(stop_runaway=True, runaway_rewinds=2)
+    chat = conv.BatchedChat(model, tok, settings)
+    replies = chat([[{"role": "user", "content": "Tell me a story."}]] * 2, 256, seed=0)
+    assert [(r.finished, r.runaway, r.rewinds) for r in replies] == [(False, True, 2)] * 2
+    assert chat.new_tokens == 2 * 3 * 64
+
+
+def test_a_rewound_reply_gets_its_room_back_and_no_more(endless, monkeypatch):
+    """A reply cut back from 64 to 32 tokens may write up to the budget again (256), not past it:
+    the last chunk is only as long as its room, and it ends cut off at the limit."""
+    model, tok = endless
+    calls = []
+    monkeypatch.setattr(conv, "runaway", lambda ids: calls.append(len(ids)) or len(calls) == 1)
+    monkeypatch.setattr(conv, "loop_start", lambda ids: 32)
+    settings = conv.GenerationSettings(stop_runaway=True, runaway_rewinds=3)
+    chat = conv.BatchedChat(model, tok, settings)
+    (reply,) = chat([[{"role": "user", "content": "Tell me a story."}]], 256, seed=0)
+    assert (reply.finished, reply.runaway, reply.rewinds) == (False, False, 1)
+    assert calls == [64, 96, 160, 224, 256]  # the reply's length after each chunk
+    assert chat.new_tokens == 64 + 224
+
+
+def test_question_stop_ends_a_reply_at_its_first_real_question(endless):
+    """QuestionStop calls a row done at the token that completes a question of 3 words or more,
+    not at a shorter one ("What?"), and counts the tokens this call generated up to it."""
+    torch = pytest.importorskip("torch")
+    _, tok = endless
+    text = "Sure. What? One question a student would ask: Why is the sky blue? It is"
+    ids = tok(text, add_special_tokens=False)["input_ids"]
+    marks = frozenset(i for i, t in enumerate(tok.convert_ids_to_tokens(list(range(len(tok))))) if "?" in t)
+    written = ids[:3]  # an earlier chunk of the reply
+    stop = conv.QuestionStop(tok, marks, [written, []], start=1)
+    done_at = None
+    for k in range(4, len(ids) + 1):
+        row = torch.tensor([[0] + ids[3:k], [0] + [ids[0]] * (k - 3)])  # column 0: the prompt
+        done = stop(row, None)
+        assert not done[1]
+        if done[0] and done_at is None:
+            done_at = k
+    assert tok.decode(ids[:done_at]).rstrip().endswith("Why is the sky blue?")
+    assert stop.stopped == {0: done_at - 3}
+
+
+def test_batched_chat_stops_rows_at_a_question(endless, monkeypatch):
+    """Wiring of stop_at_question: every row holds a question after one token (the question
+    finder is stubbed), so each stops there and is not continued, and no row is cut off."""
+    model, tok = endless
+    monkeypatch.setattr(conv, "extract_question", lambda text: "why is it so?" if text else None)
+    chat = conv.BatchedChat(model, tok, conv.GenerationSettings())
+    chat.question_marks = frozenset(range(len(tok)))  # every token may end a question
+    replies = chat([[{"role": "user", "content": "Ask me."}]] * 3, 64, seed=0, stop_at_question=True)
+    assert chat.new_tokens == 3
+    assert [len(tok(r.text, add_special_tokens=False)["input_ids"]) >= 1 for r in replies] == [True] * 3
+    replies = chat([[{"role": "user", "content": "Ask me."}]] * 3, 64, seed=0)
+    assert chat.new_tokens == 3 + 3 * 64  # without it: to the limit
+
+
+def test_generation_asks_for_question_stops_and_counts_rewinds():
+    """stop_at_question reaches the user turns of the reply strategy only; a reply's rewinds are
+    counted under REWOUND with the rejected attempts, without being an attempt."""
+    convs, prompts = _convs(1)
+    chat = ScriptedChat(
+        {0: [("Why is the sky blue?", False), conv.Reply("Air scatters blue light most.", True, False, 2)]}
+    )
+    settings = conv.GenerationSettings(rounds=1, stop_at_question=True)
+    conv.generate_conversations(convs, chat, prompts, settings)
+    (c,) = convs
+    assert chat.asked == [True, False]
+    assert c.dropped is None and c.attempts == [1, 1]
+    assert c.rejected == {conv.REWOUND: 2}
