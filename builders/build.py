@@ -124,13 +124,13 @@ def _source_generation(cfg: BuildConfig, info: dict) -> dict:
 def generation_model(cfg: BuildConfig, model):
     """The model that samples the conversations: `model`, or a copy of it in generation_dtype (the
     activations are read with `model`, so their numerics do not change)."""
-    if cfg.generation_dtype in (None, cfg.model_dtype):
+    if cfg.generation_copy is None:
         return model
     import copy
 
     import torch
 
-    return copy.deepcopy(model).to(getattr(torch, cfg.generation_dtype))
+    return copy.deepcopy(model).to(getattr(torch, cfg.generation_copy))
 
 
 def _generate(
@@ -389,8 +389,16 @@ def counts_with_tokens(out: Path, layers: list[int], conversations: dict) -> dic
         "tokens": n_tokens,
         "tokens_by_role": {r: int((role == r).sum()) for r in schema.ROLES},
         "tokens_per_turn": per_turn,
-        **{k: c[k] for k in ("turns", "retries", "non_question_user_turns", "rejected_attempts")},
-        "same_opening_turns": c.get("same_opening_turns", 0),
+        **{
+            k: c[k]
+            for k in (
+                "turns",
+                "retries",
+                "non_question_user_turns",
+                "same_opening_turns",
+                "rejected_attempts",
+            )
+        },
         "rows": {schema.CONVERSATIONS: c["conversations"], schema.TOKENS: n_tokens}
         | {schema.layer_config(L): n_tokens for L in layers},
         "shards": {schema.TOKENS: len(files)},

@@ -155,6 +155,12 @@ class BuildConfig:
             raise ConfigError("top_p", "must be in (0, 1]")
         parse_layers(self.layers)  # the grammar now; the range once the model's depth is known
 
+    @property
+    def generation_copy(self) -> str | None:
+        """The dtype of the copy of the weights that samples the conversations (generation_dtype
+        when it differs from model_dtype), or None: the model itself samples."""
+        return None if self.generation_dtype in (None, self.model_dtype) else self.generation_dtype
+
     def data_options(self) -> dict:
         """The options that determine the data; a resumed build must match them exactly. Options
         added since builds were first made are left out at their defaults, so those builds keep

@@ -321,6 +321,10 @@ class GenerationSettings:
     no_repeat_ngram_size: int = BuildConfig.no_repeat_ngram_size  # transformers' option; 0 = off
     continuous: bool = BuildConfig.continuous  # continuous batching (generate_continuously)
 
+    def temperature_of(self, attempt: int) -> float:
+        """The sampling temperature of attempt `attempt` (0-based) at a turn."""
+        return self.temperature if attempt == 0 or self.retry_temperature is None else self.retry_temperature
+
     @classmethod
     def of(cls, config: BuildConfig, strategy: Strategy) -> GenerationSettings:
         """A build's generation settings: its options of the same names."""
@@ -650,15 +654,12 @@ def _attempt_row(
             key = ("user", cid)
     else:
         messages, key = conv.messages, cid
-    temperature = settings.temperature
-    if attempt and settings.retry_temperature is not None:
-        temperature = settings.retry_temperature
     return chat.row(
         messages,
         key,
         settings.user_max_new_tokens if user else settings.assistant_max_new_tokens,
         step_seed(settings.seed, step, attempt, "conversation", cid),
-        temperature,
+        settings.temperature_of(attempt),
         asks=user and settings.stop_at_question and settings.strategy == "reply",
     )
 
@@ -686,6 +687,7 @@ def generate_continuously(
     fallback: dict[int, tuple[str, str]] = {}
     settled = {c.conversation_id: to_json([c])[0] for c in conversations}
     steps_done = min((len(c.attempts) for c in conversations if c.dropped is None), default=total)
+    by_id = {c.conversation_id: c for c in conversations}
     with progress(desc="generation", unit="tok") as bar:
         chat.on_tokens = bar.update
         while True:
@@ -710,7 +712,6 @@ def generate_continuously(
             order = sorted(rows)
             chat.prefill([rows[cid][0] for cid in order])
             chat.advance([rows[cid][0] for cid in order], size)
-            by_id = {c.conversation_id: c for c in conversations}
             for cid in order:
                 row, attempt = rows[cid]
                 if not row.done:
@@ -765,9 +766,6 @@ def generate_conversations(
                     f"{sum(sum(c.rejected.values()) for c in conversations)} attempts rejected, "
                     f"{sum(c.dropped is not None for c in conversations)} dropped"
                 )
-                temperature = settings.temperature
-                if attempt and settings.retry_temperature is not None:
-                    temperature = settings.retry_temperature
                 retry = []
                 for b in range(0, len(pending), settings.batch_size):
                     group = pending[b : b + settings.batch_size]
@@ -795,7 +793,7 @@ def generate_conversations(
                         keys,
                         seeds,
                         stop_at_question=asks,
-                        temperature=temperature,
+                        temperature=settings.temperature_of(attempt),
                     )
                     for conv, reply in zip(group, replies, strict=True):
                         if _take(conv, reply, step, attempt, settings, fallback):

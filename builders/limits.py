@@ -86,10 +86,10 @@ def check_build_limits(cfg: BuildConfig, loaded, prompts: dict, longest: int | N
     rows = cfg.n_conversations + min(cfg.batch_size, cfg.n_conversations)
     need = rows * longest * kv_bytes_per_token(loaded.model, cfg.generation_dtype)
     what = "KV caches"
-    if cfg.generation_dtype not in (None, cfg.model_dtype):  # build.generation_model's copy
-        element = getattr(torch, cfg.generation_dtype).itemsize
+    if cfg.generation_copy is not None:  # build.generation_model's copy
+        element = getattr(torch, cfg.generation_copy).itemsize
         need += sum(p.numel() for p in loaded.model.parameters()) * element
-        what += f" and a {cfg.generation_dtype} copy of the weights"
+        what += f" and a {cfg.generation_copy} copy of the weights"
     have = available_memory(cfg.device)
     if need > have:
         raise TurnphaseError(
