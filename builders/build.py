@@ -185,6 +185,8 @@ def _generate(
         timing["new_tokens"] = base["new_tokens"] + chat.new_tokens
         timing["prompt_tokens_fed"] = base.get("prompt_tokens_fed", 0) + chat.cache.fed_tokens
         timing["prompt_tokens_reused"] = base.get("prompt_tokens_reused", 0) + chat.cache.reused_tokens
+        if cfg.parallel_attempts > 1:  # of new_tokens, written by attempts that were never judged
+            timing["discarded_tokens"] = base.get("discarded_tokens", 0) + chat.discarded_tokens
         snapshot = {"steps_done": steps_done, "conversations": conv.to_json(convs), "timing": timing}
         if steps_done < 2 * cfg.rounds:
             kv = state_dir / f"kv_cache_{steps_done}.pt"
@@ -684,6 +686,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="continuous batching: each conversation moves on as soon as its turn is kept, and every "
         "chunk of 32 tokens batches what each live conversation is writing, a turn or a retry (needs "
         "--seed-per-conversation)",
+    )
+    g.add_argument(
+        "--parallel-attempts",
+        type=int,
+        default=d.parallel_attempts,
+        metavar="N",
+        help="with --continuous: once a turn has had an attempt rejected, sample up to N of its next "
+        "attempts at once in batch rows no conversation needs (judged in order: the data do not change)",
     )
     g.add_argument(
         "--check-repeats",

@@ -20,6 +20,7 @@ WEIGHT_DTYPES = ("float32", "bfloat16", "float16")
 LATER_OPTIONS = {"seed_per_conversation": False, "first_conversation": 0, "model_dtype": "float32"}
 LATER_OPTIONS |= {"extract_batch_size": 1, "rank_part": None, "runaway_rewinds": 0, "stop_at_question": False}
 LATER_OPTIONS |= {"retry_temperature": None, "continuous": False, "generation_dtype": None}
+LATER_OPTIONS |= {"parallel_attempts": 1}
 
 
 @dataclass
@@ -79,6 +80,11 @@ class BuildConfig:
     # as its turn is settled, and every chunk batches what each one is writing (a turn or a retry).
     # Needs seed_per_conversation (its text must not depend on the schedule).
     continuous: bool = False
+    # With continuous batching: a turn whose attempt was rejected may have up to this many of its
+    # next attempts sampled at once, in batch rows no conversation needs (the tail of a build, when
+    # conversations have finished). Attempts are still judged in order, each from its own seed, so
+    # the data do not change; only the attempts never judged are generated for nothing.
+    parallel_attempts: int = 1
     # transformers' formulas, over each reply's own tokens (conversations.ReplyRepetition)
     repetition_penalty: float | None = None  # off by default
     no_repeat_ngram_size: int = 0  # 0 = off
@@ -115,6 +121,7 @@ class BuildConfig:
             "batch_size",
             "conversations_per_shard",
             "extract_batch_size",
+            "parallel_attempts",
         )
         for name in positive:
             if getattr(self, name) < 1:
@@ -145,6 +152,10 @@ class BuildConfig:
             raise ConfigError(
                 "continuous",
                 "needs --seed-per-conversation (a conversation's text must not depend on the schedule)",
+            )
+        if self.parallel_attempts > 1 and not self.continuous:
+            raise ConfigError(
+                "parallel_attempts", "needs --continuous (the rows it fills are continuous batching's)"
             )
         if self.no_repeat_ngram_size < 0:
             raise ConfigError("no_repeat_ngram_size", "must be 0 (off) or more")

@@ -320,6 +320,7 @@ class GenerationSettings:
     repetition_penalty: float | None = BuildConfig.repetition_penalty  # transformers' option
     no_repeat_ngram_size: int = BuildConfig.no_repeat_ngram_size  # transformers' option; 0 = off
     continuous: bool = BuildConfig.continuous  # continuous batching (generate_continuously)
+    parallel_attempts: int = BuildConfig.parallel_attempts  # attempts of one turn in flight at once
 
     def temperature_of(self, attempt: int) -> float:
         """The sampling temperature of attempt `attempt` (0-based) at a turn."""
@@ -362,6 +363,7 @@ class Row:
     looping: bool = False  # repeats itself (`runaway`)
     rewinds: int = 0
     done: bool = False
+    generated: int = 0  # tokens sampled, kept or not (end-of-turn and rewound ones too)
 
 
 class BatchedChat:
@@ -376,6 +378,7 @@ class BatchedChat:
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else self.eos_ids[0]
         self.cache = PrefixCache(model.config, reuse=reuse_cache)
         self.new_tokens = 0
+        self.discarded_tokens = 0  # written by attempts dropped unjudged (parallel_attempts)
         self.on_tokens: Callable[[int], None] | None = None  # told each chunk's new tokens (progress)
 
     def __call__(
@@ -533,6 +536,7 @@ class BatchedChat:
             new = tokens[:end] if ended else tokens[: room[b]]  # a row past its room is cut off
             r.written += new
             generated.append(new)
+            r.generated += end + 1 if ended else len(tokens)
             self.new_tokens += end + 1 if ended else len(tokens)  # generated, kept or not
             if asked is not None and not ended:
                 r.done = True  # it holds its question
@@ -635,30 +639,30 @@ def _give_user_turn(conv: Conversation, step: int) -> bool:
     return True
 
 
+def _attempt_key(conv: Conversation, settings: GenerationSettings) -> Hashable:
+    """The cache entry of the attempts at the next turn of `conv`: the conversation's, except for
+    the user chats of the `reply` strategy, new text each round, kept under ("user", id) until their
+    turn is settled."""
+    user = len(conv.attempts) % 2 == 0
+    cid = conv.conversation_id
+    return ("user", cid) if user and settings.strategy == "reply" else cid
+
+
 def _attempt_row(
-    chat: BatchedChat,
-    conv: Conversation,
-    step: int,
-    attempt: int,
-    prompts: dict,
-    settings: GenerationSettings,
+    chat: BatchedChat, conv: Conversation, attempt: int, prompts: dict, settings: GenerationSettings
 ) -> Row:
-    """Attempt `attempt` at turn `step` of `conv`, as a row of its own (continuous batching): sampled
-    from the conversation's own generator (seeded as with seed_per_conversation), the user chats
-    of the `reply` strategy cached under ("user", id) until their turn is settled."""
+    """Attempt `attempt` at the next turn of `conv`, as a row of its own (continuous batching):
+    sampled from the conversation's own generator (seeded as with seed_per_conversation), cached
+    under `_attempt_key`."""
+    step = len(conv.attempts)
     rnd, role = divmod(step, 2)
-    cid, user = conv.conversation_id, role == 0
-    if user:
-        messages, key = _user_chat(conv, prompts, settings.strategy, rnd == 0), cid
-        if settings.strategy == "reply":
-            key = ("user", cid)
-    else:
-        messages, key = conv.messages, cid
+    user = role == 0
+    messages = _user_chat(conv, prompts, settings.strategy, rnd == 0) if user else conv.messages
     return chat.row(
         messages,
-        key,
+        _attempt_key(conv, settings),
         settings.user_max_new_tokens if user else settings.assistant_max_new_tokens,
-        step_seed(settings.seed, step, attempt, "conversation", cid),
+        step_seed(settings.seed, step, attempt, "conversation", conv.conversation_id),
         settings.temperature_of(attempt),
         asks=user and settings.stop_at_question and settings.strategy == "reply",
     )
@@ -680,51 +684,98 @@ def generate_continuously(
     come from its own generators, seeded per (turn, attempt) as with seed_per_conversation, so its
     text does not depend on the schedule where the numerics allow. `on_step(steps, snapshot)` is
     called whenever every live conversation has settled `steps` turns, with the conversations as
-    they were after their last settled turn (what a resume starts from)."""
+    they were after their last settled turn (what a resume starts from).
+
+    With `settings.parallel_attempts` N > 1, the rows no conversation needs (once conversations
+    have finished, a build's tail) go to turns that have had an attempt rejected: up to N of a
+    turn's attempts are written at once, the most rejected turns first. They are still judged in
+    order (a later attempt that ends first waits for the earlier ones), and once one is kept the
+    later ones are dropped unjudged (`chat.discarded_tokens` counts what they had sampled), so the
+    conversations are those of N = 1."""
     total = 2 * settings.rounds
     size = min(max(32, n // 4) for n in (settings.user_max_new_tokens, settings.assistant_max_new_tokens))
-    rows: dict[int, tuple[Row, int]] = {}  # conversation id -> (its reply in flight, attempt)
+    # conversation id -> the attempts in flight at its next turn; the first is the next to judge
+    flight: dict[int, dict[int, Row]] = {}
     fallback: dict[int, tuple[str, str]] = {}
     settled = {c.conversation_id: to_json([c])[0] for c in conversations}
     steps_done = min((len(c.attempts) for c in conversations if c.dropped is None), default=total)
     by_id = {c.conversation_id: c for c in conversations}
+
+    def start(c: Conversation, attempt: int) -> None:
+        row = _attempt_row(chat, c, attempt, prompts, settings)
+        if flight.get(c.conversation_id):  # a second attempt at the turn: a cache entry of its own
+            row.key = (row.key, attempt)
+            chat.cache.alias(row.key, row.key[0])  # which holds the turn's prompt
+        flight.setdefault(c.conversation_id, {})[attempt] = row
+
+    def unfinished(c: Conversation) -> bool:
+        return c.dropped is None and len(c.attempts) < total
+
     with progress(desc="generation", unit="tok") as bar:
         chat.on_tokens = bar.update
         while True:
+            writing = sum(not r.done for f in flight.values() for r in f.values())
             for c in conversations:
-                cid = c.conversation_id
-                while c.dropped is None and cid not in rows and len(c.attempts) < total:
+                while unfinished(c) and c.conversation_id not in flight:
                     if _give_user_turn(c, len(c.attempts)):
-                        settled[cid] = to_json([c])[0]
-                    elif len(rows) < settings.batch_size:
-                        rows[cid] = (_attempt_row(chat, c, len(c.attempts), 0, prompts, settings), 0)
+                        settled[c.conversation_id] = to_json([c])[0]
+                    elif writing < settings.batch_size:
+                        start(c, 0)
+                        writing += 1
                     else:
                         break
-            if not rows:
+            # Rows left once every unfinished conversation has one: later attempts of the turns
+            # with a rejected attempt (the first in flight is not attempt 0), most rejected first.
+            spare = settings.batch_size - sum(map(unfinished, conversations))
+            spare -= sum(not r.done for f in flight.values() for r in list(f.values())[1:])
+            while spare > 0:
+                turns = [
+                    cid
+                    for cid, f in flight.items()
+                    if min(f) > 0
+                    and len(f) < settings.parallel_attempts
+                    and max(f) + 1 < settings.max_attempts
+                ]
+                if not turns:
+                    break
+                cid = min(turns, key=lambda i: (len(flight[i]), -min(flight[i]), len(by_id[i].attempts), i))
+                start(by_id[cid], max(flight[cid]) + 1)
+                spare -= 1
+            if not flight:
                 break
             live = [c for c in conversations if c.dropped is None]
+            rows = [flight[cid][a] for cid in sorted(flight) for a in sorted(flight[cid])]
+            rows = [r for r in rows if not r.done]
             bar.set_postfix_str(
                 f"continuous: {len(rows)} replies in flight, turns {min(len(c.attempts) for c in live)}"
                 f"-{max(len(c.attempts) for c in live)} of {total} settled, "
                 f"{sum(sum(c.rejected.values()) for c in conversations)} attempts rejected, "
                 f"{sum(c.dropped is not None for c in conversations)} dropped"
             )
-            order = sorted(rows)
-            chat.prefill([rows[cid][0] for cid in order])
-            chat.advance([rows[cid][0] for cid in order], size)
-            for cid in order:
-                row, attempt = rows[cid]
-                if not row.done:
-                    continue
-                c, step = by_id[cid], len(by_id[cid].attempts)
-                if _take(c, chat.reply(row), step, attempt, settings, fallback):
-                    rows[cid] = (_attempt_row(chat, c, step, attempt + 1, prompts, settings), attempt + 1)
-                    continue
-                del rows[cid]
-                chat.cache.forget([("user", cid)])
-                if c.dropped is not None or len(c.attempts) == total:
-                    chat.cache.forget([cid])  # no turn of it is left to write
-                settled[cid] = to_json([c])[0]
+            chat.prefill(rows)
+            chat.advance(rows, size)
+            for cid in sorted(flight):
+                c, f = by_id[cid], flight[cid]
+                step, key = len(c.attempts), _attempt_key(c, settings)
+                while f and f[min(f)].done:  # judged in order
+                    attempt = min(f)
+                    row = f.pop(attempt)
+                    if _take(c, chat.reply(row), step, attempt, settings, fallback):
+                        if row.key != key:
+                            chat.cache.forget([row.key])
+                        if not f:
+                            start(c, attempt + 1)
+                        continue
+                    chat.cache.rename(row.key, key)  # the kept attempt's entry is the conversation's
+                    chat.discarded_tokens += sum(r.generated for r in f.values())
+                    chat.cache.forget(r.key for r in f.values())
+                    f.clear()
+                    chat.cache.forget([("user", cid)])
+                    if c.dropped is not None or len(c.attempts) == total:
+                        chat.cache.forget([cid])  # no turn of it is left to write
+                    settled[cid] = to_json([c])[0]
+                if not f:
+                    del flight[cid]
             done = min((len(c.attempts) for c in conversations if c.dropped is None), default=total)
             if done > steps_done:
                 steps_done = done

@@ -188,7 +188,8 @@ def merge(cfg: BuildConfig, world: int, options: dict) -> dict:
             "seconds": max(t["seconds"] for t in timing),
             **{
                 k: sum(t.get(k, 0) for t in timing)
-                for k in ("new_tokens", "prompt_tokens_fed", "prompt_tokens_reused")
+                for k in ("new_tokens", "prompt_tokens_fed", "prompt_tokens_reused", "discarded_tokens")
+                if k != "discarded_tokens" or any(k in t for t in timing)
             },
             "load_model_seconds": max(t["load_model_seconds"] for t in timing),
             "extraction": {

@@ -181,6 +181,17 @@ class PrefixCache:
         for key in keys:
             self.entries.pop(key, None)
 
+    def alias(self, key: Hashable, of: Hashable) -> None:
+        """Let `key` start from the entry of `of` (the same tensors: entries are replaced, never
+        written into), if it has one: a second reply to the same prompt reuses its prefix."""
+        if of in self.entries:
+            self.entries[key] = self.entries[of]
+
+    def rename(self, key: Hashable, to: Hashable) -> None:
+        """Move the entry of `key` to `to` (replacing what `to` held)."""
+        if key in self.entries:
+            self.entries[to] = self.entries.pop(key)
+
     def save(self, path: Path) -> str:
         """Write the entries to `path` (the caller makes it atomic: `writer.atomic_path`); returns
         the file's sha256, computed as it is written. A failed write raises its OSError (torch

@@ -25,7 +25,8 @@
    (continuous batching, a reply that repeats itself stopped and retried, retries at temperature
    1.0, repeated and too-short turns retried, a 384-token assistant budget, 6 attempts), one after
    the other (--cleaner-builds picks the builds after the default one; cleaner_bf16 is the recipe
-   sampling with a bfloat16 copy of the weights, the activations still read in float32):
+   sampling with a bfloat16 copy of the weights, the activations still read in float32;
+   cleaner_parallel adds --parallel-attempts 3, cleaner_parallel_bf16 both):
    wall-time ratios to the default (target >= 1.25x), tokens generated and kept, conversations
    dropped (target < 15%) and verbatim repeated turns kept (target 0).
 8. (only when asked; needs `make qwen`) the same small build (--variant-recipe, default 10
@@ -285,6 +286,7 @@ def full_build(*extra: str, keep: Path | None = None) -> dict:
         "generation_minutes": timing["seconds"] / 60,
         "generation_tokens_per_s": timing["new_tokens"] / timing["seconds"],
         "new_tokens": timing["new_tokens"],
+        "discarded_tokens": timing.get("discarded_tokens", 0),  # attempts never judged (--parallel-attempts)
         "extraction_minutes": timing["extraction"]["seconds"] / 60,
         "extraction_tokens_per_s": timing["extraction"]["tokens_forwarded"] / timing["extraction"]["seconds"],
         "layers": len(prov["layers"]),
@@ -314,15 +316,20 @@ CLEANER = (
 
 
 BF16_GENERATION = ("--generation-dtype", "bfloat16")
-CLEANER_BUILDS = ("continuous", "cleaner", "cleaner_bf16")
+PARALLEL_ATTEMPTS = ("--parallel-attempts", "3")
+CLEANER_BUILDS = ("continuous", "cleaner", "cleaner_bf16", "cleaner_parallel", "cleaner_parallel_bf16")
 
 
 def cleaner_build(
     keep: Path | None = None, cleaner: tuple[str, ...] = CLEANER, which: tuple[str, ...] = CLEANER_BUILDS[:2]
 ) -> dict:
     """The default build, then those of `which`, one after the other: continuous batching only
-    (CONTINUOUS), the `cleaner` options, and those sampling with bfloat16 weights (cleaner_bf16)."""
+    (CONTINUOUS), the `cleaner` options, those sampling with bfloat16 weights (cleaner_bf16), with
+    a turn's later attempts written in parallel in the tail's spare rows (cleaner_parallel), and
+    both (cleaner_parallel_bf16)."""
     options = {"continuous": CONTINUOUS, "cleaner": cleaner, "cleaner_bf16": (*cleaner, *BF16_GENERATION)}
+    options["cleaner_parallel"] = (*cleaner, *PARALLEL_ATTEMPTS)
+    options["cleaner_parallel_bf16"] = (*cleaner, *PARALLEL_ATTEMPTS, *BF16_GENERATION)
     builds = {"default": full_build()}
     for name in which:
         builds[name] = full_build(*options[name], keep=keep if name == "cleaner" else None)
@@ -552,7 +559,8 @@ SUMMARY = {  # one line per part
     "cleaner_build": lambda r: "; ".join(
         f"{name} build ({' '.join(b['options']) or 'no options'}): {b['speedup']:.2f}x the default's speed "
         f"({b['wall_minutes']:.1f} min wall; target >= 1.25x), {b['new_tokens']} tokens generated for "
-        f"{b['tokens']} kept ({b['generated_per_kept_token']:.2f} per kept), dropped {b['dropped']} of 50 "
+        f"{b['tokens']} kept ({b['generated_per_kept_token']:.2f} per kept; {b['discarded_tokens']} written by "
+        f"attempts never judged), dropped {b['dropped']} of 50 "
         f"(target < 15%), verbatim repeated turns kept {b['verbatim_repeated_turns']} (target 0)"
         for name, b in r.items()
     ),

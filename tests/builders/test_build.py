@@ -234,6 +234,9 @@ def test_bad_inputs_fail_with_one_line_and_write_nothing(tiny_model_dir, tiny_bu
     assert "needs --seed-per-conversation" in _fails_cleanly(
         base + ["--model", str(tiny_model_dir), "--continuous"], capsys, out
     )
+    assert "needs --continuous" in _fails_cleanly(
+        base + ["--model", str(tiny_model_dir), "--parallel-attempts", "2"], capsys, out
+    )
     assert not out.exists()
     other = ["build", "--out", str(tiny_build), "--model", str(tiny_model_dir), *TINY_ARGS, "--rounds", "3"]
     assert "different build" in _fails_cleanly(other, capsys, tiny_build)
@@ -334,6 +337,47 @@ def test_continuous_batching_gives_each_conversation_the_text_of_the_stepwise_bu
     assert validate(out) == [] and any(mixed)
     for config in ["conversations", "tokens", "layer_1"]:
         assert read_config(out, config).equals(read_config(built["continuous"], config)), config
+
+
+def test_parallel_attempts_fill_the_tail_and_change_no_data(tiny_model_dir, tmp_path, monkeypatch):
+    """--parallel-attempts 3 with a batch wider than the build (rows to spare from the start): the
+    turns with a rejected attempt get later attempts written at once, some of those are dropped
+    unjudged once an earlier attempt is kept, and the conversations, attempts, rejections, tokens
+    and activations are those of the continuous build without them (each attempt has its own seed)."""
+    from turnphase.builders import conversations
+
+    seen, advance = [], conversations.BatchedChat.advance
+
+    def spy(self, rows, size):
+        seen.append([r.key for r in rows])
+        return advance(self, rows, size)
+
+    monkeypatch.setattr(conversations.BatchedChat, "advance", spy)
+    built = {}
+    for name, extra in (("one", _batch_args(3)), ("parallel", [*_batch_args(8), "--parallel-attempts", "3"])):
+        built[name] = tmp_path / name
+        command = ["build", "--out", str(built[name]), "--model", str(tiny_model_dir), *extra]
+        assert main([*command, "--seed-per-conversation", "--continuous"]) == 0
+        assert validate(built[name]) == []
+    for config in ["conversations", "tokens", "layer_1"]:
+        assert read_config(built["parallel"], config).equals(read_config(built["one"], config)), config
+    provs = {k: json.loads((out / schema.PROVENANCE_FILE).read_text()) for k, out in built.items()}
+    assert provs["parallel"]["counts"] == provs["one"]["counts"]
+    assert provs["one"]["counts"]["retries"] > 0
+    assert provs["parallel"]["build_options"]["parallel_attempts"] == 3
+    assert "parallel_attempts" not in provs["one"]["build_options"]
+    assert "discarded_tokens" not in provs["one"]["generation"]["timing"]
+    # some chunk wrote two attempts of one turn at once, and some attempt was never judged
+    spare = [k for keys in seen for k in keys if isinstance(k, tuple) and k[0] != "user"]
+    assert spare and max(len(keys) for keys in seen) > 4
+    timing = {k: p["generation"]["timing"] for k, p in provs.items()}
+    assert timing["parallel"]["discarded_tokens"] > 0
+    # every token sampled beyond the one-at-a-time build's is one of the attempts never judged
+    assert (
+        timing["parallel"]["new_tokens"] - timing["parallel"]["discarded_tokens"]
+        == timing["one"]["new_tokens"]
+    )
+    assert "--parallel-attempts 3" in (built["parallel"] / "README.md").read_text()
 
 
 def test_generation_dtype_samples_with_a_copy_and_reads_float32_activations(
