@@ -82,8 +82,9 @@ class BuildConfig:
     continuous: bool = False
     # With continuous batching: a turn whose attempt was rejected may have up to this many of its
     # next attempts sampled at once, in batch rows no conversation needs (the tail of a build, when
-    # conversations have finished). Attempts are still judged in order, each from its own seed, so
-    # the data do not change; only the attempts never judged are generated for nothing.
+    # conversations have finished, or a batch_size above n_conversations). Attempts are still
+    # judged in order, each from its own seed, so the data do not change; only the attempts never
+    # judged are generated for nothing.
     parallel_attempts: int = 1
     # transformers' formulas, over each reply's own tokens (conversations.ReplyRepetition)
     repetition_penalty: float | None = None  # off by default

@@ -687,7 +687,8 @@ def generate_continuously(
     they were after their last settled turn (what a resume starts from).
 
     With `settings.parallel_attempts` N > 1, the rows no conversation needs (once conversations
-    have finished, a build's tail) go to turns that have had an attempt rejected: up to N of a
+    have finished, or a `batch_size` above their count) go to turns that have had an attempt
+    rejected: up to N of a
     turn's attempts are written at once, the most rejected turns first. They are still judged in
     order (a later attempt that ends first waits for the earlier ones), and once one is kept the
     later ones are dropped unjudged (`chat.discarded_tokens` counts what they had sampled), so the

@@ -26,7 +26,8 @@
    1.0, repeated and too-short turns retried, a 384-token assistant budget, 6 attempts), one after
    the other (--cleaner-builds picks the builds after the default one; cleaner_bf16 is the recipe
    sampling with a bfloat16 copy of the weights, the activations still read in float32;
-   cleaner_parallel adds --parallel-attempts 3, cleaner_parallel_bf16 both):
+   cleaner_parallel adds --parallel-attempts 3, cleaner_parallel_bf16 both, cleaner_fast both and
+   --stop-at-question, cleaner_fast_wide that with --parallel-attempts 6 --batch-size 64):
    wall-time ratios to the default (target >= 1.25x), tokens generated and kept, conversations
    dropped (target < 15%) and verbatim repeated turns kept (target 0).
 8. (only when asked; needs `make qwen`) the same small build (--variant-recipe, default 10
@@ -317,7 +318,12 @@ CLEANER = (
 
 BF16_GENERATION = ("--generation-dtype", "bfloat16")
 PARALLEL_ATTEMPTS = ("--parallel-attempts", "3")
+# the fast recipe: also user replies stopped at their question, and (wide) 14 rows beyond the 50
+# conversations, so that failing turns get parallel attempts from the start
+FAST = (*PARALLEL_ATTEMPTS, *BF16_GENERATION, "--stop-at-question")
+WIDE = ("--parallel-attempts", "6", "--batch-size", "64")
 CLEANER_BUILDS = ("continuous", "cleaner", "cleaner_bf16", "cleaner_parallel", "cleaner_parallel_bf16")
+CLEANER_BUILDS += ("cleaner_fast", "cleaner_fast_wide")
 
 
 def cleaner_build(
@@ -330,6 +336,8 @@ def cleaner_build(
     options = {"continuous": CONTINUOUS, "cleaner": cleaner, "cleaner_bf16": (*cleaner, *BF16_GENERATION)}
     options["cleaner_parallel"] = (*cleaner, *PARALLEL_ATTEMPTS)
     options["cleaner_parallel_bf16"] = (*cleaner, *PARALLEL_ATTEMPTS, *BF16_GENERATION)
+    options["cleaner_fast"] = (*cleaner, *FAST)
+    options["cleaner_fast_wide"] = (*cleaner, *FAST, *WIDE)  # the later --parallel-attempts wins
     builds = {"default": full_build()}
     for name in which:
         builds[name] = full_build(*options[name], keep=keep if name == "cleaner" else None)
