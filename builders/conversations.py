@@ -701,6 +701,8 @@ def generate_continuously(
     settled = {c.conversation_id: to_json([c])[0] for c in conversations}
     steps_done = min((len(c.attempts) for c in conversations if c.dropped is None), default=total)
     by_id = {c.conversation_id: c for c in conversations}
+    # a checkpoint's cache may hold entries of attempts in flight when it was saved: none is now
+    chat.cache.forget([k for k in list(chat.cache.entries) if isinstance(k, tuple) and k[0] != "user"])
 
     def start(c: Conversation, attempt: int) -> None:
         row = _attempt_row(chat, c, attempt, prompts, settings)

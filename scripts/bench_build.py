@@ -331,8 +331,9 @@ def cleaner_build(
 ) -> dict:
     """The default build, then those of `which`, one after the other: continuous batching only
     (CONTINUOUS), the `cleaner` options, those sampling with bfloat16 weights (cleaner_bf16), with
-    a turn's later attempts written in parallel in the tail's spare rows (cleaner_parallel), and
-    both (cleaner_parallel_bf16)."""
+    a turn's later attempts written in parallel in the tail's spare rows (cleaner_parallel), both
+    (cleaner_parallel_bf16), both and user replies stopped at their question (cleaner_fast), and
+    that with 14 rows to spare from the start (cleaner_fast_wide)."""
     options = {"continuous": CONTINUOUS, "cleaner": cleaner, "cleaner_bf16": (*cleaner, *BF16_GENERATION)}
     options["cleaner_parallel"] = (*cleaner, *PARALLEL_ATTEMPTS)
     options["cleaner_parallel_bf16"] = (*cleaner, *PARALLEL_ATTEMPTS, *BF16_GENERATION)

@@ -378,6 +378,23 @@ def test_parallel_attempts_fill_the_tail_and_change_no_data(tiny_model_dir, tmp_
         == timing["one"]["new_tokens"]
     )
     assert "--parallel-attempts 3" in (built["parallel"] / "README.md").read_text()
+    # killed at a checkpoint (its cache saved with attempts in flight), it resumes to the same data
+    out = tmp_path / "resumed"
+    command = ["build", "--out", str(out), "--model", str(tiny_model_dir), *_batch_args(8)]
+    command += ["--parallel-attempts", "3", "--seed-per-conversation", "--continuous"]
+
+    def killed(self, rows, size):
+        checkpoint = out / ".turnphase_build" / "generation.json"
+        if checkpoint.exists() and json.loads(checkpoint.read_text())["steps_done"] >= 1:
+            raise KeyboardInterrupt
+        return spy(self, rows, size)
+
+    monkeypatch.setattr(conversations.BatchedChat, "advance", killed)
+    assert main(command) == 130
+    monkeypatch.setattr(conversations.BatchedChat, "advance", spy)
+    assert main(command) == 0
+    for config in ["conversations", "tokens", "layer_1"]:
+        assert read_config(out, config).equals(read_config(built["parallel"], config)), config
 
 
 def test_generation_dtype_samples_with_a_copy_and_reads_float32_activations(
