@@ -288,6 +288,20 @@ def test_seed_per_conversation_makes_the_data_independent_of_the_batch_size(
     assert "each conversation sampled" not in (tiny_build / "README.md").read_text()
 
 
+def _kill_at_checkpoint(monkeypatch, out, steps: int, advance) -> None:
+    """Make `BatchedChat.advance` (else `advance`) stop the build into `out` as Ctrl-C would, once
+    its generation checkpoint has `steps` turns settled."""
+    from turnphase.builders import conversations
+
+    def killed(self, rows, size):
+        checkpoint = out / ".turnphase_build" / "generation.json"
+        if checkpoint.exists() and json.loads(checkpoint.read_text())["steps_done"] >= steps:
+            raise KeyboardInterrupt
+        return advance(self, rows, size)
+
+    monkeypatch.setattr(conversations.BatchedChat, "advance", killed)
+
+
 def test_continuous_batching_gives_each_conversation_the_text_of_the_stepwise_build(
     tiny_model_dir, tmp_path, monkeypatch
 ):
@@ -319,15 +333,7 @@ def test_continuous_batching_gives_each_conversation_the_text_of_the_stepwise_bu
         return advance(self, rows, size)
 
     out = tmp_path / "resumed"
-    monkeypatch.setattr(conversations.BatchedChat, "advance", spy)
-
-    def killed(self, rows, size):
-        checkpoint = out / ".turnphase_build" / "generation.json"
-        if checkpoint.exists() and json.loads(checkpoint.read_text())["steps_done"] >= 2:
-            raise KeyboardInterrupt
-        return spy(self, rows, size)
-
-    monkeypatch.setattr(conversations.BatchedChat, "advance", killed)
+    _kill_at_checkpoint(monkeypatch, out, 2, spy)
     command = ["build", "--out", str(out), "--model", str(tiny_model_dir), *args, "--continuous"]
     assert main(command) == 130
     saved = json.loads((out / ".turnphase_build" / "generation.json").read_text())
@@ -382,14 +388,7 @@ def test_parallel_attempts_fill_the_tail_and_change_no_data(tiny_model_dir, tmp_
     out = tmp_path / "resumed"
     command = ["build", "--out", str(out), "--model", str(tiny_model_dir), *_batch_args(8)]
     command += ["--parallel-attempts", "3", "--seed-per-conversation", "--continuous"]
-
-    def killed(self, rows, size):
-        checkpoint = out / ".turnphase_build" / "generation.json"
-        if checkpoint.exists() and json.loads(checkpoint.read_text())["steps_done"] >= 1:
-            raise KeyboardInterrupt
-        return spy(self, rows, size)
-
-    monkeypatch.setattr(conversations.BatchedChat, "advance", killed)
+    _kill_at_checkpoint(monkeypatch, out, 1, spy)
     assert main(command) == 130
     monkeypatch.setattr(conversations.BatchedChat, "advance", spy)
     assert main(command) == 0
