@@ -729,8 +729,8 @@ def generate_continuously(
                         break
             # Rows left once every unfinished conversation has one: later attempts of the turns
             # with a rejected attempt (the first in flight is not attempt 0), most rejected first.
-            spare = settings.batch_size - sum(map(unfinished, conversations))
-            spare -= sum(not r.done for f in flight.values() for r in list(f.values())[1:])
+            # (Each turn in flight is writing its first attempt; the other rows writing are spare.)
+            spare = settings.batch_size - sum(map(unfinished, conversations)) - (writing - len(flight))
             while spare > 0:
                 turns = [
                     cid
