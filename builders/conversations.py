@@ -688,10 +688,10 @@ def generate_continuously(
 
     With `settings.parallel_attempts` N > 1, the rows no conversation needs (once conversations
     have finished, or a `batch_size` above their count) go to turns that have had an attempt
-    rejected: up to N of a
-    turn's attempts are written at once, the most rejected turns first. They are still judged in
-    order (a later attempt that ends first waits for the earlier ones), and once one is kept the
-    later ones are dropped unjudged (`chat.discarded_tokens` counts what they had sampled), so the
+    rejected: up to N of a turn's attempts are written at once, the most rejected turns first,
+    each under a cache entry of its own, ("attempt", key, attempt). They are still judged in order
+    (a later attempt that ends first waits for the earlier ones), and once one is kept the later
+    ones are dropped unjudged (`chat.discarded_tokens` counts what they had sampled), so the
     conversations are those of N = 1."""
     total = 2 * settings.rounds
     size = min(max(32, n // 4) for n in (settings.user_max_new_tokens, settings.assistant_max_new_tokens))
@@ -702,13 +702,13 @@ def generate_continuously(
     steps_done = min((len(c.attempts) for c in conversations if c.dropped is None), default=total)
     by_id = {c.conversation_id: c for c in conversations}
     # a checkpoint's cache may hold entries of attempts in flight when it was saved: none is now
-    chat.cache.forget([k for k in list(chat.cache.entries) if isinstance(k, tuple) and k[0] != "user"])
+    chat.cache.forget([k for k in list(chat.cache.entries) if isinstance(k, tuple) and k[0] == "attempt"])
 
     def start(c: Conversation, attempt: int) -> None:
         row = _attempt_row(chat, c, attempt, prompts, settings)
         if flight.get(c.conversation_id):  # a second attempt at the turn: a cache entry of its own
-            row.key = (row.key, attempt)
-            chat.cache.alias(row.key, row.key[0])  # which holds the turn's prompt
+            turn_key, row.key = row.key, ("attempt", row.key, attempt)
+            chat.cache.alias(row.key, turn_key)  # which holds the turn's prompt
         flight.setdefault(c.conversation_id, {})[attempt] = row
 
     def unfinished(c: Conversation) -> bool:
