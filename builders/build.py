@@ -351,8 +351,7 @@ def conversation_counts(convs: list[conv.Conversation]) -> dict:
         ],
         "turns": len(attempts),
         "retries": int(sum(max(a - 1, 0) for a in attempts)),  # 0 attempts: a turn read from a source
-        "non_question_user_turns": int(sum(c.non_question_user_turns for c in kept)),
-        "same_opening_turns": int(sum(c.same_opening_turns for c in kept)),
+        **{name: int(sum(getattr(c, name) for c in kept)) for name in conv.FLAWED_TURN_COUNTS},
         # every attempt that was not kept, by reason, dropped conversations included
         "rejected_attempts": dict(sorted(sum((Counter(c.rejected) for c in convs), Counter()).items())),
     }
@@ -391,16 +390,7 @@ def counts_with_tokens(out: Path, layers: list[int], conversations: dict) -> dic
         "tokens": n_tokens,
         "tokens_by_role": {r: int((role == r).sum()) for r in schema.ROLES},
         "tokens_per_turn": per_turn,
-        **{
-            k: c[k]
-            for k in (
-                "turns",
-                "retries",
-                "non_question_user_turns",
-                "same_opening_turns",
-                "rejected_attempts",
-            )
-        },
+        **{k: c[k] for k in ("turns", "retries", *conv.FLAWED_TURN_COUNTS, "rejected_attempts")},
         "rows": {schema.CONVERSATIONS: c["conversations"], schema.TOKENS: n_tokens}
         | {schema.layer_config(L): n_tokens for L in layers},
         "shards": {schema.TOKENS: len(files)},
@@ -417,7 +407,8 @@ def summary(out: Path, prov: dict) -> str:
     lines = [
         f"conversations: {c['conversations']} kept, {len(c['dropped'])} dropped; {c['turns']} turns, "
         f"{c['retries']} retries, {c['non_question_user_turns']} user turns kept without a question"
-        + (f", {n} turns kept opening like an earlier one" if (n := c.get("same_opening_turns")) else ""),
+        + (f", {n} turns kept opening like an earlier one" if (n := c.get("same_opening_turns")) else "")
+        + (f", {n} cut-off turns kept to their last sentence" if (n := c.get("trimmed_turns")) else ""),
     ]
     if source := prov["generation"].get("source"):
         skipped = ", ".join(f"{why} {n}" for why, n in source["skipped"].items()) or "none"
@@ -679,6 +670,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "--stop-at-question",
         action="store_true",
         help="reply strategy: stop a user-turn reply as soon as it holds a question (the rest is not kept)",
+    )
+    g.add_argument(
+        "--trim-cut-off",
+        action="store_true",
+        help="with --stop-runaway: keep a reply cut off at the token limit up to its last full sentence "
+        "(if that keeps half of it) instead of retrying it; counted",
     )
     g.add_argument(
         "--continuous",

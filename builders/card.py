@@ -126,6 +126,7 @@ def limitations(provenance: dict) -> dict:
         "retries": counts.get("retries"),
         "non_question_user_turns": counts.get("non_question_user_turns"),
         "same_opening_turns": counts.get("same_opening_turns"),
+        "trimmed_turns": counts.get("trimmed_turns"),
         "parameters": _parameters(model.get("n_params")),
         "small": bool(model.get("n_params")) and model["n_params"] < 1e9,
     }

@@ -20,7 +20,7 @@ WEIGHT_DTYPES = ("float32", "bfloat16", "float16")
 LATER_OPTIONS = {"seed_per_conversation": False, "first_conversation": 0, "model_dtype": "float32"}
 LATER_OPTIONS |= {"extract_batch_size": 1, "rank_part": None, "runaway_rewinds": 0, "stop_at_question": False}
 LATER_OPTIONS |= {"retry_temperature": None, "continuous": False, "generation_dtype": None}
-LATER_OPTIONS |= {"parallel_attempts": 1}
+LATER_OPTIONS |= {"parallel_attempts": 1, "trim_cut_off": False}
 
 
 @dataclass
@@ -72,6 +72,9 @@ class BuildConfig:
     # `reply` strategy: stop a user-turn reply as soon as it holds a question (only the question is
     # kept; the rest of the reply was generated for nothing).
     stop_at_question: bool = False
+    # With stop_runaway: keep a reply cut off at the token limit up to its last full sentence
+    # (conversations.trim_to_sentence) instead of retrying it; a loop is still stopped and retried.
+    trim_cut_off: bool = False
     # The temperature of every attempt after a turn's first (None: `temperature`). Loops are a
     # low-temperature habit: on the 13 hardest assistant contexts of the default build, 4 samples
     # each, 25 of 52 replies were sound at 0.7 and 37 at 1.0 (README, "Stricter checks").
@@ -153,6 +156,10 @@ class BuildConfig:
             raise ConfigError(
                 "continuous",
                 "needs --seed-per-conversation (a conversation's text must not depend on the schedule)",
+            )
+        if self.trim_cut_off and not self.stop_runaway:
+            raise ConfigError(
+                "trim_cut_off", "needs --stop-runaway (a loop cut off at the limit must be retried, not kept)"
             )
         if self.parallel_attempts > 1 and not self.continuous:
             raise ConfigError(

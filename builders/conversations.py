@@ -88,6 +88,9 @@ RUNAWAY_MIN = 24  # phrases: a tail shorter than this is too short to call
 MIN_USER_WORDS = 3  # a user turn shorter than this is no question ("mean?")
 OPENING_WORDS = 10  # a turn that opens with the same 10 words as an earlier one: retried, kept last
 NEAR_REPEAT = 0.9  # difflib similarity of the words at or above which a turn repeats an earlier one
+TRIM_MIN_SHARE = 0.5  # a cut-off reply is kept to its last sentence only if that keeps half its text
+# A sentence's end: ".", "!" or "?", closing quotes, brackets or markdown, then a space or the end.
+SENTENCE_END = re.compile(r"[.!?][\"'”’)\]*_]*(?=\s|$)")
 
 
 # The reason a loop cut back by `runaway_rewinds` is counted under (with the attempts rejected).
@@ -137,6 +140,19 @@ def loop_start(ids: Sequence[int]) -> int:
     return len(ids) if start is None else first[phrases[start]]
 
 
+def trim_to_sentence(text: str) -> str | None:
+    """A reply cut off at the token limit, up to the end of its last full sentence, or None when
+    that would keep less than TRIM_MIN_SHARE of it. A list number ("2.") ends no sentence."""
+    end = None
+    for m in SENTENCE_END.finditer(text):
+        before = text[: m.start()].split()
+        if before and not before[-1].isdigit():
+            end = m.end()
+    if end is None or end < TRIM_MIN_SHARE * len(text.rstrip()):
+        return None
+    return text[:end]
+
+
 def _words(text: str) -> list[str]:
     return re.findall(r"\w+", text.lower())
 
@@ -160,6 +176,8 @@ def same_opening(text: str, earlier: str) -> bool:
 # (like a user turn without a question), so that a model's habit of opening alike drops nothing.
 SAME_OPENING = "opens like an earlier turn"
 NO_QUESTION = "user turn without a question"
+# The turns kept with a flaw, counted per conversation (and in the provenance, under these names).
+FLAWED_TURN_COUNTS = ("non_question_user_turns", "same_opening_turns", "trimmed_turns")
 
 
 def conversation_problem(text: str, role: str, messages: list[dict]) -> str | None:
@@ -287,6 +305,7 @@ class Conversation:
     attempts: list[int] = field(default_factory=list)  # per non-system message
     non_question_user_turns: int = 0
     same_opening_turns: int = 0  # kept although they open like an earlier turn (SAME_OPENING)
+    trimmed_turns: int = 0  # cut off at the token limit, kept to their last sentence (trim_cut_off)
     dropped: str | None = None  # why the conversation was left out
     rejected: dict[str, int] = field(default_factory=dict)  # attempts rejected, by reason
     # Given user turns, one per round (a source read with `--regenerate assistant`): kept verbatim,
@@ -316,6 +335,7 @@ class GenerationSettings:
     stop_runaway: bool = BuildConfig.stop_runaway  # stop a reply as soon as it repeats itself
     runaway_rewinds: int = BuildConfig.runaway_rewinds  # a loop cut and sampled on, per reply
     stop_at_question: bool = BuildConfig.stop_at_question  # reply strategy: user replies end at a question
+    trim_cut_off: bool = BuildConfig.trim_cut_off  # keep a cut-off reply to its last sentence
     check_repeats: bool = BuildConfig.check_repeats  # retry repeated turns, and user turns under 3 words
     repetition_penalty: float | None = BuildConfig.repetition_penalty  # transformers' option
     no_repeat_ngram_size: int = BuildConfig.no_repeat_ngram_size  # transformers' option; 0 = off
@@ -580,12 +600,14 @@ def _take(
     step: int,
     attempt: int,
     settings: GenerationSettings,
-    fallback: dict[int, tuple[str, str]],
+    fallback: dict[int, tuple[str, str, bool]],
 ) -> bool:
     """Judge attempt `attempt` (0-based) at turn `step` of `conv`: keep it in `conv.messages`, or
     on the last attempt keep the flawed fallback or drop the conversation; True asks for a retry.
     `fallback` holds, per conversation, a sound turn with a flaw (no question, an opening said
-    before), kept if nothing better comes."""
+    before), kept if nothing better comes, and whether it was trimmed. With `trim_cut_off`, a reply
+    cut off at the token limit (a loop would have been stopped as a runaway) is judged as its text
+    up to its last full sentence (`trim_to_sentence`), and counted when kept."""
     rnd, role = divmod(step, 2)
     role_name = "user" if role == 0 else "assistant"
     last = attempt == settings.max_attempts - 1
@@ -594,11 +616,14 @@ def _take(
     if rewinds:  # parts of this attempt, not attempts: counted apart
         conv.rejected[REWOUND] = conv.rejected.get(REWOUND, 0) + rewinds
     flaw = None  # kept after the last attempt if nothing better comes
+    trimmed = False
     if role_name == "user" and settings.strategy == "reply" and (question := extract_question(text)):
         # The reply only carries the question: a question found in it is the turn, even when the
         # reply around it ran on past the token limit.
         text, problem = question, turn_problem(question, True)
     else:
+        if settings.trim_cut_off and not (finished or looped) and (short := trim_to_sentence(text)):
+            text, finished, trimmed = short, True, True
         problem = "repeats itself (runaway)" if looped else turn_problem(text, finished)
         # reply: no question was found above; study: the turn is the reply
         if role_name == "user" and not (settings.strategy == "study" and "?" in text):
@@ -610,12 +635,14 @@ def _take(
     if reason := problem or flaw:
         conv.rejected[reason] = conv.rejected.get(reason, 0) + 1
     if problem is None and flaw:
-        fallback.setdefault(cid, (text, flaw))
+        fallback.setdefault(cid, (text, flaw, trimmed))
     if problem is None and not flaw:
         conv.messages.append({"role": role_name, "content": text})
+        conv.trimmed_turns += trimmed
     elif last and cid in fallback:
-        text, flaw = fallback.pop(cid)
+        text, flaw, trimmed = fallback.pop(cid)
         conv.messages.append({"role": role_name, "content": text})
+        conv.trimmed_turns += trimmed
         if flaw == NO_QUESTION:
             conv.non_question_user_turns += 1
         else:
@@ -697,7 +724,7 @@ def generate_continuously(
     size = min(max(32, n // 4) for n in (settings.user_max_new_tokens, settings.assistant_max_new_tokens))
     # conversation id -> the attempts in flight at its next turn; the first is the next to judge
     flight: dict[int, dict[int, Row]] = {}
-    fallback: dict[int, tuple[str, str]] = {}
+    fallback: dict[int, tuple[str, str, bool]] = {}
     settled = {c.conversation_id: to_json([c])[0] for c in conversations}
     steps_done = min((len(c.attempts) for c in conversations if c.dropped is None), default=total)
     by_id = {c.conversation_id: c for c in conversations}
@@ -813,7 +840,7 @@ def generate_conversations(
             role_name = "user" if role == 0 else "assistant"
             live = [c for c in conversations if c.dropped is None]
             pending = [c for c in live if not _give_user_turn(c, step)]
-            fallback: dict[int, tuple[str, str]] = {}
+            fallback: dict[int, tuple[str, str, bool]] = {}
             for attempt in range(settings.max_attempts):
                 bar.set_postfix_str(
                     f"round {rnd + 1}/{settings.rounds} {role_name} attempt {attempt + 1}, {len(live)} live, "

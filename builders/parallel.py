@@ -39,6 +39,7 @@ import pyarrow.parquet as pq
 
 from turnphase.builders import provenance, schema, writer
 from turnphase.builders.config import BuildConfig
+from turnphase.builders.conversations import FLAWED_TURN_COUNTS
 from turnphase.builders.errors import TurnphaseError
 from turnphase.builders.lock import folder_lock
 
@@ -175,8 +176,7 @@ def merge(cfg: BuildConfig, world: int, options: dict) -> dict:
             "dropped": [d for c in counts for d in c["dropped"]],
             "turns": sum(c["turns"] for c in counts),
             "retries": sum(c["retries"] for c in counts),
-            "non_question_user_turns": sum(c["non_question_user_turns"] for c in counts),
-            "same_opening_turns": sum(c.get("same_opening_turns", 0) for c in counts),
+            **{name: sum(c.get(name, 0) for c in counts) for name in FLAWED_TURN_COUNTS},
             "rejected_attempts": dict(
                 sorted(sum((Counter(c.get("rejected_attempts") or {}) for c in counts), Counter()).items())
             ),

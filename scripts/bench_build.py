@@ -27,7 +27,9 @@
    the other (--cleaner-builds picks the builds after the default one; cleaner_bf16 is the recipe
    sampling with a bfloat16 copy of the weights, the activations still read in float32;
    cleaner_parallel adds --parallel-attempts 3, cleaner_parallel_bf16 both, cleaner_fast both and
-   --stop-at-question, cleaner_fast_wide that with --parallel-attempts 6 --batch-size 64):
+   --stop-at-question, cleaner_fast_wide that with --parallel-attempts 6 --batch-size 64,
+   cleaner_trim cleaner_fast keeping cut-off replies to their last sentence, --trim-cut-off, at
+   the default's 256-token assistant budget):
    wall-time ratios to the default (target >= 1.25x), tokens generated and kept, conversations
    dropped (target < 15%) and verbatim repeated turns kept (target 0).
 8. (only when asked; needs `make qwen`) the same small build (--variant-recipe, default 10
@@ -295,6 +297,7 @@ def full_build(*extra: str, keep: Path | None = None) -> dict:
         "dropped": len(prov["counts"]["dropped"]),
         "rejected_attempts": prov["counts"]["rejected_attempts"],
         "verbatim_repeated_turns": repeats,
+        "trimmed_turns": prov["counts"].get("trimmed_turns", 0),  # cut off, kept to their last sentence
         "tokens": prov["counts"]["tokens"],
         "dataset_MB": size / 1e6,
         "prompt_tokens_fed": timing["prompt_tokens_fed"],
@@ -322,8 +325,10 @@ PARALLEL_ATTEMPTS = ("--parallel-attempts", "3")
 # conversations, so that failing turns get parallel attempts from the start
 FAST = (*PARALLEL_ATTEMPTS, *BF16_GENERATION, "--stop-at-question")
 WIDE = ("--parallel-attempts", "6", "--batch-size", "64")
+# a reply cut off at the limit kept to its last sentence, not retried; at the default's budget
+TRIM = ("--trim-cut-off", "--assistant-max-new-tokens", "256")
 CLEANER_BUILDS = ("continuous", "cleaner", "cleaner_bf16", "cleaner_parallel", "cleaner_parallel_bf16")
-CLEANER_BUILDS += ("cleaner_fast", "cleaner_fast_wide")
+CLEANER_BUILDS += ("cleaner_fast", "cleaner_fast_wide", "cleaner_trim")
 
 
 def cleaner_build(
@@ -332,16 +337,18 @@ def cleaner_build(
     """The default build, then those of `which`, one after the other: continuous batching only
     (CONTINUOUS), the `cleaner` options, those sampling with bfloat16 weights (cleaner_bf16), with
     a turn's later attempts written in parallel in the tail's spare rows (cleaner_parallel), both
-    (cleaner_parallel_bf16), both and user replies stopped at their question (cleaner_fast), and
-    that with 14 rows to spare from the start (cleaner_fast_wide)."""
+    (cleaner_parallel_bf16), both and user replies stopped at their question (cleaner_fast),
+    that with 14 rows to spare from the start (cleaner_fast_wide), and cleaner_fast keeping a
+    reply cut off at the limit to its last sentence, at the default's budget (cleaner_trim)."""
     options = {"continuous": CONTINUOUS, "cleaner": cleaner, "cleaner_bf16": (*cleaner, *BF16_GENERATION)}
     options["cleaner_parallel"] = (*cleaner, *PARALLEL_ATTEMPTS)
     options["cleaner_parallel_bf16"] = (*cleaner, *PARALLEL_ATTEMPTS, *BF16_GENERATION)
     options["cleaner_fast"] = (*cleaner, *FAST)
     options["cleaner_fast_wide"] = (*cleaner, *FAST, *WIDE)  # the later --parallel-attempts wins
+    options["cleaner_trim"] = (*cleaner, *FAST, *TRIM)  # the later budget wins
     builds = {"default": full_build()}
     for name in which:
-        builds[name] = full_build(*options[name], keep=keep if name == "cleaner" else None)
+        builds[name] = full_build(*options[name], keep=keep / name if keep else None)
     base = builds["default"]
     for b in builds.values():
         b["speedup"] = base["wall_minutes"] / b["wall_minutes"]
@@ -496,7 +503,11 @@ def main() -> None:
     p.add_argument(
         "--extract-tokens", type=int, default=1200, help="tokens per forward (a conversation's length)"
     )
-    p.add_argument("--keep", type=Path, help="cleaner_build: keep the cleaner build in this new folder")
+    p.add_argument(
+        "--keep",
+        type=Path,
+        help="cleaner_build: keep each build after the default in KEEP/NAME (a new folder)",
+    )
     p.add_argument(
         "--cleaner", default="", help=f"cleaner_build: other build options (default: {' '.join(CLEANER)})"
     )

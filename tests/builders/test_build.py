@@ -237,6 +237,9 @@ def test_bad_inputs_fail_with_one_line_and_write_nothing(tiny_model_dir, tiny_bu
     assert "needs --continuous" in _fails_cleanly(
         base + ["--model", str(tiny_model_dir), "--parallel-attempts", "2"], capsys, out
     )
+    assert "needs --stop-runaway" in _fails_cleanly(
+        base + ["--model", str(tiny_model_dir), "--trim-cut-off"], capsys, out
+    )
     assert not out.exists()
     other = ["build", "--out", str(tiny_build), "--model", str(tiny_model_dir), *TINY_ARGS, "--rounds", "3"]
     assert "different build" in _fails_cleanly(other, capsys, tiny_build)

@@ -125,7 +125,7 @@ def test_limitations_give_this_builds_numbers(tiny_build):
 def test_the_card_names_the_generation_options_set_and_its_flawed_turns(tiny_build):
     """A build's generation options away from their defaults are a row of the card, as flags (the
     tiny build's smaller budgets and batch); a build at the defaults has no such row. Turns kept
-    opening like an earlier one are counted."""
+    opening like an earlier one, and cut-off turns kept to their last sentence, are counted."""
     prov = read_provenance(tiny_build)
 
     def row(text):
@@ -136,10 +136,12 @@ def test_the_card_names_the_generation_options_set_and_its_flawed_turns(tiny_bui
         "--assistant-max-new-tokens 24" in tiny and "--batch-size 3" in tiny and "--stop-runaway" not in tiny
     )
     prov["build_options"] |= {"stop_runaway": True, "retry_temperature": 1.0, "continuous": True}
-    prov["counts"]["same_opening_turns"] = 2
+    prov["counts"] |= {"same_opening_turns": 2, "trimmed_turns": 3}
     text = card.render_card(prov)
     assert all(flag in row(text) for flag in ("--retry-temperature 1.0", "--stop-runaway", "--continuous"))
-    assert "2 kept turn(s) open with the same ten words" in " ".join(_section(text, "Limitations").split())
+    limits = " ".join(_section(text, "Limitations").split())
+    assert "2 kept turn(s) open with the same ten words" in limits
+    assert "3 kept turn(s) were cut off at the token limit and end at their last full sentence" in limits
     prov["build_options"] = {"seed": 3, "strategy": "reply", "seed_per_conversation": True}
     assert row(card.render_card(prov)) is None
 

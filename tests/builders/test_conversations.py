@@ -309,6 +309,51 @@ def test_repeated_short_and_runaway_turns_are_retried_and_counted():
     assert len(set(turns)) == len(turns) == 4
 
 
+@pytest.mark.parametrize(
+    "text, kept",
+    [
+        ("Tea is a drink. It is brewed from leaves and then served hot or", None),  # under half kept
+        (
+            "Tea is brewed from the leaves of one plant. Black tea is oxidised and green is",
+            "Tea is brewed from the leaves of one plant.",
+        ),
+        ("Ask why. Then ask how! Then ask when? And the", "Ask why. Then ask how! Then ask when?"),
+        ('He said "boil it for a minute." Then steep', 'He said "boil it for a minute."'),
+        (
+            "Steps to brew a cup:\n1. Boil the water first.\n2. Pour it",
+            "Steps to brew a cup:\n1. Boil the water first.",
+        ),
+        ("Steps to brew a cup of tea at home:\n1. Boil\n2. Pour", None),  # a list number ends nothing
+        ("It is **very good.** And you can", "It is **very good.**"),
+        ("no sentence ends anywhere in this reply at all", None),
+    ],
+)
+def test_trim_to_sentence(text, kept):
+    """A cut-off reply ends at its last full sentence, if that keeps half of it, else None."""
+    assert conv.trim_to_sentence(text) == kept
+
+
+def test_a_cut_off_turn_is_kept_to_its_last_sentence_with_trim_cut_off():
+    """With trim_cut_off a reply cut off at the limit is judged as its text up to its last full
+    sentence, kept and counted; a loop cut off at the limit, or a reply with no sentence to keep,
+    is still retried. Without the option the cut-off reply is retried."""
+    q = "Why is tea brewed with boiling water?"
+    cut = "Boiling water pulls the flavour out of the leaves quickly. It also makes the tea"
+    kept = "Boiling water pulls the flavour out of the leaves quickly."
+    loop = conv.Reply("Hot water is hot. Hot water is hot. Hot water is", False, True)
+    for trim, expected, rejected in (
+        (True, kept, {"repeats itself (runaway)": 1, "cut off at the token limit": 1}),
+        (False, "Because it is hot.", {"repeats itself (runaway)": 1, "cut off at the token limit": 2}),
+    ):
+        convs, prompts = _convs(1)
+        replies = [(q, True), loop, ("So hot that it", False), (cut, False), ("Because it is hot.", True)]
+        settings = conv.GenerationSettings(rounds=1, max_attempts=4, stop_runaway=True, trim_cut_off=trim)
+        conv.generate_conversations(convs, ScriptedChat({0: replies}), prompts, settings)
+        (c,) = convs
+        assert c.dropped is None and c.messages[-1]["content"] == expected, trim
+        assert c.trimmed_turns == trim and c.rejected == rejected
+
+
 @pytest.fixture
 def endless(tmp_path):
     """(model, tokenizer): the tiny chat model, made never to end its turn."""
