@@ -401,6 +401,50 @@ def test_batched_chat_bans_repeated_phrases_across_chunks(endless, monkeypatch):
     assert distinct < total
 
 
+@pytest.mark.parametrize(
+    "top_p, spread, wide",
+    [(0.9, 2.0, False), (0.9, 1.0, True), (1.0, 1.0, True)],  # nuclei of 58, 1258 and 3000 tokens
+)
+def test_row_sampler_draws_the_nucleus_in_proportion(top_p, spread, wide):
+    """RowSampler draws from the set transformers' TopPLogitsWarper keeps, each token in proportion
+    to its probability: 6,000 rows of the same scores, each from its own generator, binned into 10
+    groups of equal expected mass (chi-square), and a draw at the top of [0, 1) picks the nucleus's
+    last token."""
+    import numpy as np
+    import torch
+    from scipy.stats import chisquare
+    from transformers import TopPLogitsWarper
+
+    vocab, rows, temperature = 3000, 6000, 0.7
+    scores = torch.randn(vocab, generator=torch.Generator().manual_seed(0)) * spread
+    warped = scores / temperature
+    if top_p < 1:
+        warped = TopPLogitsWarper(top_p)(None, warped[None])[0]
+    kept = torch.isfinite(warped)
+    expected = torch.where(kept, warped, -float("inf")).softmax(-1).double().numpy()
+    generators = [torch.Generator().manual_seed(1000 + i) for i in range(rows)]
+    out = conv.RowSampler(generators, temperature, top_p)(None, scores.expand(rows, vocab).clone())
+    assert (torch.isfinite(out).sum(-1) == 1).all()
+    drawn = out.argmax(-1).numpy()
+    assert kept[drawn].all()  # nothing outside the nucleus
+    order = np.argsort(-expected)
+    group = np.empty(vocab, dtype=int)
+    before = np.cumsum(expected[order]) - expected[order]  # the mass of the likelier tokens
+    group[order] = np.minimum((before * 10).astype(int), 9)
+    observed = np.bincount(group[drawn], minlength=10)
+    mass = np.bincount(group, weights=expected, minlength=10)
+    bins = mass > 0  # a token holding over a tenth of the mass leaves a group empty
+    assert observed[~bins].sum() == 0 and bins.sum() >= 6
+    mass = mass[bins] / mass[bins].sum()
+    assert chisquare(observed[bins], mass * rows).pvalue > 1e-3, (observed, mass * rows)
+    assert (int(kept.sum()) > conv.NUCLEUS_CANDIDATES) == wide  # ranked whole: the sort, not topk
+    if top_p < 1:  # the nucleus's edge: a draw just under 1 picks its least likely token
+        probs = (scores / temperature).softmax(-1)
+        ranked = probs.sort(descending=True).values
+        last = conv.nucleus_draw(ranked.cumsum(-1)[None], torch.tensor([1 - 1e-7]), top_p)
+        assert int(last) == int(kept.sum()) - 1
+
+
 def test_row_sampler_gives_a_chat_the_same_reply_whatever_its_batch(endless):
     """A chat sampled from its own generator replies the same alone or beside two others (other
     lengths, so other padding) under another call seed; one generator per call does not."""
@@ -420,11 +464,13 @@ def test_row_sampler_gives_a_chat_the_same_reply_whatever_its_batch(endless):
 
 
 def test_a_calls_temperature_replaces_the_settings_one(endless, monkeypatch):
-    """Wiring: `temperature=` reaches both samplers of a call (generate's warpers, and RowSampler
-    with row seeds); a call without it keeps the settings' temperature."""
+    """Wiring: `temperature=` reaches the sampler of a call (generate's warpers, or RowSampler with
+    row seeds, and then generate decodes greedily); a call without it keeps the settings' one."""
     model, tok = endless
     used, generate = [], model.generate
-    monkeypatch.setattr(model, "generate", lambda **kw: used.append(kw["temperature"]) or generate(**kw))
+    monkeypatch.setattr(
+        model, "generate", lambda **kw: used.append((kw["do_sample"], kw["temperature"])) or generate(**kw)
+    )
     sampler = conv.RowSampler
     monkeypatch.setattr(conv, "RowSampler", lambda g, t, p: used.append(("row", t)) or sampler(g, t, p))
     chat = conv.BatchedChat(model, tok, conv.GenerationSettings(temperature=0.2))
@@ -432,7 +478,7 @@ def test_a_calls_temperature_replaces_the_settings_one(endless, monkeypatch):
     chat([story], 32, 1, temperature=3.0)
     chat([story], 32, 1, row_seeds=[7], temperature=3.0)
     chat([story], 32, 1, row_seeds=[7])
-    assert used == [3.0, ("row", 3.0), 3.0, ("row", 0.2), 0.2]
+    assert used == [(True, 3.0), ("row", 3.0), (False, None), ("row", 0.2), (False, None)]
 
 
 def test_batched_chat_cuts_a_loop_back_and_samples_on(endless, monkeypatch):
