@@ -3,7 +3,7 @@
     .venv/bin/python scripts/bench_build.py                 # everything, ~20 min on 2 cores
     .venv/bin/python scripts/bench_build.py --skip-full-build
     .venv/bin/python scripts/bench_build.py --only decode_step,extraction
-    .venv/bin/python scripts/bench_build.py --only cleaner_build  # three more builds (~35 min here)
+    .venv/bin/python scripts/bench_build.py --only cleaner_build  # the default build and 2 more (~25 min)
     .venv/bin/python scripts/bench_build.py --only variant_build  # after `make qwen`; ~36 min here
     .venv/bin/python scripts/bench_build.py --only model_dtype    # a few min; the variant too after `make qwen`
     .venv/bin/python scripts/bench_build.py --only retry_temperature --hard-from data/smollm2  # ~5 min
@@ -20,18 +20,18 @@
 5. Parquet write throughput of layer shards, and bytes per token per layer on disk vs the raw
    d_model x dtype bytes.
 6. Wall time of the default full build (`turnphase build`, 50 topics x 5 rounds). Target: <= 15 min.
-7. (only when asked: three more builds) the default build, the same with continuous batching
-   only (CONTINUOUS: it changes the schedule, not the checks), and with the CLEANER recipe
-   (continuous batching, a reply that repeats itself stopped and retried, retries at temperature
-   1.0, repeated and too-short turns retried, a 384-token assistant budget, 6 attempts), one after
-   the other (--cleaner-builds picks the builds after the default one; cleaner_bf16 is the recipe
-   sampling with a bfloat16 copy of the weights, the activations still read in float32;
-   cleaner_parallel adds --parallel-attempts 3, cleaner_parallel_bf16 both, cleaner_fast both and
-   --stop-at-question, cleaner_fast_wide that with --parallel-attempts 6 --batch-size 64,
-   cleaner_trim cleaner_fast keeping cut-off replies to their last sentence, --trim-cut-off, at
-   the default's 256-token assistant budget):
-   wall-time ratios to the default (target >= 1.25x), tokens generated and kept, conversations
-   dropped (target < 15%) and verbatim repeated turns kept (target 0).
+7. (only when asked) the default build, then, one after the other, the builds --cleaner-builds
+   names (by default cleaner_trim, the README's clean recipe, and cleaner_fast, the same without
+   --trim-cut-off). continuous: continuous batching only (CONTINUOUS: it changes the schedule,
+   not the checks); cleaner: the CLEANER options (continuous batching, a reply that repeats itself
+   stopped and retried, retries at temperature 1.0, repeated and too-short turns retried, a
+   384-token assistant budget, 6 attempts); cleaner_bf16: those sampling with a bfloat16 copy of
+   the weights (the activations still read in float32); cleaner_parallel: those and
+   --parallel-attempts 3; cleaner_parallel_bf16: both; cleaner_fast: both and --stop-at-question;
+   cleaner_fast_wide: that with --parallel-attempts 6 --batch-size 64; cleaner_trim: cleaner_fast
+   with --trim-cut-off at the default's 256-token assistant budget. For each: wall-time ratio to
+   the default (target >= 1.25x), tokens generated and kept, conversations dropped (target < 15%)
+   and verbatim repeated turns kept (target 0).
 8. (only when asked; needs `make qwen`) the same small build (--variant-recipe, default 10
    conversations x 2 rounds, each model's own default strategy and layers) on SmolLM2-135M and on
    the 1.5B variant, one after the other: wall time, model load, generation tokens/s, extraction
@@ -45,6 +45,10 @@
    that took 2 or more attempts), each sampled --hard-samples times at the default temperature and
    at 1.0 (`--stop-runaway`, the default 256-token budget): replies that are sound (ended, no role
    label, not looping) and that loop, at each temperature, per context.
+11. One sampling step of --seed-per-conversation builds (50 rows, each from its own generator, on
+   SmolLM2's next-token scores after the 50 topics' first prompts, at 0.7 and at the retries' 1.0):
+   RowSampler vs the former sampler (transformers' temperature and top-p warpers, one
+   torch.multinomial per row, then generate's own warpers and draw again on the chosen token).
 """
 
 from __future__ import annotations
@@ -190,6 +194,55 @@ def decode_step(loaded, rows: int, cached: int, steps: int = 8) -> dict:
     return {"dynamic_s": dyn, "buffer_s": buf, "speedup": dyn / buf, "rows": rows, "cached_tokens": cached}
 
 
+def row_sampler(loaded, rows: int = 50, repeats: int = 15) -> dict:
+    """One sampling step over `rows` rows with their own generators: RowSampler vs the former
+    sampler, at the build's temperature and at the retries' 1.0 (wider nuclei)."""
+    from transformers import TemperatureLogitsWarper, TopPLogitsWarper
+
+    tok = loaded.tokenizer
+    tok.padding_side = "left"
+    texts = [
+        tok.apply_chat_template(c, tokenize=False, add_generation_prompt=True) for c in topic_chats(rows)
+    ]
+    enc = tok(texts, return_tensors="pt", padding=True, add_special_tokens=False)
+    with torch.inference_mode():
+        scores = loaded.model(**enc).logits[:, -1].float()
+    top_p = conv.GenerationSettings().top_p
+
+    def former(temperature, generators):
+        warp = [TemperatureLogitsWarper(temperature), TopPLogitsWarper(top_p)]
+        warped = warp[1](None, warp[0](None, scores.clone()))
+        probs = warped.softmax(-1)
+        chosen = torch.cat(
+            [torch.multinomial(p, 1, generator=g) for p, g in zip(probs, generators, strict=True)]
+        )
+        only = torch.full_like(scores, -float("inf")).scatter_(1, chosen[:, None], 0.0)
+        return torch.multinomial(warp[1](None, warp[0](None, only)).softmax(-1), 1)  # generate's turn
+
+    def current(temperature, generators):
+        return conv.RowSampler(generators, temperature, top_p)(None, scores.clone()).argmax(-1)
+
+    result = {}
+    for temperature in (conv.GenerationSettings().temperature, 1.0):
+        times = {"former": [], "row_sampler": []}
+        for _ in range(repeats):  # interleaved against a noisy neighbour
+            for name, draw in (("former", former), ("row_sampler", current)):
+                generators = [torch.Generator().manual_seed(i) for i in range(rows)]
+                t0 = time.perf_counter()
+                draw(temperature, generators)
+                times[name].append(time.perf_counter() - t0)
+        probs = (scores / temperature).softmax(-1).sort(dim=-1, descending=True).values.cumsum(-1)
+        nucleus = ((probs < top_p).sum(-1) + 1).tolist()
+        result[f"temperature_{temperature}"] = {
+            "former_ms": 1000 * statistics.median(times["former"]),
+            "row_sampler_ms": 1000 * statistics.median(times["row_sampler"]),
+            "speedup": statistics.median(times["former"]) / statistics.median(times["row_sampler"]),
+            "nucleus_median": statistics.median(nucleus),
+            "rows_ranked_whole": sum(n > conv.NUCLEUS_CANDIDATES for n in nucleus),
+        }
+    return {"rows": rows, "vocabulary": scores.shape[-1], **result}
+
+
 def extraction(loaded, layers: list[int], n_tokens: int, repeats: int) -> dict:
     rng = np.random.default_rng(0)
     ids = rng.integers(100, loaded.tokenizer.vocab_size - 100, n_tokens).tolist()
@@ -329,10 +382,13 @@ WIDE = ("--parallel-attempts", "6", "--batch-size", "64")
 TRIM = ("--trim-cut-off", "--assistant-max-new-tokens", "256")
 CLEANER_BUILDS = ("continuous", "cleaner", "cleaner_bf16", "cleaner_parallel", "cleaner_parallel_bf16")
 CLEANER_BUILDS += ("cleaner_fast", "cleaner_fast_wide", "cleaner_trim")
+MEASURED_CLEANER_BUILDS = ("cleaner_trim", "cleaner_fast")  # the README's clean recipe, and without the trim
 
 
 def cleaner_build(
-    keep: Path | None = None, cleaner: tuple[str, ...] = CLEANER, which: tuple[str, ...] = CLEANER_BUILDS[:2]
+    keep: Path | None = None,
+    cleaner: tuple[str, ...] = CLEANER,
+    which: tuple[str, ...] = MEASURED_CLEANER_BUILDS,
 ) -> dict:
     """The default build, then those of `which`, one after the other: continuous batching only
     (CONTINUOUS), the `cleaner` options, those sampling with bfloat16 weights (cleaner_bf16), with
@@ -481,13 +537,14 @@ def in_process(only: set[str], args) -> dict:
         "extraction": lambda: extraction(loaded, loaded.layers, args.extract_tokens, repeats=5),
         "parquet": lambda: parquet(loaded.d_model, 20_000, "float16"),
         "retry_temperature": lambda: retry_temperature(loaded, args.hard_from, args.hard_samples),
+        "row_sampler": lambda: row_sampler(loaded),
     }
     return {name: measure() for name, measure in measures.items() if name in only}
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    default = ["generation", "kv_reuse", "decode_step", "extraction", "parquet", "full_build"]
+    default = ["generation", "kv_reuse", "decode_step", "row_sampler", "extraction", "parquet", "full_build"]
     parts = [
         *default,
         "cleaner_build",
@@ -516,7 +573,7 @@ def main() -> None:
     )
     p.add_argument(
         "--cleaner-builds",
-        default=",".join(CLEANER_BUILDS[:2]),
+        default=",".join(MEASURED_CLEANER_BUILDS),
         help=f"cleaner_build: the builds after the default one, of {','.join(CLEANER_BUILDS)}",
     )
     p.add_argument("--hard-from", type=Path, help="retry_temperature: a default build's folder")
@@ -548,6 +605,16 @@ def main() -> None:
 
 
 SUMMARY = {  # one line per part
+    "row_sampler": lambda r: (
+        f"one sampling step, {r['rows']} rows of {r['vocabulary']} tokens, RowSampler vs the former: "
+        + "; ".join(
+            f"{k.removeprefix('temperature_')}: {v['speedup']:.1f}x ({v['row_sampler_ms']:.1f} vs "
+            f"{v['former_ms']:.1f} ms; nucleus median {v['nucleus_median']} tokens, "
+            f"{v['rows_ranked_whole']} rows ranked whole)"
+            for k, v in r.items()
+            if k.startswith("temperature_")
+        )
+    ),
     "generation": lambda g: (
         f"batched generation vs sequential: {g['batched_vs_sequential']:.1f}x "
         f"({g['batched_tokens_per_s']:.0f} vs {g['sequential_tokens_per_s']:.1f} tokens/s; target >= 8x)"
