@@ -142,7 +142,8 @@ def loop_start(ids: Sequence[int]) -> int:
 
 def trim_to_sentence(text: str) -> str | None:
     """A reply cut off at the token limit, up to the end of its last full sentence, or None when
-    that would keep less than TRIM_MIN_SHARE of it. A list number ("2.") ends no sentence."""
+    that would keep less than TRIM_MIN_SHARE of it. A number before the mark ends no sentence
+    (a list's "2.", and so also "in 2023.")."""
     end = None
     for m in SENTENCE_END.finditer(text):
         before = text[: m.start()].split()
