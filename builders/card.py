@@ -17,6 +17,7 @@ from datasets.info import DatasetInfosDict
 from huggingface_hub import DatasetCard, DatasetCardData
 
 from turnphase.builders import schema
+from turnphase.builders.config import BuildConfig
 from turnphase.builders.conversations import GenerationSettings
 
 TEMPLATE = "turnphase_dataset.md"
@@ -149,6 +150,8 @@ def render_card(provenance: dict, repo_id: str | None = None, revision: str | No
     """The card's Markdown; `repo_id` and `revision` (a branch) name the repo in its examples."""
     model = provenance["model"]
     gen = provenance["generation"]
+    options = provenance.get("build_options") or {}
+    weights = options.get("model_dtype", BuildConfig.model_dtype)  # left out of options at its default
     branch = revision if revision and revision != "main" else None
     card = DatasetCard.from_template(
         card_data(provenance),
@@ -175,8 +178,12 @@ def render_card(provenance: dict, repo_id: str | None = None, revision: str | No
         n_tokens=provenance["counts"]["tokens"],
         strategy=gen["strategy"],
         seed=provenance["seed"],
-        seed_per_conversation=(provenance.get("build_options") or {}).get("seed_per_conversation", False),
-        generation_options=generation_flags(provenance.get("build_options") or {}),
+        seed_per_conversation=options.get("seed_per_conversation", False),
+        model_dtype=weights,
+        generation_dtype=None
+        if options.get("generation_dtype") in (None, weights)
+        else options["generation_dtype"],
+        generation_options=generation_flags(options),
         generation_text=gen["description"],
         source=gen.get("source"),
         regenerate=gen.get("regenerate"),

@@ -125,7 +125,8 @@ def test_limitations_give_this_builds_numbers(tiny_build):
 def test_the_card_names_the_generation_options_set_and_its_flawed_turns(tiny_build):
     """A build's generation options away from their defaults are a row of the card, as flags (the
     tiny build's smaller budgets and batch); a build at the defaults has no such row. Turns kept
-    opening like an earlier one, and cut-off turns kept to their last sentence, are counted."""
+    opening like an earlier one, and cut-off turns kept to their last sentence, are counted. The
+    weights' dtype is a row, with the copy that sampled the conversations when there was one."""
     prov = read_provenance(tiny_build)
 
     def row(text):
@@ -142,6 +143,12 @@ def test_the_card_names_the_generation_options_set_and_its_flawed_turns(tiny_bui
     limits = " ".join(_section(text, "Limitations").split())
     assert "2 kept turn(s) open with the same ten words" in limits
     assert "3 kept turn(s) were cut off at the token limit and end at their last full sentence" in limits
+    assert "| weights in memory | float32 (the forward the activations were read from) |" in text
+    prov["build_options"] |= {"generation_dtype": "bfloat16"}
+    assert (
+        "float32 (the forward the activations were read from); the conversations were sampled with a "
+        "bfloat16 copy |" in card.render_card(prov)
+    )
     prov["build_options"] = {"seed": 3, "strategy": "reply", "seed_per_conversation": True}
     assert row(card.render_card(prov)) is None
 
