@@ -70,6 +70,7 @@ import torch
 from turnphase.builders import conversations as conv
 from turnphase.builders import schema, writer
 from turnphase.builders.activations import LayerReader
+from turnphase.builders.config import CLEAN_RECIPE
 from turnphase.builders.errors import TurnphaseError
 from turnphase.builders.model import load_model
 from turnphase.builders.variants import VARIANTS, part_files
@@ -378,8 +379,6 @@ PARALLEL_ATTEMPTS = ("--parallel-attempts", "3")
 # conversations, so that failing turns get parallel attempts from the start
 FAST = (*PARALLEL_ATTEMPTS, *BF16_GENERATION, "--stop-at-question")
 WIDE = ("--parallel-attempts", "6", "--batch-size", "64")
-# a reply cut off at the limit kept to its last sentence, not retried; at the default's budget
-TRIM = ("--trim-cut-off", "--assistant-max-new-tokens", "256")
 CLEANER_BUILDS = ("continuous", "cleaner", "cleaner_bf16", "cleaner_parallel", "cleaner_parallel_bf16")
 CLEANER_BUILDS += ("cleaner_fast", "cleaner_fast_wide", "cleaner_trim")
 MEASURED_CLEANER_BUILDS = ("cleaner_trim", "cleaner_fast")  # the README's clean recipe, and without the trim
@@ -401,7 +400,7 @@ def cleaner_build(
     options["cleaner_parallel_bf16"] = (*cleaner, *PARALLEL_ATTEMPTS, *BF16_GENERATION)
     options["cleaner_fast"] = (*cleaner, *FAST)
     options["cleaner_fast_wide"] = (*cleaner, *FAST, *WIDE)  # the later --parallel-attempts wins
-    options["cleaner_trim"] = (*cleaner, *FAST, *TRIM)  # the later budget wins
+    options["cleaner_trim"] = CLEAN_RECIPE  # cleaner_fast, trimmed, at the default's 256-token budget
     builds = {"default": full_build()}
     for name in which:
         builds[name] = full_build(*options[name], keep=keep / name if keep else None)

@@ -122,3 +122,32 @@ def test_a_killed_conversions_temporary_folder_is_swept(tmp_path):
         (folder / "part").mkdir(parents=True)
     _sweep_unfinished(tmp_path)
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted([live.name, kept.name])
+
+
+def test_the_clean_recipe_builds_a_valid_dataset_on_the_default_model(tmp_path):
+    """The README's clean recipe (CLEAN_RECIPE: continuous batching, parallel attempts, the runaway
+    stop and repeat checks, a bfloat16 sampling copy, cut-off replies trimmed), 4 conversations x
+    2 rounds on SmolLM2: a valid dataset whose provenance and card say how it was made, whose
+    counts add up, and which keeps no turn that repeats an earlier one of its conversation."""
+    from turnphase.builders import conversations as conv
+    from turnphase.builders.config import CLEAN_RECIPE
+
+    out = tmp_path / "clean"
+    assert (
+        main(["build", "--out", str(out), "-n", "4", "--rounds", "2", "--layers", "19", *CLEAN_RECIPE]) == 0
+    )
+    assert validate(out) == []
+    prov = json.loads((out / schema.PROVENANCE_FILE).read_text())
+    options = prov["build_options"]
+    assert options["trim_cut_off"] and options["continuous"] and options["parallel_attempts"] == 3
+    assert options["generation_dtype"] == "bfloat16" and "model_dtype" not in options  # float32 read
+    counts = prov["counts"]
+    assert counts["conversations"] + len(counts["dropped"]) == 4 and counts["conversations"] >= 1
+    assert counts["turns"] == 4 * counts["conversations"]
+    card = (out / schema.CARD_FILE).read_text()
+    assert "--trim-cut-off" in card and "the conversations were sampled with a bfloat16 copy" in card
+    assert ("kept turn(s) were cut off at the token limit" in card) == bool(counts["trimmed_turns"])
+    for row in pq.read_table(out / "conversations").to_pylist():
+        turns = [m["content"] for m in row["messages"] if m["role"] != "system"]
+        assert all(t.strip() for t in turns)
+        assert not any(conv.repeats(t, e) for k, t in enumerate(turns) for e in turns[:k])
