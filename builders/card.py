@@ -17,8 +17,8 @@ from datasets.info import DatasetInfosDict
 from huggingface_hub import DatasetCard, DatasetCardData
 
 from turnphase.builders import schema
-from turnphase.builders.config import BuildConfig
-from turnphase.builders.conversations import GenerationSettings
+from turnphase.builders.config import BuildConfig, sampling_copy
+from turnphase.builders.conversations import FLAWED_TURN_COUNTS, GenerationSettings
 
 TEMPLATE = "turnphase_dataset.md"
 config_names = schema.config_names  # the card's configs are the schema's, in the schema's order
@@ -125,9 +125,7 @@ def limitations(provenance: dict) -> dict:
         "drop_rate": f"{dropped / (kept + dropped):.0%}" if kept + dropped else "n/a",
         "turns": counts.get("turns"),
         "retries": counts.get("retries"),
-        "non_question_user_turns": counts.get("non_question_user_turns"),
-        "same_opening_turns": counts.get("same_opening_turns"),
-        "trimmed_turns": counts.get("trimmed_turns"),
+        **{name: counts.get(name) for name in FLAWED_TURN_COUNTS},
         "parameters": _parameters(model.get("n_params")),
         "small": bool(model.get("n_params")) and model["n_params"] < 1e9,
     }
@@ -180,9 +178,7 @@ def render_card(provenance: dict, repo_id: str | None = None, revision: str | No
         seed=provenance["seed"],
         seed_per_conversation=options.get("seed_per_conversation", False),
         model_dtype=weights,
-        generation_dtype=None
-        if options.get("generation_dtype") in (None, weights)
-        else options["generation_dtype"],
+        generation_dtype=sampling_copy(weights, options.get("generation_dtype")),
         generation_options=generation_flags(options),
         generation_text=gen["description"],
         source=gen.get("source"),

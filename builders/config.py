@@ -30,6 +30,12 @@ CLEAN_RECIPE += ("--retry-temperature", "1.0", "--max-attempts", "6", "--paralle
 CLEAN_RECIPE += ("--generation-dtype", "bfloat16", "--stop-at-question", "--trim-cut-off")
 
 
+def sampling_copy(model_dtype: str, generation_dtype: str | None) -> str | None:
+    """The dtype of a copy of the weights that samples the conversations (generation_dtype when it
+    differs from model_dtype), or None: the model itself samples."""
+    return None if generation_dtype in (None, model_dtype) else generation_dtype
+
+
 @dataclass
 class BuildConfig:
     out: Path
@@ -184,9 +190,9 @@ class BuildConfig:
 
     @property
     def generation_copy(self) -> str | None:
-        """The dtype of the copy of the weights that samples the conversations (generation_dtype
-        when it differs from model_dtype), or None: the model itself samples."""
-        return None if self.generation_dtype in (None, self.model_dtype) else self.generation_dtype
+        """The dtype of the copy of the weights that samples the conversations, or None: the model
+        itself samples (`sampling_copy`)."""
+        return sampling_copy(self.model_dtype, self.generation_dtype)
 
     def data_options(self) -> dict:
         """The options that determine the data; a resumed build must match them exactly. Options

@@ -146,7 +146,7 @@ def trim_to_sentence(text: str) -> str | None:
     (a list's "2.", and so also "in 2023.")."""
     end = None
     for m in SENTENCE_END.finditer(text):
-        before = text[: m.start()].split()
+        before = text[: m.start()].rsplit(None, 1)  # [..., the word before the mark]
         if before and not before[-1].isdigit():
             end = m.end()
     if end is None or end < TRIM_MIN_SHARE * len(text.rstrip()):

@@ -85,12 +85,17 @@ def topic_chats(n: int) -> list[list[dict]]:
     ]
 
 
+def encode_chats(tok, chats: list[list[dict]]):
+    """The chats' prompts (chat template and generation prompt), left-padded into one batch."""
+    tok.padding_side = "left"
+    texts = [tok.apply_chat_template(c, tokenize=False, add_generation_prompt=True) for c in chats]
+    return tok(texts, return_tensors="pt", padding=True, add_special_tokens=False)
+
+
 def continue_chats(model, tok, chats: list[list[dict]], new_tokens: int):
     """One batched `generate` of exactly `new_tokens` per chat (left-padded, seed 0, the build's
     sampling settings): (the prompts' encoding, the sequences, seconds)."""
-    tok.padding_side = "left"
-    texts = [tok.apply_chat_template(c, tokenize=False, add_generation_prompt=True) for c in chats]
-    enc = tok(texts, return_tensors="pt", padding=True, add_special_tokens=False)
+    enc = encode_chats(tok, chats)
     torch.manual_seed(0)
     t0 = time.perf_counter()
     with torch.inference_mode():
@@ -200,12 +205,7 @@ def row_sampler(loaded, rows: int = 50, repeats: int = 15) -> dict:
     sampler, at the build's temperature and at the retries' 1.0 (wider nuclei)."""
     from transformers import TemperatureLogitsWarper, TopPLogitsWarper
 
-    tok = loaded.tokenizer
-    tok.padding_side = "left"
-    texts = [
-        tok.apply_chat_template(c, tokenize=False, add_generation_prompt=True) for c in topic_chats(rows)
-    ]
-    enc = tok(texts, return_tensors="pt", padding=True, add_special_tokens=False)
+    enc = encode_chats(loaded.tokenizer, topic_chats(rows))
     with torch.inference_mode():
         scores = loaded.model(**enc).logits[:, -1].float()
     top_p = conv.GenerationSettings().top_p
