@@ -36,15 +36,19 @@ class LayerReader:
     reader = LayerReader(model, tokenizer, layers=[13, 17])
     acts = reader(input_ids)  # {13: (n_tokens, d_model) float32 array, 17: ...}
     many = reader.batch([ids_a, ids_b])  # one forward: [{13: (len_a, d_model), ...}, {...}]
+
+    dtype: the arrays' dtype ("float32", or the dataset's "float16"), cast on the model's device
+    before the copy to the host (torch rounds to float16 bit for bit as numpy does).
     """
 
-    def __init__(self, model, tokenizer, layers: list[int]):
+    def __init__(self, model, tokenizer, layers: list[int], dtype: str = "float32"):
         from nnsight import TransformersModel
 
         self.lm = TransformersModel(model, tokenizer=tokenizer)
         self.blocks = decoder_blocks(self.lm)
         self.layers = list(layers)
         self.device = next(model.parameters()).device
+        self.dtype = getattr(torch, dtype)
 
     def __call__(self, input_ids: list[int]) -> dict[int, np.ndarray]:
         ids = torch.tensor([input_ids], device=self.device)
@@ -53,7 +57,7 @@ class LayerReader:
             for L in self.layers:
                 saved.append(hidden_of(self.blocks[L].output).save())
         return {
-            L: s[0].float().cpu().numpy() for L, s in zip(self.layers, saved, strict=True)
+            L: s[0].to(self.dtype).cpu().numpy() for L, s in zip(self.layers, saved, strict=True)
         }  # (n, d_model)
 
     def batch(self, sequences: list[list[int]]) -> list[dict[int, np.ndarray]]:
@@ -81,24 +85,26 @@ class LayerReader:
             for L in self.layers:
                 saved.append(hidden_of(self.blocks[L].output).save())
         lengths = [len(s) for s in sequences]
+        cast = [t.to(self.dtype) for t in saved]  # on the device: fewer bytes to copy, no host cast
         if self.device.type != "cuda":
-            return Pending(self.layers, list(saved), lengths)
+            return Pending(self.layers, cast, lengths)
         copies = torch.cuda.Stream(self.device)
         copies.wait_stream(torch.cuda.current_stream(self.device))
         with torch.cuda.stream(copies):
             host = [
-                torch.empty(t.shape, dtype=t.dtype, pin_memory=True).copy_(t, non_blocking=True)
-                for t in saved
+                torch.empty(t.shape, dtype=t.dtype, pin_memory=True).copy_(t, non_blocking=True) for t in cast
             ]
             done = torch.cuda.Event()
             done.record(copies)
-        for t in saved:
+        for t in cast:
             t.record_stream(copies)  # the forward's stream may reuse their memory only after the copy
         return Pending(self.layers, host, lengths, done)
 
 
 class Pending:
-    """A submitted batch's read layers; `result()` waits for their copy to the host."""
+    """A submitted batch's read layers; `result()` waits for their copy to the host (on CUDA, to
+    pinned memory, which it then copies out: the arrays outlive the batch, and pinned memory held
+    by them could not be reused for the next batch's copies)."""
 
     def __init__(self, layers: list[int], host: list, lengths: list[int], done=None):
         self.layers, self.host, self.lengths, self.done = layers, host, lengths, done
@@ -106,7 +112,12 @@ class Pending:
     def result(self) -> list[dict[int, np.ndarray]]:
         if self.done is not None:
             self.done.synchronize()
-        arrays = [t.float().numpy() for t in self.host]  # (batch, longest, d_model) per layer
+        host = (
+            self.host
+            if self.done is None
+            else [torch.empty(t.shape, dtype=t.dtype).copy_(t) for t in self.host]
+        )
+        arrays = [t.numpy() for t in host]  # (batch, longest, d_model) per layer
         return [
             {L: a[i, :n] for L, a in zip(self.layers, arrays, strict=True)}
             for i, n in enumerate(self.lengths)

@@ -293,7 +293,7 @@ def _extract(cfg: BuildConfig, loaded, layers: list[int], kept: list[conv.Conver
     n_shards = len(chunks)
     configs = schema.config_names(layers, conversations=False)
     done = set.intersection(*(writer.complete_shards(out, c, n_shards) for c in configs))
-    reader = LayerReader(loaded.model, loaded.tokenizer, layers)
+    reader = LayerReader(loaded.model, loaded.tokenizer, layers, cfg.dtype)  # the stored dtype
     t0, n_forward = time.perf_counter(), 0
     with progress(total=len(kept), desc="activations", unit="conv") as bar:  # closed on errors too
         for index, chunk in enumerate(chunks):

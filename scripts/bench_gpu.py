@@ -9,6 +9,7 @@ Random weights of the model's shape (the numbers do not depend on the weights), 
 
     forward     the model alone, no hidden states kept (the ceiling)
     sync        builders.activations.LayerReader.batch: one forward, then its layers to the host
+                as float16 (what a build stores)
     pipelined   LayerReader.submit of the next batch before the last one's result: on CUDA the
                 copies to pinned host memory overlap the next forward
 
@@ -75,12 +76,12 @@ def sync(device: str) -> None:
         torch.cuda.synchronize()
 
 
-def timed(run, batches, device: str) -> float:
-    run(batches[0])  # warm-up
+def timed(run_all, batches, device: str) -> float:
+    """Seconds `run_all` takes over batches[1:], after a warm-up on batches[:1]."""
+    run_all(batches[:1])
     sync(device)
     start = time.perf_counter()
-    for b in batches[1:]:
-        run(b)
+    run_all(batches[1:])
     sync(device)
     return time.perf_counter() - start
 
@@ -106,27 +107,31 @@ def main() -> None:
         torch.randint(0, vocab, (args.batch, args.seq_len), generator=gen).tolist()
         for _ in range(args.batches + 1)
     ]
-    reader = LayerReader(model, placeholder_tokenizer(), LAYERS)
+    reader = LayerReader(model, placeholder_tokenizer(), LAYERS, "float16")  # as a build stores them
 
-    def forward(batch):
-        ids = torch.tensor(batch, device=args.device)
-        with torch.inference_mode():
-            model(input_ids=ids, attention_mask=torch.ones_like(ids))
+    def forward(batches):
+        for batch in batches:
+            ids = torch.tensor(batch, device=args.device)
+            with torch.inference_mode():
+                model(input_ids=ids, attention_mask=torch.ones_like(ids))
 
-    pending = []
+    def one_by_one(batches):
+        for batch in batches:
+            reader.batch(batch)
 
-    def pipelined(batch):
-        pending.append(reader.submit(batch))
-        if len(pending) > 1:
-            pending.pop(0).result()
+    def pipelined(batches):  # as builders.build._read_batches; the last result is timed too
+        pending = None
+        for batch in batches:
+            submitted = reader.submit(batch)
+            if pending is not None:
+                pending.result()
+            pending = submitted
+        pending.result()
 
     seconds = {
-        "forward": timed(forward, batches, args.device),
-        "sync": timed(reader.batch, batches, args.device),
+        way: timed(run, batches, args.device)
+        for way, run in [("forward", forward), ("sync", one_by_one), ("pipelined", pipelined)]
     }
-    seconds["pipelined"] = timed(pipelined, batches, args.device)
-    while pending:
-        pending.pop(0).result()
     name = torch.cuda.get_device_name(args.device) if args.device.startswith("cuda") else "cpu"
     tokens = args.batches * args.batch * args.seq_len
     print(

@@ -99,6 +99,25 @@ def test_batched_reading_gives_each_sequence_its_own_activations(tiny_model_dir)
             np.testing.assert_allclose(got[L], alone[L], rtol=1e-5, atol=1e-6)
 
 
+def test_layer_reader_casts_to_the_stored_dtype_as_numpy_would(tiny_model_dir):
+    """dtype="float16" (what a build asks for) casts on the model's device, alone and batched, to
+    exactly numpy's float16 of the float32 reading: a build's rows do not depend on where it casts."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir).eval()
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
+    wide = activations.LayerReader(model, tokenizer, [0, 2])
+    half = activations.LayerReader(model, tokenizer, [0, 2], "float16")
+    sequences = [list(range(5, 60)), list(range(7, 20))]
+    for got, want in [
+        (half(sequences[0]), wide(sequences[0])),
+        *zip(half.batch(sequences), wide.batch(sequences)),
+    ]:
+        for L in (0, 2):
+            assert got[L].dtype == np.float16
+            np.testing.assert_array_equal(got[L].view(np.uint16), want[L].astype(np.float16).view(np.uint16))
+
+
 def test_extract_batch_size_and_model_dtype_build(tiny_build, tiny_model_dir, tmp_path):
     """--extract-batch-size 3 stores the same rows as one conversation per forward (activations to
     float16 rounding); --model-dtype bfloat16 builds a valid dataset and is part of the fingerprint."""
