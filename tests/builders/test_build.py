@@ -111,7 +111,7 @@ def test_layer_reader_casts_to_the_stored_dtype_as_numpy_would(tiny_model_dir):
     sequences = [list(range(5, 60)), list(range(7, 20))]
     for got, want in [
         (half(sequences[0]), wide(sequences[0])),
-        *zip(half.batch(sequences), wide.batch(sequences)),
+        *zip(half.batch(sequences), wide.batch(sequences), strict=True),
     ]:
         for L in (0, 2):
             assert got[L].dtype == np.float16
