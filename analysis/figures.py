@@ -142,7 +142,7 @@ def evidence_by_layer(layers: list[int], per_layer: dict) -> Figure:
             "value",
         ),
         (
-            "cross-role transfer of the sin/cos readout\n(Pearson r; a rotation gives > 0)",
+            "cross-role transfer of the sin/cos readout (Pearson r;\nmean of both ways; a rotation gives > 0 each way)",
             lambda e, n: e["rotation"]["transfer"][n]["mean"],
             "value",
         ),
@@ -165,6 +165,15 @@ def evidence_by_layer(layers: list[int], per_layer: dict) -> Figure:
         ax.set_title(title, fontsize=9)
         ax.set_xticks(x)
         ax.set_xlabel("layer")
+    # the verdict asks for transfer each way, which a mean can hide: the real data's two ways too
+    for way, marker, dx in (("user_to_assistant", ">", -0.15), ("assistant_to_user", "<", 0.15)):
+        ways = [e["rotation"]["transfer"]["real"][way] for e in entries]
+        label = "real, " + way.replace("_to_", " -> ")
+        _errorbar(
+            axes[1], x + dx, ways, "value", color="tab:blue", marker=marker, ls="none", alpha=0.6, label=label
+        )
+    ways = [(h, lab) for h, lab in zip(*axes[1].get_legend_handles_labels(), strict=True) if " -> " in lab]
+    axes[1].legend(*zip(*ways, strict=True), fontsize=7, loc="best")  # the rest is in the first panel's
     on_top = blended_transform_factory(axes[0].transData, axes[0].transAxes)
     for e, L in zip(entries, x, strict=True):
         verdict = e["verdict"]["verdict"]

@@ -39,7 +39,8 @@ CROSS_LAYER = {  # report.json figures: file stem -> caption
     "wheel_by_layer": "Held-out colour-wheel statistics per layer for the three planes: circular "
     "correlation and locking, real against the three nulls.",
     "evidence_by_layer": "The evidence that separates a clock from a switch, per layer, real against "
-    "the nulls: partial R² over the structure baseline, cross-role transfer, Fourier-plane wheel r, "
+    "the nulls: partial R² over the structure baseline, cross-role transfer (mean, and each way for the "
+    "real data), Fourier-plane wheel r, "
     "jump at user-to-assistant boundaries.",
     "token_counts": "Analysed tokens per round and role.",
 }

@@ -200,6 +200,22 @@ def test_every_figure_has_a_title_and_the_configured_dpi(helix_report):
         assert dpi[0] == pytest.approx(helix_report["config"]["dpi"], abs=0.5)
 
 
+def test_evidence_figure_shows_transfer_each_way(helix_report):
+    """The verdict asks for cross-role transfer each way; the panel shows the real data's two ways
+    beside their mean, at the report's values (a positive mean could hide one negative way)."""
+    from turnphase.analysis.figures import evidence_by_layer
+
+    layers = sorted(int(L) for L in helix_report["layers"])
+    panel = evidence_by_layer(layers, helix_report["layers"]).axes[1]
+    bars = {c.get_label(): c for c in panel.containers}  # errorbar containers
+    legend = [t.get_text() for t in panel.get_legend().get_texts()]
+    assert legend == ["real, user -> assistant", "real, assistant -> user"]
+    for way in ("user_to_assistant", "assistant_to_user"):
+        line = bars["real, " + way.replace("_to_", " -> ")].lines[0]
+        want = [helix_report["layers"][str(L)]["rotation"]["transfer"]["real"][way]["value"] for L in layers]
+        np.testing.assert_allclose(line.get_ydata(), want)
+
+
 def srgb_lightness(rgb) -> float:
     """CIE L* of an sRGB colour (0..1 channels), through WCAG's relative luminance."""
     c = np.asarray(rgb[:3], dtype=float)
