@@ -259,6 +259,21 @@ def test_bad_inputs_fail_with_one_line_and_write_nothing(tiny_model_dir, tiny_bu
     assert "needs --stop-runaway" in _fails_cleanly(
         base + ["--model", str(tiny_model_dir), "--trim-cut-off"], capsys, out
     )
+    # every conversation generated and dropped (one attempt each; the tiny model cuts them off)
+    assert "every conversation failed generation" in _fails_cleanly(
+        base
+        + [
+            "--model",
+            str(tiny_model_dir),
+            *TINY_ARGS,
+            "--max-attempts",
+            "1",
+            "--seed-per-conversation",
+            "-q",
+        ],
+        capsys,
+        out,
+    )
     assert not out.exists()
     other = ["build", "--out", str(tiny_build), "--model", str(tiny_model_dir), *TINY_ARGS, "--rounds", "3"]
     assert "different build" in _fails_cleanly(other, capsys, tiny_build)

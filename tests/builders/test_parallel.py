@@ -153,6 +153,15 @@ def test_a_rank_whose_every_conversation_is_dropped_adds_its_counts(tiny_model_d
     assert prov["counts"] == alone["counts"]
 
 
+def test_when_every_rank_keeps_nothing_the_build_fails_as_one_process_does(tiny_model_dir, tmp_path):
+    out = tmp_path / "ds"  # one attempt each: every conversation is dropped on both ranks
+    run = torchrun(out, tiny_model_dir, [*ARGS, "--max-attempts", "1"], uuid.uuid4().hex)
+    log, _ = run.communicate(timeout=600)
+    assert run.returncode != 0
+    assert "every conversation failed generation; nothing to write" in log
+    assert not out.exists()  # the ranks' folders are removed, and OUT with them
+
+
 def test_conversations_read_from_a_file_are_split_across_ranks(tiny_model_dir, tmp_path):
     chats = [
         [
