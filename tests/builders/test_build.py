@@ -225,6 +225,32 @@ def test_interrupted_build_resumes_to_the_same_data(stage, tiny_build, tiny_mode
         assert read_config(out, config).equals(read_config(tiny_build, config)), config
 
 
+def test_a_value_that_is_not_finite_in_the_stored_dtype_stops_the_build(
+    tiny_model_dir, tmp_path, monkeypatch, capsys
+):
+    """One line naming the layer and shard, exit 2, no card: a float32 value beyond float16's range
+    (70000) counts, as a NaN would; the shards already written stay for a resume."""
+    real = activations.LayerReader.__call__
+    calls = {"n": 0}
+
+    def overflowing(self, ids):
+        acts = real(self, ids)
+        calls["n"] += 1
+        if calls["n"] == 3:  # the second shard's first conversation
+            acts[3] = acts[3].astype(np.float32)
+            acts[3][5, 0] = 70000.0
+        return acts
+
+    monkeypatch.setattr(activations.LayerReader, "__call__", overflowing)
+    out = tmp_path / "out"
+    err = _fails_cleanly(
+        ["build", "-q", "--out", str(out), "--model", str(tiny_model_dir), *TINY_ARGS], capsys, out
+    )
+    assert err.endswith("layer 3, shard 1: 1 activation rows are not finite in float16")
+    assert not (out / schema.CARD_FILE).exists() and (out / ".turnphase_build").exists()
+    assert len(list((out / "layer_3").glob(schema.SHARD_GLOB))) == 1
+
+
 def _fails_cleanly(args, capsys, out):
     capsys.readouterr()
     assert main(args) == 2
