@@ -8,7 +8,9 @@ import errno
 import json
 import os
 import pickle
+import re
 import shutil
+import socket
 import subprocess
 import sys
 import textwrap
@@ -81,9 +83,19 @@ def test_a_second_builder_is_refused_and_a_killed_holder_frees_the_folder(tiny_m
     try:
         assert holder.stdout.readline().strip() == "locked"
         line = _one_line_error(_build(out, tiny_model_dir), capsys)
-        assert f"is in use by turnphase build (pid {holder.pid}" in line
+        # who holds it, where and since when
+        assert re.search(
+            rf"is in use by turnphase build \(pid {holder.pid} on {re.escape(socket.gethostname())}, "
+            r"since \d{4}-\d\d-\d\d \d\d:\d\d:\d\d\)",
+            line,
+        ), line
         line = _one_line_error(["push", str(out), "alice/turnphase-x"], capsys)
         assert "is in use by turnphase build" in line
+        # analyze and steer lock the folder they write
+        line = _one_line_error(["analyze", str(out), "--out", str(out)], capsys)
+        assert "is in use by turnphase build" in line
+        steer = ["steer", str(out), "--report", str(out), "--layers", "1", "--out", str(out)]
+        assert "is in use by turnphase build" in _one_line_error(steer, capsys)
     finally:
         holder.kill()  # kill -9: the kernel drops the lock with the process
         holder.wait()
