@@ -115,6 +115,29 @@ def test_limits_fail_before_anything_is_written(tiny_model_dir, tmp_path, capsys
     assert not out.exists() and not lock_path(out).exists()
 
 
+def test_the_memory_check_counts_the_sampling_copy(tiny_model_dir, tmp_path, monkeypatch):
+    """--generation-dtype's copy of the weights is in the memory a build needs: its KV caches in
+    the copy's dtype plus every parameter at 2 bytes, refused one byte short of that."""
+    from turnphase.builders import limits
+    from turnphase.builders.config import BuildConfig
+    from turnphase.builders.errors import TurnphaseError
+    from turnphase.builders.model import load_model
+
+    loaded = load_model(str(tiny_model_dir), layers="auto")
+    prompts = conversations.load_prompts("study")
+    small = {"out": tmp_path / "x", "n_conversations": 4, "rounds": 2}  # in the tiny model's context
+    cfg = BuildConfig(**small, generation_dtype="bfloat16")
+    checked = limits.check_build_limits(cfg, loaded, prompts)
+    kv = limits.check_build_limits(BuildConfig(**small), loaded, prompts)
+    weights = sum(p.numel() for p in loaded.model.parameters())
+    assert checked["kv_cache_bytes"] == kv["kv_cache_bytes"] // 2 + 2 * weights  # float32 KV halved
+    monkeypatch.setattr(limits, "available_memory", lambda device: checked["kv_cache_bytes"] - 1)
+    with pytest.raises(TurnphaseError, match="GiB of KV caches and a bfloat16 copy of the weights"):
+        limits.check_build_limits(cfg, loaded, prompts)
+    monkeypatch.setattr(limits, "available_memory", lambda device: checked["kv_cache_bytes"])
+    limits.check_build_limits(cfg, loaded, prompts)
+
+
 def test_a_build_that_fails_before_its_first_checkpoint_leaves_nothing(tiny_model_dir, tmp_path, monkeypatch):
     out = tmp_path / "early"
 
