@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import subprocess
 import sys
 from importlib.metadata import version
@@ -171,9 +172,13 @@ def test_generation_progress_counts_every_generated_token(tiny_model_dir):
     counted = []
     real = conv.progress
 
+    shown = []  # every postfix the generation bar showed
+
     def spy(**kwargs):
         bar = real(**kwargs)
         counted.append(bar)
+        show = bar.set_postfix_str
+        bar.set_postfix_str = lambda text, **kw: (shown.append(text), show(text, **kw))
         return bar
 
     conv.progress = spy
@@ -184,6 +189,20 @@ def test_generation_progress_counts_every_generated_token(tiny_model_dir):
         conv.progress = real
     assert chat.new_tokens > 0 and counted[0].n == chat.new_tokens
     assert counted[0].unit == "tok" and counted[0].total is None  # no made-up ETA
+    # where the build is: round, turn, attempt, live conversations, rejections and drops so far
+    pattern = (
+        r"round (\d)/2 (user|assistant) attempt (\d+), (\d+) live, (\d+) attempts rejected, (\d+) dropped"
+    )
+    seen = [re.fullmatch(pattern, text) for text in shown]
+    assert all(seen), shown
+    assert shown[0] == "round 1/2 user attempt 1, 3 live, 0 attempts rejected, 0 dropped"
+    turns = [(int(m[1]), m[2]) for m in seen]
+    assert sorted(set(turns)) == [(1, "assistant"), (1, "user"), (2, "assistant"), (2, "user")]
+    rejected = [int(m[5]) for m in seen]
+    dropped = [int(m[6]) for m in seen]
+    assert rejected == sorted(rejected) and dropped == sorted(dropped)  # counts so far
+    assert rejected[-1] <= sum(sum(c.rejected.values()) for c in convs)
+    assert all(int(m[4]) == 3 - int(m[6]) for m in seen)  # live = the three less the drops
 
 
 def test_a_chat_template_that_cannot_label_phases_fails_before_the_weights_load(tmp_path, capsys):
