@@ -87,6 +87,8 @@ def read_source(opts: SourceOptions) -> tuple[list[Conversation], dict]:
         cut += rounds > opts.rounds or len(turns) % 2 == 1
         head = [m for m in messages if m["role"] == "system"]
         eligible.append((where, head + turns[: 2 * opts.rounds]))
+    if not read:
+        raise TurnphaseError(f"{opts.source}: holds no conversations (an empty file, list or dataset)")
     if not eligible:
         raise TurnphaseError(
             f"{opts.source}: none of its {read} conversations has {opts.rounds} complete rounds"
@@ -188,6 +190,8 @@ def _rows(opts: SourceOptions) -> tuple[Iterator[tuple[str, object]], dict]:
 
 def _file_rows(path: Path) -> Iterator[tuple[str, object]]:
     try:
+        if path.stat().st_size == 0:
+            return  # no rows (a folder may hold other files; a source of no rows is refused)
         if path.suffix == ".jsonl":
             with open(path, encoding="utf-8") as f:
                 for n, line in enumerate(f, 1):

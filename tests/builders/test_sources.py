@@ -141,6 +141,16 @@ def test_bad_sources(tmp_path):
     (tmp_path / "z.parquet").write_bytes(b"PAR1 not really")
     with pytest.raises(TurnphaseError, match="z.parquet: not a readable .parquet file"):
         read_source(opts(tmp_path / "z.parquet"))
+    for name, text in [("empty.jsonl", ""), ("blank.jsonl", "\n\n"), ("empty.json", ""), ("list.json", "[]")]:
+        (tmp_path / name).write_text(text)
+        with pytest.raises(TurnphaseError, match=f"{name}: holds no conversations"):
+            read_source(opts(tmp_path / name))
+    (tmp_path / "nothing.parquet").write_bytes(b"")
+    with pytest.raises(TurnphaseError, match="nothing.parquet: holds no conversations"):
+        read_source(opts(tmp_path / "nothing.parquet"))
+    (tmp_path / "none").mkdir()
+    with pytest.raises(TurnphaseError, match="none: no .* files in this folder"):
+        read_source(opts(tmp_path / "none"))
     short = write_jsonl(tmp_path / "short.jsonl", [{"messages": chat(0, 1)}])
     with pytest.raises(TurnphaseError, match="none of its 1 conversations has 2 complete rounds"):
         read_source(opts(short))
