@@ -44,7 +44,14 @@ def test_push_round_trip_equals_folder_and_loads(standin_hub, dataset, tmp_path)
     assert not standin_hub.repos[REPO].private
 
     env = hub_env(standin_hub.endpoint, tmp_path, token=TOKEN)
+    before = len(standin_hub.requests)
     assert read_repo(REPO, "layer_2", env, streaming=True) == summarize_folder(dataset, "layer_2")
+    # streaming one layer fetches that layer's shards and no other config's (paths: REV/PATH)
+    reads = [
+        path.split("/resolve/", 1)[1] for _, path, _ in standin_hub.requests[before:] if "/resolve/" in path
+    ]
+    shards = {r.split("?")[0].split("/", 1)[1] for r in reads if r.split("?")[0].endswith(".parquet")}
+    assert shards == {f"layer_2/{f.name}" for f in (dataset / "layer_2").glob("*.parquet")}, reads
     assert read_repo(REPO, "conversations", env, streaming=False) == summarize_folder(
         dataset, "conversations"
     )
