@@ -238,9 +238,9 @@ def wheel_by_layer(layers: list[int], per_layer: dict) -> Figure:
 def predicted_vs_true(
     layer: int, phase: np.ndarray, roles: np.ndarray, pred: dict[str, np.ndarray]
 ) -> Figure:
-    """Linear-probe predictions of held-out tokens; pred[pairing]: (n,) for real and a null."""
-    fig = Figure(figsize=(10, 4.5), layout="constrained")
-    axes = fig.subplots(1, 2, sharex=True, sharey=True)
+    """Linear-probe predictions of held-out tokens; pred[pairing]: (n,) for real and the nulls."""
+    fig = Figure(figsize=(5 * len(pred), 4.5), layout="constrained")
+    axes = fig.subplots(1, len(pred), sharex=True, sharey=True, squeeze=False)[0]
     for ax, (pairing, values) in zip(axes, pred.items(), strict=True):
         for role, color in ROLE_COLORS.items():
             m = roles == role
@@ -252,7 +252,7 @@ def predicted_vs_true(
         ax.set_xlabel(PHASE_LABEL)
     axes[0].set_ylabel("phase predicted by the linear probe")
     axes[0].legend(fontsize=8, markerscale=3)
-    nulls = " and ".join(f"{name} null" for name in pred if name != "real")
+    nulls = ", ".join(f"{name} null" for name in pred if name != "real")
     fig.suptitle(f"Layer {layer}: linear probe on held-out tokens, real activations vs the {nulls}")
     return fig
 
@@ -308,31 +308,36 @@ def heatmaps(
     return fig
 
 
-def color_wheels(layer: int, scatter: np.ndarray, phase: np.ndarray, planes: dict) -> Figure:
-    """Held-out tokens of the real data in each colour-wheel plane, hue = true phase.
-    scatter: (n, 9) layer.SCATTER_COLUMNS; planes: the report's planes entry (titles give the
-    held-out r of the real data and of each null)."""
+def color_wheels(layer: int, scatter: dict[str, np.ndarray], phase: np.ndarray, planes: dict) -> Figure:
+    """Held-out tokens in each colour-wheel plane, hue = true phase: one row for the real data and
+    one per null given (the study's control is the scrambled one: its planes, fitted on shuffled
+    phases, should show no wheel). scatter[pairing]: (n, 9) layer.SCATTER_COLUMNS; planes: the
+    report's planes entry (titles give each row's held-out r; the real row's also the nulls')."""
     names, titles = tuple(WHEEL_PLANES), WHEEL_PLANES
-    fig = Figure(figsize=(14, 5), layout="constrained")
-    axes = fig.subplots(1, len(names))
+    fig = Figure(figsize=(14, 4.6 * len(scatter)), layout="constrained")
+    axes = fig.subplots(len(scatter), len(names), squeeze=False)
     points = None
-    for ax, (k, name) in zip(axes, enumerate(names), strict=True):
-        u = scatter[:, 3 + 2 * k : 5 + 2 * k]
-        scale = np.nanstd(u, axis=0)
-        scale[~(scale > 0)] = 1.0
-        points = _phase_scatter(ax, u[:, 0] / scale[0], u[:, 1] / scale[1], phase)
-        ax.set_aspect("equal", adjustable="datalim")
-        r = {
-            pairing: v["circcorr"]["value"]
-            for pairing, v in planes[name].items()
-            if pairing in NULL_STYLES or pairing == "real"
-        }
-        nulls = ", ".join(f"{p} {v:.2f}" for p, v in r.items() if p != "real")
-        ax.set_title(f"{titles[name]}: held-out r = {r['real']:.2f}\nnulls: {nulls}", fontsize=8)
-        ax.set_xlabel("cos-like coordinate / its std")
-        ax.set_ylabel("sin-like coordinate / its std")
-    fig.colorbar(points, ax=list(axes), label=PHASE_LABEL)
+    for row, (pairing, values) in zip(axes, scatter.items(), strict=True):
+        for ax, (k, name) in zip(row, enumerate(names), strict=True):
+            u = values[:, 3 + 2 * k : 5 + 2 * k]
+            scale = np.nanstd(u, axis=0)
+            scale[~(scale > 0)] = 1.0
+            points = _phase_scatter(ax, u[:, 0] / scale[0], u[:, 1] / scale[1], phase)
+            ax.set_aspect("equal", adjustable="datalim")
+            r = {
+                p: v["circcorr"]["value"] for p, v in planes[name].items() if p in NULL_STYLES or p == "real"
+            }
+            if pairing == "real":
+                nulls = ", ".join(f"{p} {v:.2f}" for p, v in r.items() if p != "real")
+                title = f"{titles[name]}: held-out r = {r['real']:.2f}\nnulls: {nulls}"
+            else:
+                title = f"{pairing} null, {titles[name]}: held-out r = {r[pairing]:.2f}"
+            ax.set_title(title, fontsize=8)
+            ax.set_xlabel("cos-like coordinate / its std")
+            ax.set_ylabel("sin-like coordinate / its std")
+    fig.colorbar(points, ax=axes.ravel().tolist(), label=PHASE_LABEL)
+    rows = " | ".join(["real", *(f"{p} null" for p in scatter if p != "real")])
     fig.suptitle(
-        f"Layer {layer}: colour wheels, planes fitted on training folds, tokens from the held-out fold"
+        f"Layer {layer}: colour wheels, planes fitted on training folds, tokens from the held-out fold ({rows})"
     )
     return fig

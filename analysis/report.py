@@ -394,6 +394,9 @@ def fourier_in_sample(res: LayerResult) -> dict:
             "pair_score": float(spec.pair_score[i, j]),
             "coherence_k1": spec.coherence[:, 1].tolist(),
             "itpc_k1": spec.itpc[:, 1].tolist(),
+            # [pc][k - 1] for k = 1..HEATMAP_FREQS cycles per round: the coherence heatmap's numbers
+            "coherence": spec.coherence[:, 1 : 1 + HEATMAP_FREQS].tolist(),
+            "itpc": spec.itpc[:, 1 : 1 + HEATMAP_FREQS].tolist(),
             "top_coherence": [
                 {"pc": int(pc), "k": int(k) + 1, "coherence": float(coh[pc, k])}
                 for pc, k in zip(*np.unravel_index(order, coh.shape), strict=True)
@@ -455,7 +458,8 @@ def layer_figures(
     spectra = {name: p.spectrum for name, p in pr.items() if p.spectrum is not None}
     best = {name: spec.best_pair for name, spec in spectra.items()}
     freqs = slice(1, 1 + HEATMAP_FREQS)
-    shown = {name: scatter[name] for name in ("real", "within_turn")}
+    # the study's control (scrambled) and the strictest null (within_turn) beside the real data
+    shown = {name: scatter[name] for name in ("real", "scrambled", "within_turn")}
     return [
         (
             "linear_probe",
@@ -493,7 +497,12 @@ def layer_figures(
                 mark=best,
             ),
         ),
-        ("color_wheel", figures.color_wheels(res.layer, scatter["real"], phase, entry["planes"])),
+        (
+            "color_wheel",
+            figures.color_wheels(
+                res.layer, {n: scatter[n] for n in ("real", "scrambled")}, phase, entry["planes"]
+            ),
+        ),
     ]
 
 

@@ -116,6 +116,13 @@ def test_helix_is_found(helix_report, helix_dataset, layer):
         assert e["planes"][plane]["real"]["circcorr"]["value"] > 0.7
         assert e["planes"][plane]["real"]["locking"]["value"] > 0.8
     assert e["verdict"]["verdict"] == "helix"
+    # the per-round spectrum in the JSON: [pc][k - 1]; the best pair's PCs peak at once per round
+    spectrum = e["fourier_in_sample"]["real"]
+    coherence, itpc = np.array(spectrum["coherence"]), np.array(spectrum["itpc"])
+    assert coherence.shape == itpc.shape == (helix_report["config"]["n_pcs"], 16)
+    np.testing.assert_array_equal(coherence[:, 0], spectrum["coherence_k1"])
+    np.testing.assert_array_equal(itpc[:, 0], spectrum["itpc_k1"])
+    assert all(np.argmax(coherence[pc]) == 0 for pc in spectrum["best_pair"])
 
     # The study's in-sample best pair spans the plane the clock was planted in. PCA cannot keep the
     # line out of it entirely: phase correlates with sin(2 pi phase), so the planted sin and line

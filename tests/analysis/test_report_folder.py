@@ -216,6 +216,29 @@ def test_evidence_figure_shows_transfer_each_way(helix_report):
         np.testing.assert_allclose(line.get_ydata(), want)
 
 
+def test_layer_figures_show_the_study_control_beside_the_real_data():
+    """The study drew its colour wheel and its predicted-vs-true plot again for the scrambled
+    control: the colour wheels get a row of the scrambled null's planes, titled with its r, and the
+    probe figure a panel per null given."""
+    from turnphase.analysis.figures import WHEEL_PLANES, color_wheels, predicted_vs_true
+
+    rng = np.random.default_rng(0)
+    phase = rng.random(200)
+    scatter = {p: rng.normal(size=(200, 9)) for p in ("real", "scrambled")}
+    r = {"real": 0.9, "scrambled": 0.01, "within_role": 0.2, "within_turn": 0.3}
+    planes = {name: {p: {"circcorr": {"value": v}} for p, v in r.items()} for name in WHEEL_PLANES}
+    titles = [ax.get_title() for ax in color_wheels(3, scatter, phase, planes).axes if ax.get_title()]
+    assert len(titles) == 2 * len(WHEEL_PLANES)
+    assert sum(t.startswith("scrambled null, ") and t.endswith("held-out r = 0.01") for t in titles) == len(
+        WHEEL_PLANES
+    )
+    assert sum("held-out r = 0.90" in t and "scrambled 0.01" in t for t in titles) == len(WHEEL_PLANES)
+    roles = np.where(phase < 0.5, "user", "assistant")
+    pred = {p: rng.random(200) for p in ("real", "scrambled", "within_turn")}
+    panels = [ax.get_title() for ax in predicted_vs_true(3, phase, roles, pred).axes]
+    assert panels == ["layer 3, real", "layer 3, scrambled", "layer 3, within_turn"]
+
+
 def srgb_lightness(rgb) -> float:
     """CIE L* of an sRGB colour (0..1 channels), through WCAG's relative luminance."""
     c = np.asarray(rgb[:3], dtype=float)
