@@ -24,7 +24,6 @@ from typing import TypeVar
 
 import numpy as np
 import pyarrow as pa
-from tqdm.auto import tqdm
 
 from turnphase.analysis.config import AnalysisConfig
 from turnphase.analysis.layer import Fitted, LayerInputs, Scores, analysed_part
@@ -32,6 +31,7 @@ from turnphase.analysis.source import DatasetSource, Shard, checked_batch
 from turnphase.analysis.stats import Sums
 from turnphase.builders import schema
 from turnphase.builders.errors import TurnphaseError, one_line
+from turnphase.builders.log import progress  # a tqdm bar hidden with -q
 
 INSTALL_HINT = "pip install 'turnphase[cluster]'"
 T = TypeVar("T")
@@ -135,7 +135,7 @@ class ClusterPasses:
         }
         waiting = None
         done = as_completed(parts)
-        with tqdm(total=len(parts), unit="shard", desc=f"{self.config} {desc}", leave=False) as bar:
+        with progress(total=len(parts), unit="shard", desc=f"{self.config} {desc}", leave=False) as bar:
             for future in done:  # a result is released once nothing here holds its future
                 if future in parts:
                     parts.discard(future)

@@ -19,7 +19,6 @@ from dataclasses import dataclass
 from typing import Protocol
 
 import numpy as np
-from tqdm.auto import tqdm
 
 from turnphase.analysis import planes, rotation
 from turnphase.analysis.baseline import ASSISTANT, USER, BaselineFeatures
@@ -42,6 +41,7 @@ from turnphase.analysis.source import Batch, Labels, LayerData
 from turnphase.analysis.split import Folds, Pairing, make_folds, pairings
 from turnphase.analysis.stats import PCA, Eig, Sums, pca_from
 from turnphase.analysis.timing import Stopwatch
+from turnphase.builders.log import progress  # a tqdm bar hidden with -q
 
 FOURIER_KS = (1, 2)  # cycles per round whose mean coefficients pass 1 accumulates
 # Per sampled token: the linear probe's prediction, the two top PCs of all tokens, each plane's (u0, u1)
@@ -151,7 +151,7 @@ def analysed_batches(
     spent getting each batch (disk or network, decoding) goes to the clock's "read_activations"."""
     seen = 0
     batches = iter(data.batches())
-    with tqdm(total=labels.n_rows, unit="tok", desc=desc, leave=False) as bar:
+    with progress(total=labels.n_rows, unit="tok", desc=desc, leave=False) as bar:
         while True:
             with clock.stage("read_activations"):
                 batch = next(batches, None)

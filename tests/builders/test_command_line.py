@@ -140,6 +140,13 @@ def test_quiet_and_default_output(tiny_model_dir, tmp_path, capsys):
     assert quiet.out == "" and "generation" not in quiet.err and "activations" not in quiet.err
     assert main(["build", "--out", str(out), "--model", str(tiny_model_dir), *TINY_ARGS]) == 0
     assert "already holds this build" in capsys.readouterr().out
+    # the analysis's bars follow -q too (its passes over each layer; with --workers, over shards)
+    few = ["--layers", "1", "--split", "token"]  # the tiny build keeps too few conversations for folds
+    assert main(["analyze", "-q", str(out), "--out", str(tmp_path / "r"), *few]) == 0
+    quiet = capsys.readouterr()
+    assert quiet.out == "" and quiet.err == ""
+    assert main(["analyze", str(out), "--out", str(tmp_path / "r"), *few, "--overwrite"]) == 0
+    assert "layer 1 pass 1/2" in capsys.readouterr().err  # shown without it
     from turnphase.builders.build import summary
     from turnphase.builders.provenance import read_provenance
 
