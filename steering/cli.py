@@ -69,6 +69,18 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="random directions and planes per strength",
     )
     p.add_argument(
+        "--matched-controls",
+        action="store_true",
+        help="also, per rotation and ablation, random directions moving h as far as that edit does",
+    )
+    p.add_argument(
+        "--only",
+        nargs="+",
+        metavar="NAME",
+        default=d.only,
+        help='run only these conditions ("rotate plane/trig +90", "ablate plane/fourier", ...) and their controls',
+    )
+    p.add_argument(
         "--kl-tokens",
         type=int,
         default=d.kl_tokens,

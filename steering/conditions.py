@@ -6,6 +6,10 @@
             the scrambled null's trig plane at +-theta; random planes at theta
     ablate  the linear direction, the trig and the Fourier plane, the scrambled null's direction;
             random directions and random planes
+    matched (config.matched_controls) for each rotation and ablation above: random directions, each
+            moving h at every position as far as that condition's edit does (edits.Matched). A random
+            plane holds less of h than a phase plane, so its rotation or ablation is a smaller edit;
+            these controls separate "this plane" from "this much change"
 
 Every rotation turns about the same point, the fold's training mean (its projection on the plane),
 and every ablation sets the component to the training mean's, so a phase plane and a random plane
@@ -22,8 +26,18 @@ from dataclasses import dataclass
 import torch
 
 from turnphase.analysis.directions import FoldDirections
+from turnphase.builders.errors import ConfigError
 from turnphase.steering.config import PHASE_PLANES, SteerConfig
-from turnphase.steering.edits import Ablate, Add, Rotate, plane_basis, random_directions, random_planes, unit
+from turnphase.steering.edits import (
+    Ablate,
+    Add,
+    Matched,
+    Rotate,
+    plane_basis,
+    random_directions,
+    random_planes,
+    unit,
+)
 
 
 @dataclass
@@ -34,6 +48,8 @@ class Condition:
     strength: float  # a (add), degrees (rotate), 0 (ablate)
     family: str  # the random family it is compared with: "add 0.1", "rotate 90", "ablate plane", ...
     edit: object
+    matched: str | None = None  # its size-matched random family ("matched <name>"), if any
+    index: int = 0  # its place among all the run's conditions (seeds its bootstrap), filtered or not
 
     @property
     def is_random(self) -> bool:
@@ -114,4 +130,30 @@ def conditions(found: FoldDirections, d_model: int, config: SteerConfig, layer: 
         Condition(f"random ablate plane #{i}", "ablate", "random/plane", 0.0, "ablate plane", Ablate(q, mean))
         for i, q in enumerate(random_q)
     ]
-    return out
+    if config.matched_controls:
+        for cond in [c for c in out if not c.is_random and c.kind in ("rotate", "ablate")]:
+            cond.matched = f"matched {cond.name}"
+            out += [
+                Condition(
+                    f"random {cond.matched} #{i}",
+                    cond.kind,
+                    "random/matched",
+                    cond.strength,
+                    cond.matched,
+                    Matched(cond.edit, u),
+                )
+                for i, u in enumerate(random_u)
+            ]
+    for i, cond in enumerate(out):
+        cond.index = i
+    return out if config.only is None else chosen(out, config.only)
+
+
+def chosen(out: list[Condition], names: list[str]) -> list[Condition]:
+    """The named conditions and the random draws they are compared with (their families)."""
+    real = {c.name: c for c in out if not c.is_random}
+    if missing := [n for n in names if n not in real]:
+        raise ConfigError("only", f"no condition named {missing[0]!r}; the conditions are: {', '.join(real)}")
+    keep = {id(real[n]) for n in names}
+    families = {real[n].family for n in names} | {real[n].matched for n in names if real[n].matched}
+    return [c for c in out if id(c) in keep or (c.is_random and c.family in families)]

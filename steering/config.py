@@ -56,6 +56,10 @@ class SteerConfig:
     add: list[float] = field(default_factory=lambda: [0.05, 0.2])  # a, in units of |h|
     rotate: list[float] = field(default_factory=lambda: [90.0])  # degrees
     n_random: int = 20  # random directions and planes per strength
+    # Also a size-matched control for each rotation and ablation: n_random random directions, each
+    # moving h, position by position, as far as that condition's edit does (conditions.py)
+    matched_controls: bool = False
+    only: list[str] | None = None  # run only these conditions (names), and the draws they are compared with
     kl_tokens: int = 32  # positions of the unsteered text the KL divergence is averaged over
     n_bootstrap: int = 1000
 
@@ -77,6 +81,8 @@ class SteerConfig:
             raise ConfigError("fold", f"must be 0 or more, got {self.fold}")
         if not 0 < self.cut < 1:
             raise ConfigError("cut", "must be between 0 and 1 (the share of the assistant turn kept)")
+        if self.only is not None and not self.only:
+            raise ConfigError("only", "name at least one condition")
         if self.n_random < MIN_RANDOM:
             raise ConfigError("n_random", f"must be at least {MIN_RANDOM} (20 or more for a reported result)")
         for name in ("max_prompts", "max_new_tokens", "kl_tokens", "n_bootstrap", "batch_size"):

@@ -9,6 +9,9 @@
     ablate  h - B (B^T h - B^T mu)                       B (d, k) orthonormal (a direction or a plane):
                                                          the component along B is set to the training
                                                          mean's
+    matched h + |edit(h) - h| * u                        a size-matched control of another edit: at each
+                                                         position h moves as far as that edit moves it,
+                                                         along a random unit direction u
 
 Each edit is `h + delta(h)` with delta exactly 0 at zero strength, so a zero edit reproduces
 unsteered generation token for token. Planes come from a 2-D readout u = x @ W + b (directions.py):
@@ -56,6 +59,16 @@ class Ablate:
     def __call__(self, h: torch.Tensor) -> torch.Tensor:
         b = self.basis.to(h.dtype)
         return h - ((h - self.mean.to(h.dtype)) @ b) @ b.T
+
+
+@dataclass
+class Matched:
+    edit: object  # the edit whose size, position by position, this control takes
+    u: torch.Tensor  # (d,) unit
+
+    def __call__(self, h: torch.Tensor) -> torch.Tensor:
+        size = (self.edit(h) - h).norm(dim=-1, keepdim=True)
+        return h + size * self.u.to(h.dtype)
 
 
 def unit(v: np.ndarray) -> torch.Tensor:

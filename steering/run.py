@@ -174,7 +174,7 @@ def run_setting(
             for k in MEASURES:
                 fam[k].append(float(np.mean(m[k] - base[k])))
     entries = []
-    for n, (cond, m, gen) in enumerate(measured):
+    for cond, m, gen in measured:
         if cond.is_random:
             continue
         fam = random[cond.family]
@@ -184,9 +184,11 @@ def run_setting(
             value = float(np.mean(diff))
             effect[k] = {
                 "value": value,
-                "ci95": interval(diff, config.n_bootstrap, config.seed + n),
+                "ci95": interval(diff, config.n_bootstrap, config.seed + cond.index),
                 **against_random(value, np.asarray(fam[k])),
             }
+            if cond.matched:  # random directions moving h as far as this edit does
+                effect[k]["vs_matched"] = against_random(value, np.asarray(random[cond.matched][k]))
         entries.append(
             {
                 "name": cond.name,

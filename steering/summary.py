@@ -24,6 +24,11 @@ def beyond_random(effect: dict) -> bool:
     )
 
 
+def _zp(e: dict) -> str:
+    z = "n/a" if e["z"] is None else f"{e['z']:+.1f}"
+    return f"z {z}, p {e['p']:.2f}"
+
+
 def _fmt(e: dict) -> str:
     ci = e["ci95"]
     z = "  n/a" if e["z"] is None else f"{e['z']:+5.1f}"
@@ -51,8 +56,9 @@ def findings(result: dict) -> list[str]:
                 e = c["effect"]
                 length, broke = e["length"], e["broken"]["value"]
                 said.append(
-                    f"{c['name']} {length['value']:+.1f} tokens (z {length['z']:+.1f}, p {length['p']:.2f}; "
-                    f"broken {broke:+.2f}, KL {c['mean']['kl']:.3f})"
+                    f"{c['name']} {length['value']:+.1f} tokens (z {length['z']:+.1f}, p {length['p']:.2f}"
+                    + (f"; vs size-matched {_zp(length['vs_matched'])}" if "vs_matched" in length else "")
+                    + f"; broken {broke:+.2f}, KL {c['mean']['kl']:.3f})"
                 )
             lines.append(lead + " Beyond random directions: " + "; ".join(said) + ".")
     lines.append(
@@ -81,6 +87,11 @@ def table(result: dict) -> str:
                     f"{c['name']:<32}{_fmt(e['length']):>45}{e['p_end']['value']:+10.4f}"
                     f"{e['broken']['value']:+8.2f}{c['mean']['kl']:8.3f}{c['mean']['edit_size']:7.3f}"
                 )
+                if "vs_matched" in e["length"]:
+                    out.append(
+                        f"{'':<4}vs size-matched random: length {_zp(e['length']['vs_matched'])}, "
+                        f"P(end) {_zp(e['p_end']['vs_matched'])} (random directions moved as far as this edit)"
+                    )
             out.append("")
     if timings := result.get("timings"):
         out.append(time_line(timings))

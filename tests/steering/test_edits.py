@@ -4,7 +4,16 @@ import numpy as np
 import pytest
 import torch
 
-from turnphase.steering.edits import Ablate, Add, Rotate, plane_basis, random_directions, random_planes, unit
+from turnphase.steering.edits import (
+    Ablate,
+    Add,
+    Matched,
+    Rotate,
+    plane_basis,
+    random_directions,
+    random_planes,
+    unit,
+)
 
 D = 16
 
@@ -70,3 +79,15 @@ def test_random_draws_are_unit_and_seeded():
     assert not torch.equal(dirs[0], dirs[1])
     q = random_planes(2, D, seed=0)[1]
     torch.testing.assert_close(q.T @ q, torch.eye(2), atol=1e-6, rtol=0)
+
+
+def test_a_matched_control_moves_h_as_far_as_its_edit_along_u(h):
+    """Position by position, |matched(h) - h| = |edit(h) - h|, along the control's own direction."""
+    q = plane_basis(np.random.default_rng(1).standard_normal((D, 2))).double()
+    rotate = Rotate(q, torch.zeros(2, dtype=torch.float64), 90.0)
+    u = unit(np.arange(D) - 3.0).double()
+    moved = Matched(rotate, u)(h) - h
+    size = (rotate(h) - h).norm(dim=-1, keepdim=True)
+    torch.testing.assert_close(moved, size * u)
+    assert size.std() > 0  # the size differs by position, and the control follows it
+    torch.testing.assert_close(Matched(Rotate(q, torch.zeros(2, dtype=torch.float64), 0.0), u)(h), h)

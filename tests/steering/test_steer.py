@@ -13,6 +13,7 @@ from tiny_model import save_tiny_chat_model
 from turnphase.analysis.directions import Directions
 from turnphase.builders.activations import decoder_blocks
 from turnphase.builders.cli import main
+from turnphase.builders.errors import ConfigError
 from turnphase.builders.model import load_model
 from turnphase.steering import SteerConfig, steer
 from turnphase.steering.conditions import conditions
@@ -117,6 +118,62 @@ def test_conditions_include_twenty_random_controls_per_strength_by_default(tiny_
         assert any(not c.is_random for c in members), family
     assert {f"add {a:g}" for a in config.add} <= families.keys()
     assert any(c.target == "scrambled/probe/linear" for c in conds)
+
+
+def test_matched_controls_and_only(tiny_analysed):
+    """--matched-controls gives every rotation and ablation a family of n_random random directions,
+    each a Matched control of that condition's own edit; --only keeps the named conditions and the
+    draws they are compared with, at their places in the whole run; an unknown name is refused."""
+    data, report = tiny_analysed
+    found = Directions.load(report).layers[LAYER].folds[0]
+    d_model = len(found.mean)
+    config = SteerConfig(str(data), str(report), [LAYER], matched_controls=True)
+    conds = conditions(found, d_model, config, LAYER)
+    plane_edits = [c for c in conds if not c.is_random and c.kind in ("rotate", "ablate")]
+    assert plane_edits and all(c.matched == f"matched {c.name}" for c in plane_edits)
+    assert all(
+        c.matched is None for c in conds if not c.is_random and c.kind == "add"
+    )  # add is sized already
+    for c in plane_edits:
+        draws = [m for m in conds if m.family == c.matched]
+        assert len(draws) == 20 and all(m.is_random and m.edit.edit is c.edit for m in draws)
+    names = ["rotate plane/trig +90", "ablate plane/fourier"]
+    config.only = names
+    kept = conditions(found, d_model, config, LAYER)
+    assert [c.name for c in kept if not c.is_random] == names
+    families = {"rotate 90", "ablate plane", "matched rotate plane/trig +90", "matched ablate plane/fourier"}
+    assert {c.family for c in kept if c.is_random} == families
+    whole = {c.name: c.index for c in conds}
+    assert all(c.index == whole[c.name] for c in kept)  # the same bootstrap seeds as the whole run
+    config.only = ["rotate plane/nowhere +90"]
+    with pytest.raises(ConfigError, match="no condition named 'rotate plane/nowhere \\+90'") as e:
+        conditions(found, d_model, config, LAYER)
+    assert e.value.field == "only"
+
+
+def test_a_run_with_matched_controls_scores_each_condition_against_its_own(tiny_analysed, tmp_path):
+    data, report = tiny_analysed
+    common = ["--report", str(report), "--layers", "1", "--settings", "mid", *FAST_STEER]
+    assert main(["steer", str(data), *common, "--out", str(tmp_path / "all")]) == 0
+    only = ["--matched-controls", "--only", "rotate plane/trig +90", "ablate probe/linear"]
+    assert main(["steer", str(data), *common, *only, "--out", str(tmp_path / "some")]) == 0
+    whole, some = (
+        json.loads((tmp_path / d / "steer.json").read_text())["layers"]["1"]["mid"] for d in ("all", "some")
+    )
+    assert [c["name"] for c in some["conditions"]] == ["rotate plane/trig +90", "ablate probe/linear"]
+    assert len(some["random"]["matched rotate plane/trig +90"]["length"]) == 3  # --random 3
+    same = {c["name"]: c for c in whole["conditions"]}
+    for c in some["conditions"]:
+        for k in MEASURES:
+            effect, before = dict(c["effect"][k]), same[c["name"]]["effect"][k]
+            matched = effect.pop("vs_matched")
+            assert effect == before  # the same value, interval and random comparison as in the whole run
+            draws = some["random"][f"matched {c['name']}"][k]
+            assert matched["random_mean"] == pytest.approx(np.mean(draws))
+        # the controls moved h as far as the edit did (edit_size is measured the same way)
+        sizes = some["random"][f"matched {c['name']}"]["edit_size"]
+        assert np.allclose(sizes, c["effect"]["edit_size"]["value"], rtol=1e-4)
+    assert "vs size-matched random: length z" in (tmp_path / "some" / "summary.txt").read_text()
 
 
 def test_a_run_writes_a_valid_steer_json(tiny_analysed, tmp_path):
