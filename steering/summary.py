@@ -1,8 +1,9 @@
 """The printed one-screen summary and the findings in words (also stored in steer.json).
 
 A finding names an effect beyond random directions only when its interval over prompts excludes 0
-and it lies outside the random draws (|z| >= 2 and empirical p <= 0.05); everything else is said to
-be no effect beyond random directions. With many conditions, about one in twenty passes by chance.
+and it lies outside the random draws (|z| >= 2 and empirical p <= 0.05), and, where the run has
+size-matched controls (--matched-controls), outside those too; everything else is said to be no
+effect beyond random directions. With many conditions, about one in twenty passes by chance.
 """
 
 from __future__ import annotations
@@ -13,14 +14,18 @@ Z_FLOOR = 2.0
 P_FLOOR = 0.05
 
 
+def outside(draws: dict) -> bool:
+    """Outside a family of random draws: |z| >= Z_FLOOR and empirical p <= P_FLOOR."""
+    return draws["z"] is not None and abs(draws["z"]) >= Z_FLOOR and draws["p"] <= P_FLOOR
+
+
 def beyond_random(effect: dict) -> bool:
-    ci, z = effect["ci95"], effect["z"]
+    ci = effect["ci95"]
     return (
         ci is not None
         and (ci[0] > 0 or ci[1] < 0)
-        and z is not None
-        and abs(z) >= Z_FLOOR
-        and effect["p"] <= P_FLOOR
+        and outside(effect)
+        and ("vs_matched" not in effect or outside(effect["vs_matched"]))
     )
 
 

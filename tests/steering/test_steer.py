@@ -272,3 +272,15 @@ def test_a_report_from_another_dataset_or_model_is_refused(tiny_analysed, tmp_pa
     assert main(args) == 2
     assert "pass --force" in capsys.readouterr().err
     assert not out.exists()
+
+
+def test_a_finding_with_size_matched_controls_must_pass_them_too():
+    from turnphase.steering.summary import beyond_random
+
+    far, near = {"z": -3.0, "p": 0.048}, {"z": -1.0, "p": 0.4}
+    effect = {"value": -4.0, "ci95": [-6.0, -1.0], **far}
+    assert beyond_random(effect)
+    assert beyond_random({**effect, "vs_matched": far})
+    assert not beyond_random({**effect, "vs_matched": near})  # as far as any edit of its size
+    assert not beyond_random({**effect, "ci95": [-6.0, 1.0]})  # the interval reaches 0
+    assert not beyond_random({**effect, **near, "vs_matched": far})
