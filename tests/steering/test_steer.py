@@ -131,9 +131,8 @@ def test_matched_controls_and_only(tiny_analysed):
     conds = conditions(found, d_model, config, LAYER)
     plane_edits = [c for c in conds if not c.is_random and c.kind in ("rotate", "ablate")]
     assert plane_edits and all(c.matched == f"matched {c.name}" for c in plane_edits)
-    assert all(
-        c.matched is None for c in conds if not c.is_random and c.kind == "add"
-    )  # add is sized already
+    adds = [c for c in conds if not c.is_random and c.kind == "add"]
+    assert adds and all(c.matched is None for c in adds)  # an added direction is as large as its draws
     for c in plane_edits:
         draws = [m for m in conds if m.family == c.matched]
         assert len(draws) == 20 and all(m.is_random and m.edit.edit is c.edit for m in draws)
