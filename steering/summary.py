@@ -66,10 +66,18 @@ def findings(result: dict) -> list[str]:
                     + f"; broken {broke:+.2f}, KL {c['mean']['kl']:.3f})"
                 )
             lines.append(lead + " Beyond random directions: " + "; ".join(said) + ".")
-    lines.append(
-        f"{n_tested} conditions were tested against random controls; at p <= {P_FLOOR} about "
-        f"{n_tested * P_FLOOR:.0f} would pass by chance alone."
-    )
+    tested = f"{n_tested} condition{'s were' if n_tested != 1 else ' was'} tested against random controls"
+    if result["config"].get(
+        "only"
+    ):  # a subset picked after seeing a whole run: its chance is the whole run's
+        lines.append(
+            f"{tested}, chosen with --only: count the chance of a pass over the set they were chosen from "
+            f"(about {P_FLOOR:g} of its conditions pass by chance alone)."
+        )
+    else:
+        lines.append(
+            f"{tested}; at p <= {P_FLOOR} about {n_tested * P_FLOOR:.0f} would pass by chance alone."
+        )
     return lines
 
 

@@ -173,6 +173,13 @@ def test_a_run_with_matched_controls_scores_each_condition_against_its_own(tiny_
         sizes = some["random"][f"matched {c['name']}"]["edit_size"]
         assert np.allclose(sizes, c["effect"]["edit_size"]["value"], rtol=1e-4)
     assert "vs size-matched random: length z" in (tmp_path / "some" / "summary.txt").read_text()
+    findings = {
+        d: json.loads((tmp_path / d / "steer.json").read_text())["findings"][-1] for d in ("all", "some")
+    }
+    assert (
+        findings["some"].startswith("2 conditions were tested") and "chosen with --only" in findings["some"]
+    )
+    assert findings["all"].endswith("would pass by chance alone.")  # counted over the whole run
 
 
 def test_a_run_writes_a_valid_steer_json(tiny_analysed, tmp_path):
