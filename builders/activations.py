@@ -110,13 +110,10 @@ class Pending:
         self.layers, self.host, self.lengths, self.done = layers, host, lengths, done
 
     def result(self) -> list[dict[int, np.ndarray]]:
-        if self.done is not None:
+        host = self.host
+        if self.done is not None:  # CUDA: wait for the copy, then out of pinned memory
             self.done.synchronize()
-        host = (
-            self.host
-            if self.done is None
-            else [torch.empty(t.shape, dtype=t.dtype).copy_(t) for t in self.host]
-        )
+            host = [torch.empty(t.shape, dtype=t.dtype).copy_(t) for t in host]
         arrays = [t.numpy() for t in host]  # (batch, longest, d_model) per layer
         return [
             {L: a[i, :n] for L, a in zip(self.layers, arrays, strict=True)}
