@@ -61,15 +61,14 @@ def findings(result: dict) -> list[str]:
                 e = c["effect"]
                 length, broke = e["length"], e["broken"]["value"]
                 said.append(
-                    f"{c['name']} {length['value']:+.1f} tokens (z {length['z']:+.1f}, p {length['p']:.2f}"
+                    f"{c['name']} {length['value']:+.1f} tokens ({_zp(length)}"
                     + (f"; vs size-matched {_zp(length['vs_matched'])}" if "vs_matched" in length else "")
                     + f"; broken {broke:+.2f}, KL {c['mean']['kl']:.3f})"
                 )
             lines.append(lead + " Beyond random directions: " + "; ".join(said) + ".")
     tested = f"{n_tested} condition{'s were' if n_tested != 1 else ' was'} tested against random controls"
-    if result["config"].get(
-        "only"
-    ):  # a subset picked after seeing a whole run: its chance is the whole run's
+    # a subset picked with --only after seeing a whole run: its chance is the whole run's
+    if result["config"].get("only"):
         lines.append(
             f"{tested}, chosen with --only: count the chance of a pass over the set they were chosen from "
             f"(about {P_FLOOR:g} of its conditions pass by chance alone)."
