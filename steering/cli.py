@@ -81,6 +81,21 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help='run only these conditions ("rotate plane/trig +90", "ablate plane/fourier", ...) and their controls',
     )
     p.add_argument(
+        "--confirm",
+        nargs=4,
+        action="append",
+        metavar=("SETTING", "CONDITION", "MEASURE", "DIRECTION"),
+        help='a hypothesis fixed before the run, e.g. --confirm start "ablate plane/trig" length lower '
+        "(MEASURE: length, ended, broken, p_end; DIRECTION: lower, higher); repeat for more; runs only "
+        "these, with size-matched controls, each tested at --alpha / their number",
+    )
+    p.add_argument(
+        "--alpha",
+        type=float,
+        default=d.alpha,
+        help="family-wise level of the --confirm tests (Bonferroni)",
+    )
+    p.add_argument(
         "--kl-tokens",
         type=int,
         default=d.kl_tokens,

@@ -56,7 +56,10 @@ class Condition:
         return self.target.startswith("random/")
 
 
-def conditions(found: FoldDirections, d_model: int, config: SteerConfig, layer: int) -> list[Condition]:
+def conditions(
+    found: FoldDirections, d_model: int, config: SteerConfig, layer: int, setting: str | None = None
+) -> list[Condition]:
+    """Every condition of the run at this layer, or those `config` chooses for `setting`."""
     real, null = found.readouts["real"], found.readouts["scrambled"]
     mean = torch.from_numpy(found.mean).float()
     directions = {
@@ -146,14 +149,15 @@ def conditions(found: FoldDirections, d_model: int, config: SteerConfig, layer: 
             ]
     for i, cond in enumerate(out):
         cond.index = i
-    return out if config.only is None else chosen(out, config.only)
+    names = config.chosen(setting) if setting else config.only
+    return out if names is None else chosen(out, names, "confirm" if config.confirm else "only")
 
 
-def chosen(out: list[Condition], names: list[str]) -> list[Condition]:
+def chosen(out: list[Condition], names: list[str], field: str = "only") -> list[Condition]:
     """The named conditions and the random draws they are compared with (their families)."""
     real = {c.name: c for c in out if not c.is_random}
     if missing := [n for n in names if n not in real]:
-        raise ConfigError("only", f"no condition named {missing[0]!r}; the conditions are: {', '.join(real)}")
+        raise ConfigError(field, f"no condition named {missing[0]!r}; the conditions are: {', '.join(real)}")
     keep = {id(real[n]) for n in names}
     families = {real[n].family for n in names} | {real[n].matched for n in names if real[n].matched}
     return [c for c in out if id(c) in keep or (c.is_random and c.family in families)]

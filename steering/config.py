@@ -11,6 +11,7 @@ from turnphase.analysis.config import AnalysisConfig, FigureFormat, check_figure
 from turnphase.builders.conversations import GenerationSettings
 from turnphase.builders.errors import ConfigError
 from turnphase.builders.layers import Spec, parse_layers
+from turnphase.steering.confirm import Hypothesis
 
 Setting = Literal["start", "mid"]
 SETTINGS: tuple[Setting, ...] = ("start", "mid")
@@ -60,6 +61,10 @@ class SteerConfig:
     # moving h, position by position, as far as that condition's edit does (conditions.py)
     matched_controls: bool = False
     only: list[str] | None = None  # run only these conditions (names), and the draws they are compared with
+    # Confirmatory tests (confirm.py): hypotheses fixed before the run, each at alpha / their number;
+    # they choose the settings and conditions run, and turn the size-matched controls on
+    confirm: list[Hypothesis] | None = None
+    alpha: float = 0.05  # the confirmatory tests' family-wise level
     kl_tokens: int = 32  # positions of the unsteered text the KL divergence is averaged over
     n_bootstrap: int = 1000
 
@@ -83,6 +88,16 @@ class SteerConfig:
             raise ConfigError("cut", "must be between 0 and 1 (the share of the assistant turn kept)")
         if self.only is not None and not self.only:
             raise ConfigError("only", "name at least one condition")
+        if not 0 < self.alpha < 1:
+            raise ConfigError("alpha", f"must be between 0 and 1, got {self.alpha}")
+        if self.confirm is not None:
+            if not self.confirm:
+                raise ConfigError("confirm", "name at least one hypothesis")
+            if self.only is not None:
+                raise ConfigError("only", "--only and --confirm both choose the conditions run; give one")
+            self.confirm = [Hypothesis.of(h, SETTINGS) for h in self.confirm]
+            self.settings = [s for s in SETTINGS if any(h.setting == s for h in self.confirm)]
+            self.matched_controls = True
         if self.n_random < MIN_RANDOM:
             raise ConfigError("n_random", f"must be at least {MIN_RANDOM} (20 or more for a reported result)")
         for name in ("max_prompts", "max_new_tokens", "kl_tokens", "n_bootstrap", "batch_size"):
@@ -93,6 +108,12 @@ class SteerConfig:
         if not 0 < self.top_p <= 1:
             raise ConfigError("top_p", "must be in (0, 1]")
         check_figure_options(self.figure_format, self.dpi)
+
+    def chosen(self, setting: str) -> list[str] | None:
+        """The conditions to run in a setting (None: all of them)."""
+        if self.confirm is None:
+            return self.only
+        return list(dict.fromkeys(h.condition for h in self.confirm if h.setting == setting))
 
     def to_json(self) -> dict:
         return {k: str(v) if isinstance(v, Path) else v for k, v in asdict(self).items()}

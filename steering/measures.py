@@ -42,12 +42,17 @@ def per_prompt(
     }
 
 
-def interval(values: np.ndarray, n_bootstrap: int, seed: int) -> list[float] | None:
-    """95% percentile bootstrap interval of the mean over prompts."""
+def interval(values: np.ndarray, n_bootstrap: int, seed: int, level: float = 0.95) -> list[float] | None:
+    """Percentile bootstrap interval of the mean over prompts (95% unless `level` says)."""
     if len(values) < 2 or np.ptp(values) == 0:
         return None if len(values) < 2 else [float(values[0])] * 2
     res = scipy.stats.bootstrap(
-        (values,), np.mean, n_resamples=n_bootstrap, method="percentile", rng=np.random.default_rng(seed)
+        (values,),
+        np.mean,
+        n_resamples=n_bootstrap,
+        confidence_level=level,
+        method="percentile",
+        rng=np.random.default_rng(seed),
     )
     return [float(res.confidence_interval.low), float(res.confidence_interval.high)]
 

@@ -28,6 +28,7 @@ from turnphase.builders.writer import atomic_write_json, staged_folder
 from turnphase.steering import figures
 from turnphase.steering.conditions import Condition, conditions
 from turnphase.steering.config import SteerConfig
+from turnphase.steering.confirm import check_power, evaluate
 from turnphase.steering.generate import Generation, Steerer
 from turnphase.steering.measures import EDIT_MEASURES, MEASURES, against_random, interval, per_prompt
 from turnphase.steering.prompts import Prompt, conversations, make_prompts
@@ -52,12 +53,18 @@ def check_inputs(config: SteerConfig) -> tuple[Directions, DatasetSource, np.nda
     config.layers = select_layers(
         config.layers, directions.layers, holder="the report"
     )  # auto/all: the report's; recorded
+    if config.confirm:
+        check_power(config.confirm, len(config.layers), config.alpha, config.n_random)
     held = directions.held_out(config.fold)
     if len(held) == 0:
         raise TurnphaseError(
             f"fold {config.fold} holds out no conversations (the report has "
             f"{len(next(iter(directions.layers.values())).folds)} folds; a token split holds out none)"
         )
+    for L in config.layers:  # condition names (--only, --confirm), before the model loads
+        found = directions.layers[L].folds[config.fold]
+        for setting in config.settings:
+            conditions(found, len(found.mean), config, L, setting)
     return directions, src, held
 
 
@@ -128,7 +135,7 @@ def _steer(config: SteerConfig, tmp: Path | None) -> dict:
                 )
             steerer.at_layer(L)
             found = directions.layers[L].folds[config.fold]
-            conds = conditions(found, d_model, config, L)
+            conds = conditions(found, d_model, config, L, setting)
             with clock.stage(f"layer {L} {setting}"):
                 layers[str(L)][setting] = run_setting(steerer, conds, prompts, config, f"layer {L} {setting}")
     result = {
@@ -142,6 +149,10 @@ def _steer(config: SteerConfig, tmp: Path | None) -> dict:
         "prompts": {"fold": config.fold, "conversations": [int(c) for c in held], **prompt_info},
         "layers": layers,
     }
+    if config.confirm:
+        result["confirmatory"] = evaluate(
+            result, config.confirm, config.alpha, config.n_bootstrap, config.seed
+        )
     result["findings"] = findings(result)
     if tmp is not None:
         with clock.stage("figures"):

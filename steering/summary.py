@@ -3,12 +3,14 @@
 A finding names an effect beyond random directions only when its interval over prompts excludes 0
 and it lies outside the random draws (|z| >= 2 and empirical p <= 0.05), and, where the run has
 size-matched controls (--matched-controls), outside those too; everything else is said to be no
-effect beyond random directions. With many conditions, about one in twenty passes by chance.
+effect beyond random directions. With many conditions, about one in twenty passes by chance. A run
+with --confirm puts its confirmatory tests (confirm.py) first.
 """
 
 from __future__ import annotations
 
 from turnphase.analysis.timing import time_line
+from turnphase.steering.confirm import lines as confirm_lines
 
 Z_FLOOR = 2.0
 P_FLOOR = 0.05
@@ -77,6 +79,8 @@ def findings(result: dict) -> list[str]:
         lines.append(
             f"{tested}; at p <= {P_FLOOR} about {n_tested * P_FLOOR:.0f} would pass by chance alone."
         )
+    if confirmatory := result.get("confirmatory"):  # the tests fixed before the run come first
+        lines = confirm_lines(confirmatory) + lines
     return lines
 
 
