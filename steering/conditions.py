@@ -149,7 +149,7 @@ def conditions(
             ]
     for i, cond in enumerate(out):
         cond.index = i
-    names = config.chosen(setting) if setting else config.only
+    names = config.chosen(setting)
     return out if names is None else chosen(out, names, "confirm" if config.confirm else "only")
 
 

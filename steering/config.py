@@ -95,7 +95,9 @@ class SteerConfig:
                 raise ConfigError("confirm", "name at least one hypothesis")
             if self.only is not None:
                 raise ConfigError("only", "--only and --confirm both choose the conditions run; give one")
-            self.confirm = [Hypothesis.of(h, SETTINGS) for h in self.confirm]
+            self.confirm = [Hypothesis.of(h, self.settings) for h in self.confirm]
+            if len(set(self.confirm)) < len(self.confirm):
+                raise ConfigError("confirm", "names a hypothesis twice")
             self.settings = [s for s in SETTINGS if any(h.setting == s for h in self.confirm)]
             self.matched_controls = True
         if self.n_random < MIN_RANDOM:
@@ -109,11 +111,11 @@ class SteerConfig:
             raise ConfigError("top_p", "must be in (0, 1]")
         check_figure_options(self.figure_format, self.dpi)
 
-    def chosen(self, setting: str) -> list[str] | None:
-        """The conditions to run in a setting (None: all of them)."""
+    def chosen(self, setting: str | None = None) -> list[str] | None:
+        """The conditions to run in a setting, or in any (None: all of them)."""
         if self.confirm is None:
             return self.only
-        return list(dict.fromkeys(h.condition for h in self.confirm if h.setting == setting))
+        return list(dict.fromkeys(h.condition for h in self.confirm if setting in (None, h.setting)))
 
     def to_json(self) -> dict:
         return {k: str(v) if isinstance(v, Path) else v for k, v in asdict(self).items()}

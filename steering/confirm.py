@@ -9,15 +9,20 @@ condition picked because it passed says nothing about chance on the prompts it w
 confirmatory run names its hypotheses first, each a setting, a condition, a measure and the way the
 effect should go, and runs only those conditions (in those settings) with their random and
 size-matched draws. With k tests (hypotheses x layers) at family-wise level alpha, each is tested at
-alpha / k (Bonferroni) and holds only when all of these do:
+alpha / k (Bonferroni) and holds only when every one of these one-sided tests, at alpha / k, does:
 
-    interval    the (1 - alpha/k) bootstrap interval over prompts lies on the predicted side of 0
-    vs_random   the effect lies on the predicted side of the random draws' mean, empirical p <= alpha/k
-    vs_matched  the same against its size-matched draws (rotations and ablations)
+    vs_unsteered  paired sign-flip test over prompts (exact up to 16 prompts): the steered turns
+                  moved the predicted way from the unsteered ones, prompt by prompt
+    vs_random     rank of the effect among its random draws, p = (1 + #{draws at least as far the
+                  predicted way}) / (1 + n): beyond random directions or planes of its strength
+    vs_matched    the same among its size-matched draws (rotations and ablations; an added
+                  direction is as large as its random draws by construction and has none)
 
-An empirical p cannot fall below 1 / (n_random + 1), so a run needs n_random >= k / alpha - 1 draws
-for a hypothesis to be able to hold at all (checked before the model loads). Test a hypothesis
-found on some prompts on new ones: another `--fold` (its held-out conversations) or another dataset.
+The reported interval is the (1 - alpha/k) percentile bootstrap over prompts, for reading; the sign-
+flip test decides. A rank p cannot fall below 1 / (n_random + 1), so a run needs n_random >=
+k / alpha - 1 draws for a hypothesis to be able to hold at all (checked before the model loads).
+Test a hypothesis found on some prompts on new ones: another `--fold` (its held-out conversations
+and its directions) or another dataset.
 """
 
 from __future__ import annotations
@@ -26,29 +31,34 @@ import math
 from dataclasses import dataclass
 
 import numpy as np
+import scipy.stats
 
 from turnphase.builders.errors import ConfigError
+from turnphase.steering.measures import OUTCOMES, interval
 
-OUTCOMES = ("length", "ended", "broken", "p_end")  # measures of the turn (kl, edit_size: of the edit)
 DIRECTIONS = {"lower": -1, "higher": +1}
+SIGN_FLIPS = 100_000  # resamples of the sign-flip test: every one of the 2^n flips up to n = 16
 
 
 @dataclass(frozen=True)
 class Hypothesis:
     setting: str  # start or mid
     condition: str  # a condition's name: "ablate plane/trig", "rotate plane/fourier -90", ...
-    measure: str  # one of OUTCOMES
+    measure: str  # one of measures.OUTCOMES
     direction: str  # lower or higher than unsteered and than the random draws
 
     @classmethod
-    def of(cls, value, settings: tuple[str, ...]) -> Hypothesis:
+    def of(cls, value, settings: list[str]) -> Hypothesis:
         """From a Hypothesis, its dict (steer.json's config) or the CLI's four words; checked."""
-        if isinstance(value, dict):
-            value = cls(**value)
-        elif not isinstance(value, cls):
-            if isinstance(value, str) or len(value) != 4:
-                raise ConfigError("confirm", f"takes SETTING CONDITION MEASURE lower|higher, not {value!r}")
-            value = cls(*value)
+        try:
+            if isinstance(value, dict):
+                value = cls(**value)
+            elif isinstance(value, list | tuple):
+                value = cls(*value)
+        except TypeError:
+            pass
+        if not isinstance(value, cls):
+            raise ConfigError("confirm", f"takes SETTING CONDITION MEASURE lower|higher, not {value!r}")
         for name, allowed in (("setting", settings), ("measure", OUTCOMES), ("direction", tuple(DIRECTIONS))):
             if getattr(value, name) not in allowed:
                 raise ConfigError(
@@ -56,12 +66,9 @@ class Hypothesis:
                 )
         return value
 
-    def __str__(self) -> str:
-        return f"{self.setting}: {self.condition}, {self.measure} {self.direction}"
-
 
 def draws_needed(n_tests: int, alpha: float) -> int:
-    """The fewest random draws per family whose empirical p can reach alpha / n_tests."""
+    """The fewest random draws per family whose rank p can reach alpha / n_tests."""
     return max(math.ceil(n_tests / alpha - 1 - 1e-9), 1)
 
 
@@ -71,48 +78,62 @@ def check_power(hypotheses: list[Hypothesis], n_layers: int, alpha: float, n_ran
         raise ConfigError(
             "n_random",
             f"is {n_random}, but {k} confirmatory test{'s' if k > 1 else ''} at alpha {alpha:g} need "
-            f"{need} or more: an empirical p cannot fall below 1 / (draws + 1) and each test is at "
-            f"alpha / {k}",
+            f"{need} or more: a rank p cannot fall below 1 / (draws + 1) and each test is at alpha / {k}",
         )
+
+
+def rank_p(effect: float, draws, sign: int) -> float:
+    """One-sided: (1 + #{draws at least as far the predicted way as the effect}) / (1 + n)."""
+    d = sign * np.asarray(draws, dtype=float)
+    return float((1 + np.sum(d >= sign * effect - 1e-12)) / (1 + len(d)))
+
+
+def sign_flip_p(diff: np.ndarray, sign: int, seed: int) -> float:
+    """One-sided paired sign-flip test of mean(diff) going the predicted way (exact up to 16 prompts)."""
+    if len(diff) < 2 or not diff.any():
+        return 1.0
+    res = scipy.stats.permutation_test(
+        (diff,),
+        np.mean,
+        permutation_type="samples",  # one sample: flips the signs
+        alternative="greater" if sign > 0 else "less",
+        n_resamples=SIGN_FLIPS,
+        rng=np.random.default_rng(seed),
+    )
+    return float(res.pvalue)
 
 
 def evaluate(result: dict, hypotheses: list[Hypothesis], alpha: float, n_bootstrap: int, seed: int) -> dict:
     """Each hypothesis at each layer of `result` (steer.json's layers), tested at alpha / k."""
-    from turnphase.steering.measures import (
-        interval,
-    )  # not at the top: config imports this module, measures torch
-
     layers = result["layers"]
     k = len(hypotheses) * len(layers)
     level = alpha / k
     tests = []
     for L, settings in layers.items():
-        for i, h in enumerate(hypotheses):
+        for h in hypotheses:
             entry = settings[h.setting]
             c = next(c for c in entry["conditions"] if c["name"] == h.condition)
             e, sign = c["effect"][h.measure], DIRECTIONS[h.direction]
             diff = np.asarray(c["per_prompt"][h.measure]) - np.asarray(
                 entry["unsteered"]["per_prompt"][h.measure]
             )
-            ci = interval(diff, n_bootstrap, seed + i, level=1 - level)
-            checks = {
-                "interval": ci is not None and (ci[0] > 0 if sign > 0 else ci[1] < 0),
-                "vs_random": _beyond(e, sign, level),
+            controls = {"vs_random": c["family"]} | ({"vs_matched": c["matched"]} if c["matched"] else {})
+            p = {"vs_unsteered": sign_flip_p(diff, sign, seed)}
+            p |= {
+                name: rank_p(e["value"], entry["random"][fam][h.measure], sign)
+                for name, fam in controls.items()
             }
-            if "vs_matched" in e:
-                checks["vs_matched"] = _beyond(e["vs_matched"], sign, level)
+            failed = [name for name, v in p.items() if v > level + 1e-12]  # p = 1/60 passes at 0.05/3
             tests.append(
                 {
                     "layer": int(L),
                     **vars(h),
                     "value": e["value"],
-                    "interval": ci,
-                    "vs_random": {"z": e["z"], "p": e["p"]},
-                    "vs_matched": {"z": e["vs_matched"]["z"], "p": e["vs_matched"]["p"]}
-                    if "vs_matched" in e
-                    else None,
-                    "checks": checks,
-                    "holds": all(checks.values()),
+                    "interval": interval(diff, n_bootstrap, seed, level=1 - level),
+                    "p": p,
+                    "draws": {name: len(entry["random"][fam][h.measure]) for name, fam in controls.items()},
+                    "failed": failed,
+                    "holds": not failed,
                 }
             )
     return {
@@ -122,35 +143,3 @@ def evaluate(result: dict, hypotheses: list[Hypothesis], alpha: float, n_bootstr
         "tests": tests,
         "n_hold": sum(t["holds"] for t in tests),
     }
-
-
-def _beyond(draws: dict, sign: int, level: float) -> bool:
-    return (
-        draws["z"] is not None and sign * draws["z"] > 0 and draws["p"] <= level + 1e-12
-    )  # p = 1/60 at 0.05/3
-
-
-def lines(confirmatory: dict) -> list[str]:
-    """The confirmatory tests in words, for the findings."""
-    c = confirmatory
-    out = [
-        f"Confirmatory: {c['n_tests']} test{'s' if c['n_tests'] > 1 else ''} fixed before the run, each at "
-        f"alpha {c['alpha']:g} / {c['n_tests']} = {c['level']:.3g}; {c['n_hold']} of them hold."
-    ]
-    for t in c["tests"]:
-        ci = t["interval"]
-        span = f"[{ci[0]:+.4g}, {ci[1]:+.4g}]" if ci else "[n/a]"
-        vs = f"vs random z {_z(t['vs_random'])}, p {t['vs_random']['p']:.3f}"
-        if t["vs_matched"]:
-            vs += f"; vs size-matched z {_z(t['vs_matched'])}, p {t['vs_matched']['p']:.3f}"
-        failed = [k for k, ok in t["checks"].items() if not ok]
-        verdict = "holds" if t["holds"] else "does not hold (" + ", ".join(failed) + ")"
-        out.append(
-            f"  layer {t['layer']} {t['setting']}: {t['condition']}, {t['measure']} {t['direction']}: "
-            f"{t['value']:+.4g} {span} ({vs}): {verdict}."
-        )
-    return out
-
-
-def _z(draws: dict) -> str:
-    return "n/a" if draws["z"] is None else f"{draws['z']:+.1f}"

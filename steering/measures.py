@@ -25,6 +25,7 @@ from turnphase.steering.prompts import Prompt
 
 MEASURES = ("length", "ended", "broken", "p_end", "kl", "edit_size")
 EDIT_MEASURES = ("kl", "edit_size")  # of an edit; 0 for the unsteered run by definition
+OUTCOMES = tuple(m for m in MEASURES if m not in EDIT_MEASURES)  # of the turn the model wrote
 
 
 def per_prompt(

@@ -61,7 +61,7 @@ def check_inputs(config: SteerConfig) -> tuple[Directions, DatasetSource, np.nda
             f"fold {config.fold} holds out no conversations (the report has "
             f"{len(next(iter(directions.layers.values())).folds)} folds; a token split holds out none)"
         )
-    for L in config.layers:  # condition names (--only, --confirm), before the model loads
+    for L in config.layers if config.only or config.confirm else []:  # their names, before the model loads
         found = directions.layers[L].folds[config.fold]
         for setting in config.settings:
             conditions(found, len(found.mean), config, L, setting)
@@ -207,6 +207,7 @@ def run_setting(
                 "target": cond.target,
                 "strength": cond.strength,
                 "family": cond.family,
+                "matched": cond.matched,
                 "mean": {k: float(np.mean(m[k])) for k in MEASURES},
                 "effect": effect,
                 "p_end_curve": _curve(gen),

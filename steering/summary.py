@@ -10,7 +10,6 @@ with --confirm puts its confirmatory tests (confirm.py) first.
 from __future__ import annotations
 
 from turnphase.analysis.timing import time_line
-from turnphase.steering.confirm import lines as confirm_lines
 
 Z_FLOOR = 2.0
 P_FLOOR = 0.05
@@ -80,8 +79,30 @@ def findings(result: dict) -> list[str]:
             f"{tested}; at p <= {P_FLOOR} about {n_tested * P_FLOOR:.0f} would pass by chance alone."
         )
     if confirmatory := result.get("confirmatory"):  # the tests fixed before the run come first
-        lines = confirm_lines(confirmatory) + lines
+        lines = [
+            *confirm_lines(confirmatory),
+            "Exploratory (each condition at p <= 0.05, uncorrected):",
+            *lines,
+        ]
     return lines
+
+
+def confirm_lines(c: dict) -> list[str]:
+    """The confirmatory tests (confirm.py) in words: each hypothesis, its p-values, held or not."""
+    out = [
+        f"Confirmatory: {c['n_tests']} test{'s' if c['n_tests'] > 1 else ''} fixed before the run, each "
+        f"one-sided at alpha {c['alpha']:g} / {c['n_tests']} = {c['level']:.3g}; {c['n_hold']} of them hold."
+    ]
+    for t in c["tests"]:
+        lo, hi = t["interval"] or (float("nan"),) * 2
+        tests = ", ".join(f"{name.replace('_', ' ')} p {p:.3f}" for name, p in t["p"].items())
+        failed = ", ".join(name.replace("_", " ") for name in t["failed"])
+        verdict = f"does not hold ({failed})" if failed else "holds"
+        out.append(
+            f"  layer {t['layer']} {t['setting']}: {t['condition']}, {t['measure']} {t['direction']}: "
+            f"{t['value']:+.4g} [{lo:+.4g}, {hi:+.4g}]; {tests}: {verdict}."
+        )
+    return out
 
 
 def table(result: dict) -> str:

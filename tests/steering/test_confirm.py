@@ -10,7 +10,7 @@ from steer_args import FAST_STEER
 from turnphase.builders.cli import main
 from turnphase.builders.errors import ConfigError
 from turnphase.steering import SteerConfig
-from turnphase.steering.confirm import Hypothesis, draws_needed, evaluate
+from turnphase.steering.confirm import Hypothesis, check_power, draws_needed, evaluate
 
 START = ["start", "ablate plane/trig", "length", "lower"]
 MID = ["mid", "rotate plane/trig +90", "p_end", "higher"]
@@ -28,6 +28,8 @@ def test_hypotheses_choose_settings_and_conditions_and_turn_matched_controls_on(
     )
     assert again.confirm == config.confirm  # steer.json's config reads back
     assert SteerConfig("d", "r", [1], only=["x"]).chosen("mid") == ["x"]
+    with pytest.raises(ConfigError, match="setting 'start': choose from mid"):  # not among --settings
+        SteerConfig("d", "r", [1], settings=["mid"], confirm=[START])
 
 
 @pytest.mark.parametrize(
@@ -45,6 +47,8 @@ def test_hypotheses_choose_settings_and_conditions_and_turn_matched_controls_on(
         ([], None, 0.05, "at least one hypothesis"),
         ([MID], ["ablate plane/trig"], 0.05, "--only and --confirm"),
         ([MID], None, 1.5, "between 0 and 1"),
+        ([MID, MID], None, 0.05, "names a hypothesis twice"),
+        ([{"setting": "mid", "condition": "x"}], None, 0.05, "takes SETTING CONDITION MEASURE"),
     ],
 )
 def test_a_bad_hypothesis_is_refused(confirm, only, alpha, said):
@@ -59,52 +63,83 @@ def test_draws_needed_lets_the_empirical_p_reach_alpha_over_k():
     assert draws_needed(3, 0.05) == 59
 
 
-def _result(diff: np.ndarray, z: float, p: float, matched: tuple[float, float] | None) -> dict:
-    """A steer.json with one mid condition whose per-prompt effect on length is `diff`."""
-    effect = {"value": float(diff.mean()), "ci95": None, "z": z, "p": p}
-    if matched:
-        effect["vs_matched"] = {"z": matched[0], "p": matched[1]}
+def _result(diff: np.ndarray, random: np.ndarray, matched: np.ndarray | None, layers=("19",)) -> dict:
+    """A steer.json whose mid condition changes length by `diff` per prompt, with these draws' effects."""
+    name = "rotate plane/trig +90"
     cond = {
-        "name": "rotate plane/trig +90",
-        "effect": {"length": effect},
-        "per_prompt": {"length": 30 + diff},
+        "name": name,
+        "family": "rotate 90",
+        "matched": None if matched is None else f"matched {name}",
+        "effect": {"length": {"value": float(diff.mean())}},
+        "per_prompt": {"length": (30 + diff).tolist()},
     }
-    entry = {"unsteered": {"per_prompt": {"length": np.full(len(diff), 30.0)}}, "conditions": [cond]}
-    return {"layers": {"19": {"mid": entry}}}
+    entry = {
+        "unsteered": {"per_prompt": {"length": [30.0] * len(diff)}},
+        "conditions": [cond],
+        "random": {"rotate 90": {"length": list(random)}}
+        | ({} if matched is None else {f"matched {name}": {"length": list(matched)}}),
+    }
+    return {"layers": {L: {"mid": entry} for L in layers}}
+
+
+RNG = np.random.default_rng(0)
+FAR, NEAR = RNG.normal(0, 1, 59), RNG.normal(-5, 1, 59)  # draws far from and around an effect of -5
+LOWER = [Hypothesis("mid", "rotate plane/trig +90", "length", "lower")]
 
 
 @pytest.mark.parametrize(
-    ("shift", "z", "p", "matched", "holds", "failed"),
+    ("shift", "random", "matched", "failed"),
     [
-        (-5.0, -3.0, 0.01, (-2.5, 0.01), True, []),
-        (-5.0, -3.0, 0.01, None, True, []),  # an add has no size-matched draws
-        (+5.0, -3.0, 0.01, (-2.5, 0.01), False, ["interval"]),  # the effect went the other way
-        (-5.0, +3.0, 0.01, (-2.5, 0.01), False, ["vs_random"]),  # the random draws shortened more
-        (-5.0, -3.0, 0.04, (-2.5, 0.01), False, ["vs_random"]),  # p above alpha / k = 0.025
-        (-5.0, -3.0, 0.01, (-0.5, 0.6), False, ["vs_matched"]),  # as far as an edit of its size
-        (-0.1, -3.0, 0.01, (-2.5, 0.01), False, ["interval"]),  # the interval reaches 0
+        (-5.0, FAR, FAR, []),
+        (-5.0, FAR, None, []),  # an added direction has no size-matched draws
+        (+5.0, FAR, FAR, ["vs_unsteered", "vs_random", "vs_matched"]),  # it went the other way
+        (-5.0, NEAR, FAR, ["vs_random"]),  # random planes shortened turns as much
+        (-5.0, FAR, NEAR, ["vs_matched"]),  # as far as random edits of its size
+        (-0.2, FAR + 3, FAR + 3, ["vs_unsteered"]),  # below every draw, but within noise of unsteered
     ],
 )
-def test_a_hypothesis_holds_only_when_every_check_passes_at_alpha_over_k(shift, z, p, matched, holds, failed):
-    rng = np.random.default_rng(0)
-    diff = shift + rng.normal(0, 1.0, 12)
-    hypotheses = [Hypothesis("mid", "rotate plane/trig +90", "length", "lower")] * 2  # k = 2
-    got = evaluate(_result(diff, z, p, matched), hypotheses, 0.05, 400, 0)
-    assert got["n_tests"] == 2 and got["level"] == pytest.approx(0.025)
+def test_a_hypothesis_holds_only_when_every_one_sided_test_passes(shift, random, matched, failed):
+    diff = shift + np.random.default_rng(1).normal(0, 1.0, 16)
+    got = evaluate(_result(diff, random, matched), LOWER, 0.05, 400, 0)
     t = got["tests"][0]
-    assert t["holds"] is holds and [k for k, ok in t["checks"].items() if not ok] == failed
-    assert ("vs_matched" in t["checks"]) is (matched is not None)
+    assert t["failed"] == failed and t["holds"] is (not failed) and got["n_hold"] == (not failed)
+    assert list(t["p"]) == ["vs_unsteered", "vs_random", *(["vs_matched"] if matched is not None else [])]
+    assert t["draws"]["vs_random"] == 59 and t["value"] == pytest.approx(diff.mean())
     lo, hi = t["interval"]
-    assert lo < diff.mean() < hi and t["value"] == pytest.approx(diff.mean())
-    assert got["n_hold"] == (2 if holds else 0)
+    assert lo < diff.mean() < hi
+
+
+def test_the_tests_are_one_sided_at_alpha_over_hypotheses_times_layers():
+    diff = -5 + np.random.default_rng(1).normal(0, 1.0, 16)
+    one = evaluate(_result(diff, FAR, FAR), LOWER, 0.05, 400, 0)
+    assert one["n_tests"] == 1 and one["level"] == 0.05
+    assert one["tests"][0]["p"]["vs_random"] == pytest.approx(1 / 60)  # beyond all 59: the floor
+    assert one["tests"][0]["p"]["vs_unsteered"] == pytest.approx(1 / 2**16)  # every sign flip, exact
+    two_layers = evaluate(_result(diff, FAR, FAR, layers=("13", "19")), LOWER, 0.05, 400, 0)
+    assert two_layers["n_tests"] == 2 and [t["layer"] for t in two_layers["tests"]] == [13, 19]
+    higher = [Hypothesis("mid", "rotate plane/trig +90", "length", "higher")]
+    assert evaluate(_result(diff, FAR, FAR), higher, 0.05, 400, 0)["tests"][0]["p"]["vs_random"] == 1.0
+    # at k = 3 the floor 1/60 is alpha / k exactly, and passes; one draw beyond the effect fails
+    three = evaluate(_result(diff, FAR, FAR, layers=("13", "16", "19")), LOWER, 0.05, 400, 0)
+    assert three["level"] == pytest.approx(1 / 60) and three["n_hold"] == 3
+    beyond = np.append(FAR[:-1], -50.0)
+    assert not evaluate(_result(diff, beyond, FAR, layers=("13", "16", "19")), LOWER, 0.05, 400, 0)["n_hold"]
 
 
 def test_the_interval_is_at_one_minus_alpha_over_k():
     diff = np.random.default_rng(1).normal(-1, 2, 16)
-    h = Hypothesis("mid", "rotate plane/trig +90", "length", "lower")
-    one, five = (evaluate(_result(diff, -3, 0.001, None), [h] * k, 0.05, 2000, 0) for k in (1, 5))
-    (a, b), (c, d) = one["tests"][0]["interval"], five["tests"][0]["interval"]
+    one, five = (
+        evaluate(_result(diff, FAR, None, layers=tuple(map(str, range(k)))), LOWER, 0.05, 2000, 0)
+        for k in (1, 5)
+    )
+    ((a, b),), (c, d) = [one["tests"][0]["interval"]], five["tests"][0]["interval"]
     assert c < a and d > b  # 99% is wider than 95%
+
+
+def test_power_counts_hypotheses_times_layers():
+    check_power(LOWER * 3, 1, 0.05, 59)
+    with pytest.raises(ConfigError, match="is 59, but 6 confirmatory tests at alpha 0.05 need 119 or more"):
+        check_power(LOWER * 3, 2, 0.05, 59)
 
 
 def test_too_few_draws_stop_the_run_before_the_model_loads(tiny_analysed, tmp_path, capsys):
@@ -133,12 +168,17 @@ def test_a_confirmatory_run_tests_its_hypotheses_and_only_runs_what_they_need(ti
     c = result["confirmatory"]
     assert c["n_tests"] == 2 and c["level"] == 0.25 and c["alpha"] == 0.5
     for t, (setting, name, measure, _) in zip(c["tests"], [START, MID], strict=True):
-        effect = next(x for x in entries[setting]["conditions"] if x["name"] == name)["effect"][measure]
-        assert t["value"] == effect["value"] and t["vs_matched"]["p"] == effect["vs_matched"]["p"]
-        expected = all(t["checks"].values()) and set(t["checks"]) == {"interval", "vs_random", "vs_matched"}
-        assert t["holds"] is expected
-    assert result["findings"][0].startswith(
-        "Confirmatory: 2 tests fixed before the run, each at alpha 0.5 / 2"
+        cond = next(x for x in entries[setting]["conditions"] if x["name"] == name)
+        assert cond["matched"] == f"matched {name}" and t["value"] == cond["effect"][measure]["value"]
+        assert t["draws"] == {"vs_random": 3, "vs_matched": 3}
+        sign = 1 if t["direction"] == "higher" else -1
+        for control, family in (("vs_random", cond["family"]), ("vs_matched", cond["matched"])):
+            draws = entries[setting]["random"][family][measure]
+            assert t["p"][control] == (1 + sum(sign * d >= sign * t["value"] - 1e-12 for d in draws)) / 4
+    findings = result["findings"]
+    assert findings[0].startswith(
+        "Confirmatory: 2 tests fixed before the run, each one-sided at alpha 0.5 / 2"
     )
-    assert result["findings"][1].startswith("  layer 1 start: ablate plane/trig, length lower: ")
+    assert findings[1].startswith("  layer 1 start: ablate plane/trig, length lower: ")
+    assert findings[3].startswith("Exploratory")  # the usual findings follow, labelled
     assert "Confirmatory: 2 tests" in (out / "summary.txt").read_text()
