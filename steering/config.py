@@ -61,7 +61,7 @@ class SteerConfig:
     # moving h, position by position, as far as that condition's edit does (conditions.py)
     matched_controls: bool = False
     only: list[str] | None = None  # run only these conditions (names), and the draws they are compared with
-    # Confirmatory tests (confirm.py): hypotheses fixed before the run, each at alpha / their number;
+    # Confirmatory tests (confirm.py): hypotheses fixed before the run, each at alpha / (hypotheses x layers);
     # they choose the settings and conditions run, and turn the size-matched controls on
     confirm: list[Hypothesis] | None = None
     alpha: float = 0.05  # the confirmatory tests' family-wise level

@@ -19,8 +19,9 @@ alpha / k (Bonferroni) and holds only when every one of these one-sided tests, a
                   direction is as large as its random draws by construction and has none)
 
 The reported interval is the (1 - alpha/k) percentile bootstrap over prompts, for reading; the sign-
-flip test decides. A rank p cannot fall below 1 / (n_random + 1), so a run needs n_random >=
-k / alpha - 1 draws for a hypothesis to be able to hold at all (checked before the model loads).
+flip test decides. A rank p cannot fall below 1 / (n_random + 1), nor a sign-flip p below 2^-prompts,
+so a run needs n_random >= k / alpha - 1 draws and log2(k / alpha) prompts per setting for a
+hypothesis to be able to hold at all (checked before the model loads, and when the prompts are made).
 Test a hypothesis found on some prompts on new ones: another `--fold` (its held-out conversations
 and its directions) or another dataset.
 """
@@ -72,25 +73,43 @@ def draws_needed(n_tests: int, alpha: float) -> int:
     return max(math.ceil(n_tests / alpha - 1 - 1e-9), 1)
 
 
-def check_power(hypotheses: list[Hypothesis], n_layers: int, alpha: float, n_random: int) -> None:
+def prompts_needed(n_tests: int, alpha: float) -> int:
+    """The fewest prompts whose sign-flip p (at least 2^-n) can reach alpha / n_tests."""
+    return math.ceil(math.log2(n_tests / alpha) - 1e-9)
+
+
+def check_power(
+    hypotheses: list[Hypothesis], n_layers: int, alpha: float, n_random: int, n_prompts: int
+) -> None:
+    """Refuse a run none of whose tests could hold: too few draws or prompts for p to reach alpha / k."""
     k = len(hypotheses) * n_layers
+    tests = f"{k} confirmatory test{'s' if k > 1 else ''} at alpha {alpha:g}"
     if n_random < (need := draws_needed(k, alpha)):
         raise ConfigError(
             "n_random",
-            f"is {n_random}, but {k} confirmatory test{'s' if k > 1 else ''} at alpha {alpha:g} need "
-            f"{need} or more: a rank p cannot fall below 1 / (draws + 1) and each test is at alpha / {k}",
+            f"is {n_random}, but {tests} need {need} or more: a rank p cannot fall below "
+            f"1 / (draws + 1) and each test is at alpha / {k}",
+        )
+    if n_prompts < (need := prompts_needed(k, alpha)):
+        raise ConfigError(
+            "max_prompts",
+            f"is {n_prompts}, but {tests} need {need} or more: a sign-flip p cannot fall below "
+            f"2^-prompts and each test is at alpha / {k}",
         )
 
 
 def rank_p(effect: float, draws, sign: int) -> float:
-    """One-sided: (1 + #{draws at least as far the predicted way as the effect}) / (1 + n)."""
+    """One-sided: (1 + #{draws at least as far the predicted way as the effect}) / (1 + n); 1 if not finite."""
     d = sign * np.asarray(draws, dtype=float)
+    if not (np.isfinite(effect) and np.isfinite(d).all()):
+        return 1.0
     return float((1 + np.sum(d >= sign * effect - 1e-12)) / (1 + len(d)))
 
 
 def sign_flip_p(diff: np.ndarray, sign: int, seed: int) -> float:
-    """One-sided paired sign-flip test of mean(diff) going the predicted way (exact up to 16 prompts)."""
-    if len(diff) < 2 or not diff.any():
+    """One-sided paired sign-flip test of mean(diff) going the predicted way (exact up to 16 prompts);
+    1 when there is nothing to test (fewer than 2 prompts, no differences, a value not finite)."""
+    if len(diff) < 2 or not diff.any() or not np.isfinite(diff).all():
         return 1.0
     res = scipy.stats.permutation_test(
         (diff,),
@@ -123,7 +142,7 @@ def evaluate(result: dict, hypotheses: list[Hypothesis], alpha: float, n_bootstr
                 name: rank_p(e["value"], entry["random"][fam][h.measure], sign)
                 for name, fam in controls.items()
             }
-            failed = [name for name, v in p.items() if v > level + 1e-12]  # p = 1/60 passes at 0.05/3
+            failed = [name for name, v in p.items() if not v <= level + 1e-12]  # 1/60 passes at 0.05/3
             tests.append(
                 {
                     "layer": int(L),

@@ -44,9 +44,12 @@ def per_prompt(
 
 
 def interval(values: np.ndarray, n_bootstrap: int, seed: int, level: float = 0.95) -> list[float] | None:
-    """Percentile bootstrap interval of the mean over prompts (95% unless `level` says)."""
-    if len(values) < 2 or np.ptp(values) == 0:
-        return None if len(values) < 2 else [float(values[0])] * 2
+    """Percentile bootstrap interval of the mean over prompts (95% unless `level` says); None for
+    fewer than 2 prompts or a value not finite."""
+    if len(values) < 2 or not np.isfinite(values).all():
+        return None
+    if np.ptp(values) == 0:
+        return [float(values[0])] * 2
     res = scipy.stats.bootstrap(
         (values,),
         np.mean,

@@ -28,7 +28,7 @@ from turnphase.builders.writer import atomic_write_json, staged_folder
 from turnphase.steering import figures
 from turnphase.steering.conditions import Condition, conditions
 from turnphase.steering.config import SteerConfig
-from turnphase.steering.confirm import check_power, evaluate
+from turnphase.steering.confirm import check_power, evaluate, prompts_needed
 from turnphase.steering.generate import Generation, Steerer
 from turnphase.steering.measures import EDIT_MEASURES, MEASURES, against_random, interval, per_prompt
 from turnphase.steering.prompts import Prompt, conversations, make_prompts
@@ -54,7 +54,7 @@ def check_inputs(config: SteerConfig) -> tuple[Directions, DatasetSource, np.nda
         config.layers, directions.layers, holder="the report"
     )  # auto/all: the report's; recorded
     if config.confirm:
-        check_power(config.confirm, len(config.layers), config.alpha, config.n_random)
+        check_power(config.confirm, len(config.layers), config.alpha, config.n_random, config.max_prompts)
     held = directions.held_out(config.fold)
     if len(held) == 0:
         raise TurnphaseError(
@@ -120,6 +120,13 @@ def _steer(config: SteerConfig, tmp: Path | None) -> dict:
     for setting in config.settings:
         prompts = make_prompts(loaded.tokenizer, chats, setting, config.cut, config.max_prompts, config.seed)
         prompt_info[setting] = [{"conversation_id": p.conversation_id, "round": p.round} for p in prompts]
+        if config.confirm and len(prompts) < (
+            need := prompts_needed(len(config.confirm) * len(config.layers), config.alpha)
+        ):
+            raise TurnphaseError(
+                f"fold {config.fold}'s held-out conversations give {len(prompts)} {setting} prompts; "
+                f"the confirmatory tests need {need} (a sign-flip p cannot fall below 2^-prompts)"
+            )
         steerer = None
         for L in config.layers:
             if steerer is None:  # the prompts' keys and values do not depend on the layer

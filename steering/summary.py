@@ -81,7 +81,7 @@ def findings(result: dict) -> list[str]:
     if confirmatory := result.get("confirmatory"):  # the tests fixed before the run come first
         lines = [
             *confirm_lines(confirmatory),
-            "Exploratory (each condition at p <= 0.05, uncorrected):",
+            "Exploratory (every condition run, uncorrected):",
             *lines,
         ]
     return lines
@@ -95,7 +95,7 @@ def confirm_lines(c: dict) -> list[str]:
     ]
     for t in c["tests"]:
         lo, hi = t["interval"] or (float("nan"),) * 2
-        tests = ", ".join(f"{name.replace('_', ' ')} p {p:.3f}" for name, p in t["p"].items())
+        tests = ", ".join(f"{name.replace('_', ' ')} p {p:.3g}" for name, p in t["p"].items())
         failed = ", ".join(name.replace("_", " ") for name in t["failed"])
         verdict = f"does not hold ({failed})" if failed else "holds"
         out.append(

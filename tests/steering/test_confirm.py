@@ -10,7 +10,7 @@ from steer_args import FAST_STEER
 from turnphase.builders.cli import main
 from turnphase.builders.errors import ConfigError
 from turnphase.steering import SteerConfig
-from turnphase.steering.confirm import Hypothesis, check_power, draws_needed, evaluate
+from turnphase.steering.confirm import Hypothesis, check_power, draws_needed, evaluate, prompts_needed
 
 START = ["start", "ablate plane/trig", "length", "lower"]
 MID = ["mid", "rotate plane/trig +90", "p_end", "higher"]
@@ -118,12 +118,23 @@ def test_the_tests_are_one_sided_at_alpha_over_hypotheses_times_layers():
     two_layers = evaluate(_result(diff, FAR, FAR, layers=("13", "19")), LOWER, 0.05, 400, 0)
     assert two_layers["n_tests"] == 2 and [t["layer"] for t in two_layers["tests"]] == [13, 19]
     higher = [Hypothesis("mid", "rotate plane/trig +90", "length", "higher")]
-    assert evaluate(_result(diff, FAR, FAR), higher, 0.05, 400, 0)["tests"][0]["p"]["vs_random"] == 1.0
+    p = evaluate(_result(diff, FAR, FAR), higher, 0.05, 400, 0)["tests"][0]["p"]
+    assert p == {"vs_unsteered": 1.0, "vs_random": 1.0, "vs_matched": 1.0}  # every flip is at least as high
+    assert evaluate(_result(-diff, -FAR, -FAR), higher, 0.05, 400, 0)["n_hold"] == 1
     # at k = 3 the floor 1/60 is alpha / k exactly, and passes; one draw beyond the effect fails
     three = evaluate(_result(diff, FAR, FAR, layers=("13", "16", "19")), LOWER, 0.05, 400, 0)
     assert three["level"] == pytest.approx(1 / 60) and three["n_hold"] == 3
     beyond = np.append(FAR[:-1], -50.0)
     assert not evaluate(_result(diff, beyond, FAR, layers=("13", "16", "19")), LOWER, 0.05, 400, 0)["n_hold"]
+
+
+@pytest.mark.parametrize("diff", [np.zeros(16), np.full(16, np.nan), np.array([-9.0])])
+def test_nothing_to_test_never_holds(diff):
+    """No differences, a value not finite or a single prompt give p = 1, not a pass."""
+    t = evaluate(_result(diff, FAR, FAR), LOWER, 0.05, 400, 0)["tests"][0]
+    assert t["p"]["vs_unsteered"] == 1.0 and not t["holds"]
+    if np.isnan(diff).any():
+        assert t["p"]["vs_random"] == 1.0 and t["failed"] == ["vs_unsteered", "vs_random", "vs_matched"]
 
 
 def test_the_interval_is_at_one_minus_alpha_over_k():
@@ -136,10 +147,18 @@ def test_the_interval_is_at_one_minus_alpha_over_k():
     assert c < a and d > b  # 99% is wider than 95%
 
 
-def test_power_counts_hypotheses_times_layers():
-    check_power(LOWER * 3, 1, 0.05, 59)
+def test_power_counts_hypotheses_times_layers_and_prompts():
+    check_power(LOWER * 3, 1, 0.05, 59, 6)
     with pytest.raises(ConfigError, match="is 59, but 6 confirmatory tests at alpha 0.05 need 119 or more"):
-        check_power(LOWER * 3, 2, 0.05, 59)
+        check_power(LOWER * 3, 2, 0.05, 59, 16)
+    with pytest.raises(
+        ConfigError, match="is 5, but 3 confirmatory tests .* need 6 or more: a sign-flip p"
+    ) as e:
+        check_power(LOWER * 3, 1, 0.05, 59, 5)  # 2^-5 = 0.031 > 0.05 / 3
+    assert e.value.field == "max_prompts"
+    for k, alpha in [(1, 0.05), (3, 0.05), (2, 0.5), (7, 0.01)]:
+        n = prompts_needed(k, alpha)
+        assert 2.0**-n <= alpha / k < 2.0 ** -(n - 1)
 
 
 def test_too_few_draws_stop_the_run_before_the_model_loads(tiny_analysed, tmp_path, capsys):
@@ -152,6 +171,12 @@ def test_too_few_draws_stop_the_run_before_the_model_loads(tiny_analysed, tmp_pa
     code = main([*args, "--alpha", "0.5", "--confirm", "mid", "rotate plane/nowhere", "length", "lower"])
     assert code == 2 and not out.exists()
     assert "--confirm: no condition named 'rotate plane/nowhere'" in capsys.readouterr().err
+    # 8 prompts asked for pass the check before the model loads; fold 0 holds out 2 conversations of
+    # 2 rounds, so 4 are made, and 2^-4 cannot reach 0.05
+    code = main([*args, "--prompts", "8", "--random", "19", "--confirm", *START])
+    assert code == 2 and not out.exists()
+    err = capsys.readouterr().err
+    assert "fold 0's held-out conversations give 4 start prompts; the confirmatory tests need 5" in err
 
 
 def test_a_confirmatory_run_tests_its_hypotheses_and_only_runs_what_they_need(tiny_analysed, tmp_path):
