@@ -23,7 +23,8 @@ flip test decides. A rank p cannot fall below 1 / (n_random + 1), nor a sign-fli
 so a run needs n_random >= k / alpha - 1 draws and log2(k / alpha) prompts per setting for a
 hypothesis to be able to hold at all (checked before the model loads, and when the prompts are made).
 Test a hypothesis found on some prompts on new ones: another `--fold` (its held-out conversations
-and its directions) or another dataset.
+and its directions) or another dataset. k counts the tests of one run, not across runs: put the
+whole family of hypotheses in one run.
 """
 
 from __future__ import annotations
