@@ -115,18 +115,20 @@ def _steer(config: SteerConfig, tmp: Path | None) -> dict:
         loaded = load_dataset_model(config, src, d_model)
     with clock.stage("prompts"):
         chats = conversations(src, held)
-    layers: dict[str, dict] = {str(L): {} for L in config.layers}
-    prompt_info = {}
-    for setting in config.settings:
-        prompts = make_prompts(loaded.tokenizer, chats, setting, config.cut, config.max_prompts, config.seed)
-        prompt_info[setting] = [{"conversation_id": p.conversation_id, "round": p.round} for p in prompts]
-        if config.confirm and len(prompts) < (
-            need := prompts_needed(len(config.confirm) * len(config.layers), config.alpha)
-        ):
+        made = {
+            s: make_prompts(loaded.tokenizer, chats, s, config.cut, config.max_prompts, config.seed)
+            for s in config.settings
+        }
+    for setting, prompts in made.items() if config.confirm else []:  # all settings, before any generation
+        if len(prompts) < (need := prompts_needed(len(config.confirm) * len(config.layers), config.alpha)):
             raise TurnphaseError(
                 f"fold {config.fold}'s held-out conversations give {len(prompts)} {setting} prompts; "
                 f"the confirmatory tests need {need} (a sign-flip p cannot fall below 2^-prompts)"
             )
+    layers: dict[str, dict] = {str(L): {} for L in config.layers}
+    prompt_info = {}
+    for setting, prompts in made.items():
+        prompt_info[setting] = [{"conversation_id": p.conversation_id, "round": p.round} for p in prompts]
         steerer = None
         for L in config.layers:
             if steerer is None:  # the prompts' keys and values do not depend on the layer
