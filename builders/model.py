@@ -21,6 +21,7 @@ from turnphase.builders.layers import resolve_layers
 from turnphase.builders.provenance import sha256_file
 from turnphase.builders.variants import VARIANTS, cache_dir, joined_file
 from turnphase.builders.variants import describe as describe_variant
+from turnphase.builders.writer import sweep_unfinished
 
 log = logging.getLogger(__name__)
 
@@ -214,7 +215,7 @@ def _keep_converted(model, tokenizer, folder: Path) -> None:
     A cache that cannot be written (read-only, full, another process first) is skipped."""
     from safetensors.torch import save_model
 
-    _sweep_unfinished(folder.parent)
+    sweep_unfinished(folder.parent, "*.tmp-*")  # one killed while writing: 540 MB, ~7 GB for the 1.5B
     tmp = folder.with_name(f"{folder.name}.tmp-{os.getpid()}")
     try:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -229,25 +230,6 @@ def _keep_converted(model, tokenizer, folder: Path) -> None:
     except Exception as e:  # OSError, or safetensors' own error on a full disk: the cache is optional
         log.debug("not keeping the converted model in %s: %s", folder, one_line(e))
         shutil.rmtree(tmp, ignore_errors=True)
-
-
-def _sweep_unfinished(converted: Path) -> None:
-    """Remove the temporary folders (`<name>.tmp-<pid>`) of conversions whose process is gone: one
-    killed while writing leaves its folder (540 MB for the default model, ~7 GB for the 1.5B)."""
-    for old in converted.glob("*.tmp-*"):
-        pid = old.name.rsplit("-", 1)[-1]
-        if pid.isdigit() and not _running(int(pid)):
-            shutil.rmtree(old, ignore_errors=True)
-
-
-def _running(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # another user's process
-        return True
-    return True
 
 
 def model_license(source: str, revision: str | None = None) -> str | None:

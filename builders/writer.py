@@ -8,9 +8,11 @@ A shard that exists under its final name is complete; that is what resuming reli
 from __future__ import annotations
 
 import errno
+import glob
 import json
 import os
 import shutil
+import socket
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -69,15 +71,41 @@ def replace_folder(tmp: Path, out: Path) -> None:
     shutil.rmtree(old, ignore_errors=True)
 
 
+def sweep_unfinished(parent: Path, pattern: str) -> None:
+    """Remove what matches `pattern` in `parent` (temporary folders or files named `...-<pid>`)
+    whose process is gone: one killed (kill -9, SIGTERM) before cleaning up leaves them behind."""
+    for old in Path(parent).glob(pattern):
+        pid = old.name.rsplit("-", 1)[-1]
+        if pid.isdigit() and not running(int(pid)):
+            if old.is_dir():
+                shutil.rmtree(old, ignore_errors=True)
+            else:
+                old.unlink(missing_ok=True)
+
+
+def running(pid: int) -> bool:
+    """Whether process `pid` exists on this machine."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
+
+
 @contextmanager
 def staged_folder(out: Path) -> Iterator[Path]:
     """A hidden folder beside `out` to write a result into (a report, a steering run); it replaces
     `out` when the block succeeds and is removed when it fails, so `out` is always whole. Made on
-    entry, so an unwritable place fails before the work; failed writes become one line."""
+    entry, so an unwritable place fails before the work; failed writes become one line. Named by
+    host and pid: the staged folders of this host's killed runs for `out` are removed on entry."""
     out = Path(out)
-    tmp = out.parent / f".{out.name}.partial-{os.getpid()}"
+    mine = f".{out.name}.partial-{socket.gethostname()}-"
+    tmp = out.parent / f"{mine}{os.getpid()}"
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
+        sweep_unfinished(out.parent, glob.escape(mine) + "*")
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir()
     except OSError as e:

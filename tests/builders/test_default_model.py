@@ -110,7 +110,7 @@ def test_a_killed_conversions_temporary_folder_is_swept(tmp_path):
     import subprocess
     import sys
 
-    from turnphase.builders.model import _sweep_unfinished
+    from turnphase.builders.writer import sweep_unfinished
 
     gone = subprocess.run(
         [sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True
@@ -120,7 +120,7 @@ def test_a_killed_conversions_temporary_folder_is_swept(tmp_path):
     kept = tmp_path / "abc-transformers-5"
     for folder in (dead, live, kept):
         (folder / "part").mkdir(parents=True)
-    _sweep_unfinished(tmp_path)
+    sweep_unfinished(tmp_path, "*.tmp-*")
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted([live.name, kept.name])
 
 

@@ -292,3 +292,29 @@ def test_the_context_bound_holds_every_built_conversation(tiny_build, tiny_model
         lengths[cid] = max(lengths.get(cid, 0), pos + 1)
     assert max(lengths.values()) <= bound
     assert 2 * (24 + 24) < bound < 2 * (24 + 24) + 400  # turns, markup and the instruction; no more
+
+
+def test_a_killed_runs_staged_folder_is_removed_by_the_next_write_to_the_same_place(tmp_path):
+    """analyze and steer write into `.<out>.partial-<host>-<pid>` and rename it whole; kill -9 or
+    SIGTERM leaves it behind. The next staged write to `out` removes this host's dead ones and keeps
+    a running process's, another host's and another folder's."""
+    from turnphase.builders.writer import staged_folder
+
+    gone = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True
+    )
+    dead, host = int(gone.stdout), socket.gethostname()
+    left = {
+        "dead": tmp_path / f".report.partial-{host}-{dead}",
+        "live": tmp_path / f".report.partial-{host}-{os.getppid()}",
+        "another host": tmp_path / f".report.partial-elsewhere-{dead}",
+        "another folder": tmp_path / f".steer.partial-{host}-{dead}",
+    }
+    for folder in left.values():
+        (folder / "figures").mkdir(parents=True)
+    with staged_folder(tmp_path / "report") as tmp:
+        assert tmp.name == f".report.partial-{host}-{os.getpid()}"
+        (tmp / "report.json").write_text("{}")
+    kept = sorted(p.name for p in tmp_path.iterdir())
+    assert kept == sorted(["report", *(left[k].name for k in ("live", "another host", "another folder"))])
+    assert (tmp_path / "report" / "report.json").read_text() == "{}"
