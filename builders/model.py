@@ -215,7 +215,9 @@ def _keep_converted(model, tokenizer, folder: Path) -> None:
     A cache that cannot be written (read-only, full, another process first) is skipped."""
     from safetensors.torch import save_model
 
-    sweep_unfinished(folder.parent, "*.tmp-*")  # one killed while writing: 540 MB, ~7 GB for the 1.5B
+    sweep_unfinished(
+        folder.parent, f"{folder.name}.tmp-"
+    )  # one killed while writing: 540 MB, ~7 GB for the 1.5B
     tmp = folder.with_name(f"{folder.name}.tmp-{os.getpid()}")
     try:
         shutil.rmtree(tmp, ignore_errors=True)

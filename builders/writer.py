@@ -71,11 +71,11 @@ def replace_folder(tmp: Path, out: Path) -> None:
     shutil.rmtree(old, ignore_errors=True)
 
 
-def sweep_unfinished(parent: Path, pattern: str) -> None:
-    """Remove what matches `pattern` in `parent` (temporary folders or files named `...-<pid>`)
-    whose process is gone: one killed (kill -9, SIGTERM) before cleaning up leaves them behind."""
-    for old in Path(parent).glob(pattern):
-        pid = old.name.rsplit("-", 1)[-1]
+def sweep_unfinished(parent: Path, prefix: str) -> None:
+    """Remove the temporary folders or files `<prefix><pid>` in `parent` whose process is gone: one
+    killed (kill -9, SIGTERM) before cleaning up leaves them behind."""
+    for old in Path(parent).glob(glob.escape(prefix) + "*"):
+        pid = old.name[len(prefix) :]
         if pid.isdigit() and not running(int(pid)):
             if old.is_dir():
                 shutil.rmtree(old, ignore_errors=True)
@@ -105,7 +105,7 @@ def staged_folder(out: Path) -> Iterator[Path]:
     tmp = out.parent / f"{mine}{os.getpid()}"
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
-        sweep_unfinished(out.parent, glob.escape(mine) + "*")
+        sweep_unfinished(out.parent, mine)
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir()
     except OSError as e:

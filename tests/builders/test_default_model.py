@@ -120,7 +120,7 @@ def test_a_killed_conversions_temporary_folder_is_swept(tmp_path):
     kept = tmp_path / "abc-transformers-5"
     for folder in (dead, live, kept):
         (folder / "part").mkdir(parents=True)
-    sweep_unfinished(tmp_path, "*.tmp-*")
+    sweep_unfinished(tmp_path, "abc-transformers-5.tmp-")
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted([live.name, kept.name])
 
 
