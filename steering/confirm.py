@@ -69,6 +69,11 @@ class Hypothesis:
         return value
 
 
+def count_tests(hypotheses: list[Hypothesis], n_layers: int) -> int:
+    """k: every hypothesis is tested at every layer of the run."""
+    return len(hypotheses) * n_layers
+
+
 def draws_needed(n_tests: int, alpha: float) -> int:
     """The fewest random draws per family whose rank p can reach alpha / n_tests."""
     return max(math.ceil(n_tests / alpha - 1 - 1e-9), 1)
@@ -83,7 +88,7 @@ def check_power(
     hypotheses: list[Hypothesis], n_layers: int, alpha: float, n_random: int, n_prompts: int
 ) -> None:
     """Refuse a run none of whose tests could hold: too few draws or prompts for p to reach alpha / k."""
-    k = len(hypotheses) * n_layers
+    k = count_tests(hypotheses, n_layers)
     tests = f"{k} confirmatory test{'s' if k > 1 else ''} at alpha {alpha:g}"
     if n_random < (need := draws_needed(k, alpha)):
         raise ConfigError(
@@ -126,7 +131,7 @@ def sign_flip_p(diff: np.ndarray, sign: int, seed: int) -> float:
 def evaluate(result: dict, hypotheses: list[Hypothesis], alpha: float, n_bootstrap: int, seed: int) -> dict:
     """Each hypothesis at each layer of `result` (steer.json's layers), tested at alpha / k."""
     layers = result["layers"]
-    k = len(hypotheses) * len(layers)
+    k = count_tests(hypotheses, len(layers))
     level = alpha / k
     tests = []
     for L, settings in layers.items():

@@ -28,7 +28,7 @@ from turnphase.builders.writer import atomic_write_json, staged_folder
 from turnphase.steering import figures
 from turnphase.steering.conditions import Condition, conditions
 from turnphase.steering.config import SteerConfig
-from turnphase.steering.confirm import check_power, evaluate, prompts_needed
+from turnphase.steering.confirm import check_power, count_tests, evaluate, prompts_needed
 from turnphase.steering.generate import Generation, Steerer
 from turnphase.steering.measures import EDIT_MEASURES, MEASURES, against_random, interval, per_prompt
 from turnphase.steering.prompts import Prompt, conversations, make_prompts
@@ -120,7 +120,9 @@ def _steer(config: SteerConfig, tmp: Path | None) -> dict:
             for s in config.settings
         }
     for setting, prompts in made.items() if config.confirm else []:  # all settings, before any generation
-        if len(prompts) < (need := prompts_needed(len(config.confirm) * len(config.layers), config.alpha)):
+        if len(prompts) < (
+            need := prompts_needed(count_tests(config.confirm, len(config.layers)), config.alpha)
+        ):
             raise TurnphaseError(
                 f"fold {config.fold}'s held-out conversations give {len(prompts)} {setting} prompts; "
                 f"the confirmatory tests need {need} (a sign-flip p cannot fall below 2^-prompts)"
