@@ -1,4 +1,5 @@
-"""Data-parallel builds (builders/parallel.py) under torchrun, on CPU: gloo, 2 processes, tiny model.
+"""Data-parallel builds (builders/parallel.py) under torchrun (and `accelerate launch`), on CPU: gloo,
+2 processes, tiny model.
 
 The sharded build validates, loads with `load_dataset`, holds every conversation once and equals a
 one-process build of the same options row for row, for generated conversations and for ones read
@@ -97,6 +98,22 @@ def test_two_ranks_build_the_one_process_dataset(tiny_model_dir, one_process, tm
     assert {
         f: f.stat().st_mtime_ns for f in out.rglob("*")
     } == before  # a rerun of a finished build writes nothing
+
+
+def test_accelerate_launch_builds_the_one_process_dataset(tiny_model_dir, one_process, tmp_path):
+    """`accelerate launch --multi_gpu` starts its ranks through torch.distributed.run, on CPU too
+    (gloo): the same dataset as one process. No accelerate config is read (HF_HOME is empty)."""
+    out = tmp_path / "ds"
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2"]
+    cmd += ["--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no"]
+    cmd += ["-m", "turnphase", "build", "--out", str(out), "--model", str(tiny_model_dir), *ARGS]
+    env = os.environ | {"HF_HOME": str(tmp_path / "hf"), "OMP_NUM_THREADS": "1", "TQDM_DISABLE": "1"}
+    run = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, (run.stdout + run.stderr)[-4000:]
+    assert validate(out) == []
+    prov = json.loads((out / schema.PROVENANCE_FILE).read_text())
+    assert prov["generation"]["data_parallel"]["ranks"] == 2
+    assert_same_rows(out, one_process)
 
 
 def _rank_pid(marker: str, rank: int) -> int | None:
