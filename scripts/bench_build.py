@@ -7,6 +7,9 @@
     .venv/bin/python scripts/bench_build.py --only variant_build  # after `make qwen`; ~36 min here
     .venv/bin/python scripts/bench_build.py --only model_dtype    # a few min; the variant too after `make qwen`
     .venv/bin/python scripts/bench_build.py --only retry_temperature --hard-from data/smollm2  # ~5 min
+    .venv/bin/python scripts/bench_build.py --only sampling_penalties --hard-from data/smollm2 \
+        --hard-samples 6 --replies-out replies.jsonl
+    .venv/bin/python scripts/bench_build.py --only parallel_attempts
 
 1. batched generation (50 conversations) vs one conversation at a time: same prompts, same token
    budget (every sequence generates exactly --new-tokens tokens). Target: >= 8x tokens/s.
@@ -14,7 +17,8 @@
    cache reused across turns vs every call re-reading its whole prompt: wall-time ratio, prompt
    tokens fed, and how many conversations come out identical (float noise can flip a sample).
 3. One decoding step (45 rows, 1000 cached tokens) with transformers' DynamicLayer, which grows
-   by torch.cat, vs the build's preallocated BufferLayer.
+   by torch.cat, vs the build's preallocated BufferLayer; and where one step of each spends its
+   time (torch.profiler, self CPU time: cat and copy_, linear layers, attention, other).
 4. nnsight extraction of the default layers vs a plain transformers forward with
    output_hidden_states=True, on the same conversation-length token sequences. Target: >= 0.95.
 5. Parquet write throughput of layer shards, and bytes per token per layer on disk vs the raw
@@ -29,7 +33,8 @@
    the weights (the activations still read in float32); cleaner_parallel: those and
    --parallel-attempts 3; cleaner_parallel_bf16: both; cleaner_fast: both and --stop-at-question;
    cleaner_fast_wide: that with --parallel-attempts 6 --batch-size 64; cleaner_trim: cleaner_fast
-   with --trim-cut-off at the default's 256-token assistant budget. For each: wall-time ratio to
+   with --trim-cut-off at the default's 256-token assistant budget; cleaner_penalty: cleaner_trim
+   with --repetition-penalty 1.15. For each: wall-time ratio to
    the default (target >= 1.25x), tokens generated and kept, conversations dropped (target < 15%)
    and verbatim repeated turns kept (target 0).
 8. (only when asked; needs `make qwen`) the same small build (--variant-recipe, default 10
@@ -49,6 +54,13 @@
    SmolLM2's next-token scores after the 50 topics' first prompts, at 0.7 and at the retries' 1.0):
    RowSampler vs the former sampler (transformers' temperature and top-p warpers, one
    torch.multinomial per row, then generate's own warpers and draw again on the chosen token).
+12. (only when asked; needs a default build) the hardest assistant contexts of a build, each sampled
+   --hard-samples times (the same seeds) plainly and with each of transformers' anti-repetition
+   options (PENALTIES), without the runaway stop: replies that end and that are cut off at the
+   limit, and how many of each the runaway test calls. --replies-out keeps every reply to read.
+13. (only when asked) the clean recipe's build (--parallel-recipe, default 8 conversations x 2
+   rounds) with its --parallel-attempts and one attempt at a time, sampling in bfloat16 (as the
+   recipe does) and in float32: the same conversations?
 """
 
 from __future__ import annotations
@@ -197,7 +209,46 @@ def decode_step(loaded, rows: int, cached: int, steps: int = 8) -> dict:
                 times.append(time.perf_counter() - t0)
         medians.setdefault(kind, []).append(statistics.median(times))
     dyn, buf = min(medians["dynamic"]), min(medians["buffer"])
-    return {"dynamic_s": dyn, "buffer_s": buf, "speedup": dyn / buf, "rows": rows, "cached_tokens": cached}
+    profiles = {}
+    for kind in ("dynamic", "buffer"):  # where one step's time goes, by operator
+        c, mask = cache(kind), torch.ones(rows, cached + 1, dtype=torch.long)
+        tok = torch.randint(100, 4000, (rows, 1))
+        with torch.inference_mode():
+            profiles[kind] = step_profile(
+                lambda c=c, mask=mask, tok=tok: model(
+                    input_ids=tok, attention_mask=mask, cache=c, position_ids=torch.full((rows, 1), cached)
+                )
+            )
+    return {
+        "dynamic_s": dyn,
+        "buffer_s": buf,
+        "speedup": dyn / buf,
+        "rows": rows,
+        "cached_tokens": cached,
+        "profile_shares": profiles,
+    }
+
+
+# The operators a decoding step's time is put under (self CPU time, torch.profiler); the rest is "other".
+STEP_PARTS = {
+    "cat and copy_": ("aten::cat", "aten::copy_"),  # the cache growing (DynamicLayer), or written
+    "linear layers": ("aten::mm", "aten::addmm"),
+    "attention": ("scaled_dot_product", "flash_attention", "aten::bmm", "aten::baddbmm", "aten::_softmax"),
+}
+
+
+def step_profile(step) -> dict:
+    """The share of `step`'s self CPU time in each of STEP_PARTS (one torch.profiler run)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        step()
+    shares, total = dict.fromkeys([*STEP_PARTS, "other"], 0.0), 0.0
+    for event in prof.key_averages():
+        total += event.self_cpu_time_total
+        part = next((p for p, names in STEP_PARTS.items() if any(n in event.key for n in names)), "other")
+        shares[part] += event.self_cpu_time_total
+    return {part: t / total for part, t in shares.items()}
 
 
 def row_sampler(loaded, rows: int = 50, repeats: int = 15) -> dict:
@@ -379,8 +430,9 @@ PARALLEL_ATTEMPTS = ("--parallel-attempts", "3")
 # conversations, so that failing turns get parallel attempts from the start
 FAST = (*PARALLEL_ATTEMPTS, *BF16_GENERATION, "--stop-at-question")
 WIDE = ("--parallel-attempts", "6", "--batch-size", "64")
+PENALTY = ("--repetition-penalty", "1.15")  # the one of PENALTIES that ended most hard replies
 CLEANER_BUILDS = ("continuous", "cleaner", "cleaner_bf16", "cleaner_parallel", "cleaner_parallel_bf16")
-CLEANER_BUILDS += ("cleaner_fast", "cleaner_fast_wide", "cleaner_trim")
+CLEANER_BUILDS += ("cleaner_fast", "cleaner_fast_wide", "cleaner_trim", "cleaner_penalty")
 MEASURED_CLEANER_BUILDS = ("cleaner_trim", "cleaner_fast")  # the README's clean recipe, and without the trim
 
 
@@ -393,14 +445,16 @@ def cleaner_build(
     (CONTINUOUS), the `cleaner` options, those sampling with bfloat16 weights (cleaner_bf16), with
     a turn's later attempts written in parallel in the tail's spare rows (cleaner_parallel), both
     (cleaner_parallel_bf16), both and user replies stopped at their question (cleaner_fast),
-    that with 14 rows to spare from the start (cleaner_fast_wide), and cleaner_fast keeping a
-    reply cut off at the limit to its last sentence, at the default's budget (cleaner_trim)."""
+    that with 14 rows to spare from the start (cleaner_fast_wide), cleaner_fast keeping a
+    reply cut off at the limit to its last sentence, at the default's budget (cleaner_trim), and
+    that with transformers' repetition penalty 1.15 (cleaner_penalty)."""
     options = {"continuous": CONTINUOUS, "cleaner": cleaner, "cleaner_bf16": (*cleaner, *BF16_GENERATION)}
     options["cleaner_parallel"] = (*cleaner, *PARALLEL_ATTEMPTS)
     options["cleaner_parallel_bf16"] = (*cleaner, *PARALLEL_ATTEMPTS, *BF16_GENERATION)
     options["cleaner_fast"] = (*cleaner, *FAST)
     options["cleaner_fast_wide"] = (*cleaner, *FAST, *WIDE)  # the later --parallel-attempts wins
     options["cleaner_trim"] = CLEAN_RECIPE  # cleaner_fast, trimmed, at the default's 256-token budget
+    options["cleaner_penalty"] = (*CLEAN_RECIPE, *PENALTY)
     builds = {"default": full_build()}
     for name in which:
         builds[name] = full_build(*options[name], keep=keep / name if keep else None)
@@ -504,25 +558,138 @@ def hard_contexts(root: Path) -> list[list[dict]]:
     return contexts
 
 
-def retry_temperature(loaded, root: Path, samples: int, temperatures=(0.7, 1.0)) -> dict:
+class KeptIds(conv.BatchedChat):
+    """A BatchedChat that also keeps the token ids of each reply it returns (`written`)."""
+
+    def __call__(self, *args, **kwargs) -> list[conv.Reply]:
+        self.written: list[list[int]] = []
+        return super().__call__(*args, **kwargs)
+
+    def reply(self, row) -> conv.Reply:
+        self.written.append(list(row.written))
+        return super().reply(row)
+
+
+def sample_hard(loaded, contexts: list[list[dict]], samples: int, settings) -> tuple[list, list, dict]:
+    """Each context sampled `samples` times under `settings`, each reply from its own seed (the
+    same seeds under every setting), at the assistant budget: (replies, their token ids, cost)."""
+    chats = [c for c in contexts for _ in range(samples)]
+    chat = KeptIds(loaded.model, loaded.tokenizer, settings)
+    t0 = time.perf_counter()
+    replies = chat(chats, settings.assistant_max_new_tokens, 1, row_seeds=list(range(len(chats))))
+    return replies, chat.written, {"tokens": chat.new_tokens, "seconds": time.perf_counter() - t0}
+
+
+def write_replies(path: Path | None, part: str, contexts: list, samples: int, name: str, rows: list[dict]):
+    """Append one JSON line per reply to `path` (for reading by hand): its context's last turn."""
+    if path is None:
+        return
+    with path.open("a") as f:
+        for i, row in enumerate(rows):
+            asked = contexts[i // samples][-1]["content"]
+            f.write(
+                json.dumps({"part": part, "setting": name, "context": i // samples, "asked": asked, **row})
+                + "\n"
+            )
+
+
+def retry_temperature(
+    loaded, root: Path, samples: int, temperatures=(0.7, 1.0), replies_out: Path | None = None
+) -> dict:
     """Each hard context of `root` sampled `samples` times per temperature, each reply from its
     own seed, with the runaway stop: how many replies are sound and how many loop."""
     contexts = hard_contexts(root)
-    chats = [c for c in contexts for _ in range(samples)]
     out = {"build": str(root), "contexts": len(contexts), "samples_per_context": samples}
     for t in temperatures:
         settings = conv.GenerationSettings(temperature=t, stop_runaway=True)
-        chat = conv.BatchedChat(loaded.model, loaded.tokenizer, settings)
-        t0 = time.perf_counter()
-        replies = chat(chats, settings.assistant_max_new_tokens, 1, row_seeds=list(range(len(chats))))
+        replies, _, cost = sample_hard(loaded, contexts, samples, settings)
         sound = [conv.turn_problem(r.text, r.finished) is None and not r.runaway for r in replies]
         out[str(t)] = {
             "sound": sum(sound),
             "looping": sum(r.runaway for r in replies),
             "cut_off": sum(not r.finished and not r.runaway for r in replies),
             "sound_per_context": [sum(sound[i * samples : (i + 1) * samples]) for i in range(len(contexts))],
-            "tokens": chat.new_tokens,
-            "seconds": time.perf_counter() - t0,
+            **cost,
+        }
+        rows = [
+            {"text": r.text, "finished": r.finished, "looping": r.runaway, "sound": ok}
+            for r, ok in zip(replies, sound, strict=True)
+        ]
+        write_replies(replies_out, "retry_temperature", contexts, samples, str(t), rows)
+    return out
+
+
+# What transformers' anti-repetition options do to the hard contexts, beside plain sampling.
+PENALTIES = {
+    "plain": {},
+    "no_repeat_ngram_size 6": {"no_repeat_ngram_size": 6},
+    "no_repeat_ngram_size 4": {"no_repeat_ngram_size": 4},
+    "repetition_penalty 1.15": {"repetition_penalty": 1.15},
+}
+
+
+def sampling_penalties(loaded, root: Path, samples: int, replies_out: Path | None = None) -> dict:
+    """Each hard context of `root` sampled `samples` times with plain sampling and with each of
+    PENALTIES (the default temperature and 256-token budget, no runaway stop, the same seeds): how
+    many replies end, and how many of those ended and of those cut off at the limit the runaway
+    test (`conversations.runaway`, on the sampled ids) calls."""
+    contexts = hard_contexts(root)
+    out = {"build": str(root), "contexts": len(contexts), "samples_per_context": samples}
+    for name, options in PENALTIES.items():
+        settings = conv.GenerationSettings(**options)
+        replies, ids, cost = sample_hard(loaded, contexts, samples, settings)
+        called = [conv.runaway(written) for written in ids]
+        ended = [r.finished for r in replies]
+        out[name] = {
+            "ended": sum(ended),
+            "ended_called": sum(c for c, e in zip(called, ended, strict=True) if e),
+            "cut_off": len(replies) - sum(ended),
+            "cut_off_called": sum(c for c, e in zip(called, ended, strict=True) if not e),
+            "ended_per_context": [sum(ended[i * samples : (i + 1) * samples]) for i in range(len(contexts))],
+            **cost,
+        }
+        rows = [
+            {"text": r.text, "finished": r.finished, "runaway_called": c}
+            for r, c in zip(replies, called, strict=True)
+        ]
+        write_replies(replies_out, "sampling_penalties", contexts, samples, name, rows)
+    return out
+
+
+def without(options: tuple[str, ...], option: str) -> tuple[str, ...]:
+    """`options` less `option` and its value."""
+    i = options.index(option)
+    return (*options[:i], *options[i + 2 :])
+
+
+def parallel_attempts(recipe: list[str]) -> dict:
+    """The clean recipe's build of `recipe` (a few conversations) with its --parallel-attempts and
+    with one attempt at a time, one after the other; then both sampling in float32 (without its
+    --generation-dtype bfloat16): how many conversations are the same each way."""
+    import pyarrow.parquet as pq
+
+    out = {"recipe": recipe, "options": list(CLEAN_RECIPE)}
+    for dtype, options in {
+        "bfloat16": CLEAN_RECIPE,
+        "float32": without(CLEAN_RECIPE, "--generation-dtype"),
+    }.items():
+        builds, messages = {}, {}
+        for name, build in {
+            "parallel": options,
+            "one_at_a_time": without(options, "--parallel-attempts"),
+        }.items():
+            with tempfile.TemporaryDirectory() as tmp:
+                builds[name] = full_build(*build, *recipe, keep=Path(tmp) / "build")
+                rows = pq.read_table(Path(tmp) / "build" / schema.CONVERSATIONS).to_pylist()
+            messages[name] = {row["conversation_id"]: row["messages"] for row in rows}
+        ids = sorted(set(messages["parallel"]) | set(messages["one_at_a_time"]))
+        out[dtype] = {
+            **builds,
+            "conversations": len(ids),
+            "same_conversations": sum(
+                messages["parallel"].get(c) == messages["one_at_a_time"].get(c) is not None for c in ids
+            ),
+            "speedup": builds["one_at_a_time"]["wall_minutes"] / builds["parallel"]["wall_minutes"],
         }
     return out
 
@@ -535,7 +702,12 @@ def in_process(only: set[str], args) -> dict:
         "decode_step": lambda: decode_step(loaded, rows=45, cached=1000),
         "extraction": lambda: extraction(loaded, loaded.layers, args.extract_tokens, repeats=5),
         "parquet": lambda: parquet(loaded.d_model, 20_000, "float16"),
-        "retry_temperature": lambda: retry_temperature(loaded, args.hard_from, args.hard_samples),
+        "retry_temperature": lambda: retry_temperature(
+            loaded, args.hard_from, args.hard_samples, replies_out=args.replies_out
+        ),
+        "sampling_penalties": lambda: sampling_penalties(
+            loaded, args.hard_from, args.hard_samples, replies_out=args.replies_out
+        ),
         "row_sampler": lambda: row_sampler(loaded),
     }
     return {name: measure() for name, measure in measures.items() if name in only}
@@ -550,7 +722,9 @@ def main() -> None:
         "variant_build",
         "model_dtype",
         "retry_temperature",
-    ]  # the last 4: asked
+        "sampling_penalties",
+        "parallel_attempts",
+    ]  # the last 6: asked
     p.add_argument("--only", default=",".join(default), help=f"comma-separated parts: {','.join(parts)}")
     p.add_argument("--skip-full-build", action="store_true")
     p.add_argument("--new-tokens", type=int, default=128, help="per sequence; about a mean assistant turn")
@@ -575,15 +749,30 @@ def main() -> None:
         default=",".join(MEASURED_CLEANER_BUILDS),
         help=f"cleaner_build: the builds after the default one, of {','.join(CLEANER_BUILDS)}",
     )
-    p.add_argument("--hard-from", type=Path, help="retry_temperature: a default build's folder")
-    p.add_argument("--hard-samples", type=int, default=4, help="retry_temperature: replies per context")
+    p.add_argument(
+        "--hard-from", type=Path, help="retry_temperature, sampling_penalties: a default build's folder"
+    )
+    p.add_argument(
+        "--hard-samples",
+        type=int,
+        default=4,
+        help="retry_temperature, sampling_penalties: replies per context",
+    )
+    p.add_argument(
+        "--replies-out",
+        type=Path,
+        help="retry_temperature, sampling_penalties: append every reply to this JSONL file (to read them)",
+    )
+    p.add_argument(
+        "--parallel-recipe", default="-n 8 --rounds 2", help="parallel_attempts: the builds' other options"
+    )
     args = p.parse_args()
     print(f"torch threads: {torch.get_num_threads()}")
     only = set(args.only.split(",")) - ({"full_build"} if args.skip_full_build else set())
     if unknown := only - set(parts):
         p.error(f"unknown parts: {', '.join(sorted(unknown))}")
-    if "retry_temperature" in only and args.hard_from is None:
-        p.error("retry_temperature needs --hard-from, a default build's folder")
+    if only & {"retry_temperature", "sampling_penalties"} and args.hard_from is None:
+        p.error("retry_temperature and sampling_penalties need --hard-from, a default build's folder")
     results = in_process(only, args)  # the model is let go before the full build's subprocess
     if "full_build" in only:
         results["full_build"] = full_build()
@@ -592,6 +781,8 @@ def main() -> None:
         if unknown := set(which) - set(CLEANER_BUILDS):
             p.error(f"unknown --cleaner-builds: {', '.join(sorted(unknown))}")
         results["cleaner_build"] = cleaner_build(args.keep, tuple(args.cleaner.split()) or CLEANER, which)
+    if "parallel_attempts" in only:
+        results["parallel_attempts"] = parallel_attempts(args.parallel_recipe.split())
     if "variant_build" in only:
         results["variant_build"] = variant_build(args.variant_recipe.split())
     if "model_dtype" in only:
@@ -626,7 +817,11 @@ SUMMARY = {  # one line per part
     ),
     "decode_step": lambda d: (
         f"decoding step, {d['rows']} rows x {d['cached_tokens']} cached tokens: BufferLayer {d['buffer_s']:.3f} s "
-        f"vs DynamicLayer {d['dynamic_s']:.3f} s ({d['speedup']:.1f}x)"
+        f"vs DynamicLayer {d['dynamic_s']:.3f} s ({d['speedup']:.1f}x); share of a step's time, "
+        + "; ".join(
+            f"{kind}: " + ", ".join(f"{part} {share:.0%}" for part, share in shares.items())
+            for kind, shares in d["profile_shares"].items()
+        )
     ),
     "extraction": lambda e: (
         f"nnsight extraction vs plain forward: {e['nnsight_vs_plain']:.3f} "
@@ -668,6 +863,26 @@ SUMMARY = {  # one line per part
             f" (sound per context {r[t]['sound_per_context']})"
             for t in r
             if isinstance(r[t], dict)
+        )
+    ),
+    "sampling_penalties": lambda r: (
+        f"{r['contexts']} hardest assistant contexts of {r['build']} x {r['samples_per_context']} samples, "
+        "no runaway stop: "
+        + "; ".join(
+            f"{name}: {v['ended']} ended ({v['ended_called']} called looping), {v['cut_off']} cut off "
+            f"({v['cut_off_called']} called looping)"
+            for name, v in r.items()
+            if isinstance(v, dict)
+        )
+    ),
+    "parallel_attempts": lambda r: (
+        f"clean recipe, {' '.join(r['recipe'])}, with --parallel-attempts vs one attempt at a time: "
+        + "; ".join(
+            f"sampling in {dtype}: {d['same_conversations']} of {d['conversations']} conversations the same, "
+            f"{d['parallel']['wall_minutes']:.1f} vs {d['one_at_a_time']['wall_minutes']:.1f} min "
+            f"({d['speedup']:.2f}x), {d['parallel']['discarded_tokens']} tokens never judged"
+            for dtype, d in r.items()
+            if isinstance(d, dict)
         )
     ),
     "model_dtype": lambda m: (
