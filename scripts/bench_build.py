@@ -10,6 +10,7 @@
     .venv/bin/python scripts/bench_build.py --only sampling_penalties --hard-from data/smollm2 \
         --hard-samples 6 --replies-out replies.jsonl
     .venv/bin/python scripts/bench_build.py --only parallel_attempts
+    .venv/bin/python scripts/bench_build.py --only kv_copy  # two full builds, ~20 min
 
 1. batched generation (50 conversations) vs one conversation at a time: same prompts, same token
    budget (every sequence generates exactly --new-tokens tokens). Target: >= 8x tokens/s.
@@ -61,6 +62,9 @@
 13. (only when asked) the clean recipe's build (--parallel-recipe, default 8 conversations x 2
    rounds) with its --parallel-attempts and one attempt at a time, sampling in bfloat16 (as the
    recipe does) and in float32: the same conversations?
+14. (only when asked) the default build and the clean recipe's (50 x 5 each, in this process): the
+   share of generation spent laying each decoding chunk's cached keys/values into one batch cache
+   and copying them back (PrefixCache.batch and .store).
 """
 
 from __future__ import annotations
@@ -465,6 +469,51 @@ def cleaner_build(
     return builds
 
 
+def kv_copy(builds: dict[str, tuple[str, ...]]) -> dict:
+    """Each build of `builds` (name: options) in this process, with the time spent laying the
+    cached keys and values of each decoding chunk's rows into one batch cache
+    (`PrefixCache.batch`) and copying them back out (`PrefixCache.store`) measured, beside the
+    generation time it is part of."""
+    from turnphase.builders import cli
+    from turnphase.builders.prefix_cache import PrefixCache
+
+    spent = {"batch": 0.0, "store": 0.0}
+
+    def timed(name, method):
+        def run(*args, **kwargs):
+            t0 = time.perf_counter()
+            try:
+                return method(*args, **kwargs)
+            finally:
+                spent[name] += time.perf_counter() - t0
+
+        return run
+
+    originals = {name: getattr(PrefixCache, name) for name in spent}
+    out = {}
+    try:
+        for name, method in originals.items():
+            setattr(PrefixCache, name, timed(name, method))
+        for build, options in builds.items():
+            spent.update(batch=0.0, store=0.0)
+            with tempfile.TemporaryDirectory() as tmp:
+                assert cli.main(["build", "--out", f"{tmp}/build", *options]) == 0
+                timing = json.loads((Path(tmp) / "build" / schema.PROVENANCE_FILE).read_text())["generation"][
+                    "timing"
+                ]
+            out[build] = {
+                "options": list(options),
+                "generation_seconds": timing["seconds"],
+                "batch_seconds": spent["batch"],
+                "store_seconds": spent["store"],
+                "share": (spent["batch"] + spent["store"]) / timing["seconds"],
+            }
+    finally:
+        for name, method in originals.items():
+            setattr(PrefixCache, name, method)
+    return out
+
+
 def variant_build(recipe: list[str], variant: str = "qwen2.5-coder-1.5b-instruct") -> dict:
     """The same small build on the default model and on a named variant, one after the other."""
     small, large = full_build(*recipe), full_build(*recipe, "--model", variant)
@@ -724,7 +773,8 @@ def main() -> None:
         "retry_temperature",
         "sampling_penalties",
         "parallel_attempts",
-    ]  # the last 6: asked
+        "kv_copy",
+    ]  # the last 7: asked
     p.add_argument("--only", default=",".join(default), help=f"comma-separated parts: {','.join(parts)}")
     p.add_argument("--skip-full-build", action="store_true")
     p.add_argument("--new-tokens", type=int, default=128, help="per sequence; about a mean assistant turn")
@@ -781,6 +831,8 @@ def main() -> None:
         if unknown := set(which) - set(CLEANER_BUILDS):
             p.error(f"unknown --cleaner-builds: {', '.join(sorted(unknown))}")
         results["cleaner_build"] = cleaner_build(args.keep, tuple(args.cleaner.split()) or CLEANER, which)
+    if "kv_copy" in only:
+        results["kv_copy"] = kv_copy({"default": (), "clean_recipe": CLEAN_RECIPE})
     if "parallel_attempts" in only:
         results["parallel_attempts"] = parallel_attempts(args.parallel_recipe.split())
     if "variant_build" in only:
@@ -874,6 +926,11 @@ SUMMARY = {  # one line per part
             for name, v in r.items()
             if isinstance(v, dict)
         )
+    ),
+    "kv_copy": lambda r: "; ".join(
+        f"{name} build: laying cached keys/values into each chunk's batch cache {b['batch_seconds']:.0f} s and "
+        f"back {b['store_seconds']:.0f} s, {b['share']:.1%} of its {b['generation_seconds'] / 60:.1f} min of generation"
+        for name, b in r.items()
     ),
     "parallel_attempts": lambda r: (
         f"clean recipe, {' '.join(r['recipe'])}, with --parallel-attempts vs one attempt at a time: "
