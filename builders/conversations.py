@@ -121,6 +121,12 @@ def runaway(ids: Sequence[int]) -> bool:
     return repeated >= RUNAWAY_SHARE * (len(phrases) - start)
 
 
+def chunk_size(max_new_tokens: int) -> int:
+    """Tokens per decoding chunk of a reply of this budget (256 -> 64, 64 -> 32): a batch's
+    unfinished rows go on after each chunk, and the runaway stop looks at each chunk's end."""
+    return max(32, max_new_tokens // 4)
+
+
 def loop_start(ids: Sequence[int]) -> int:
     """Where the loop of a reply `runaway` calls begins: the first said-before phrase from which on
     at least RUNAWAY_SHARE of the phrases were said before, taken back to that phrase's first
@@ -363,6 +369,11 @@ class GenerationSettings:
     continuous: bool = BuildConfig.continuous  # continuous batching (generate_continuously)
     parallel_attempts: int = BuildConfig.parallel_attempts  # attempts of one turn in flight at once
 
+    @property
+    def continuous_chunk(self) -> int:
+        """Tokens per decoding chunk under continuous batching: the shorter role's chunk."""
+        return min(chunk_size(n) for n in (self.user_max_new_tokens, self.assistant_max_new_tokens))
+
     def temperature_of(self, attempt: int) -> float:
         """The sampling temperature of attempt `attempt` (0-based) at a turn."""
         return self.temperature if attempt == 0 or self.retry_temperature is None else self.retry_temperature
@@ -457,7 +468,7 @@ class BatchedChat:
             self.row(c, k, max_new_tokens, s, temperature, stop_at_question)
             for c, k, s in zip(chats, call_keys, seeds, strict=True)
         ]
-        pending, size = rows, max(32, max_new_tokens // 4)
+        pending, size = rows, chunk_size(max_new_tokens)
         while pending:
             self.advance(pending, size)
             pending = [r for r in pending if not r.done]
@@ -744,7 +755,7 @@ def generate_continuously(
     ones are dropped unjudged (`chat.discarded_tokens` counts what they had sampled), so the
     conversations are those of N = 1."""
     total = 2 * settings.rounds
-    size = min(max(32, n // 4) for n in (settings.user_max_new_tokens, settings.assistant_max_new_tokens))
+    size = settings.continuous_chunk
     # conversation id -> the attempts in flight at its next turn; the first is the next to judge
     flight: dict[int, dict[int, Row]] = {}
     fallback: dict[int, tuple[str, str, bool]] = {}

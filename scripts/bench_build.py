@@ -471,9 +471,9 @@ def cleaner_build(
 
 def kv_copy(builds: dict[str, tuple[str, ...]]) -> dict:
     """Each build of `builds` (name: options) in this process, with the time spent laying the
-    cached keys and values of each decoding chunk's rows into one batch cache
+    cached keys and values of the rows of each prefill and decoding chunk into one batch cache
     (`PrefixCache.batch`) and copying them back out (`PrefixCache.store`) measured, beside the
-    generation time it is part of."""
+    generation time it is part of. CPU timing (no CUDA synchronisation)."""
     from turnphase.builders import cli
     from turnphase.builders.prefix_cache import PrefixCache
 
@@ -677,28 +677,37 @@ PENALTIES = {
 }
 
 
+def stopped_as_runaway(ids: list[int], every: int) -> bool:
+    """Whether the runaway stop would have stopped this reply (written without it), looking at the
+    end of each `every`-token chunk and at the reply's end."""
+    return any(conv.runaway(ids[:k]) for k in range(every, len(ids), every)) or conv.runaway(ids)
+
+
 def sampling_penalties(loaded, root: Path, samples: int, replies_out: Path | None = None) -> dict:
     """Each hard context of `root` sampled `samples` times with plain sampling and with each of
     PENALTIES (the default temperature and 256-token budget, no runaway stop, the same seeds): how
     many replies end, and how many of those ended and of those cut off at the limit the runaway
-    test (`conversations.runaway`, on the sampled ids) calls."""
+    stop would have stopped (`conversations.runaway` at the end of every chunk of a continuous
+    build and at the reply's end, on the sampled ids). Under a no-repeat n-gram ban of at most
+    RUNAWAY_NGRAM tokens the test can call nothing (the ban forbids the phrases it counts): None."""
     contexts = hard_contexts(root)
     out = {"build": str(root), "contexts": len(contexts), "samples_per_context": samples}
     for name, options in PENALTIES.items():
         settings = conv.GenerationSettings(**options)
         replies, ids, cost = sample_hard(loaded, contexts, samples, settings)
-        called = [conv.runaway(written) for written in ids]
+        called = [stopped_as_runaway(written, settings.continuous_chunk) for written in ids]
         ended = [r.finished for r in replies]
+        blind = 0 < settings.no_repeat_ngram_size <= conv.RUNAWAY_NGRAM
         out[name] = {
             "ended": sum(ended),
-            "ended_called": sum(c for c, e in zip(called, ended, strict=True) if e),
+            "ended_called": None if blind else sum(c for c, e in zip(called, ended, strict=True) if e),
             "cut_off": len(replies) - sum(ended),
-            "cut_off_called": sum(c for c, e in zip(called, ended, strict=True) if not e),
+            "cut_off_called": None if blind else sum(c for c, e in zip(called, ended, strict=True) if not e),
             "ended_per_context": [sum(ended[i * samples : (i + 1) * samples]) for i in range(len(contexts))],
             **cost,
         }
         rows = [
-            {"text": r.text, "finished": r.finished, "runaway_called": c}
+            {"text": r.text, "finished": r.finished, "runaway_called": None if blind else c}
             for r, c in zip(replies, called, strict=True)
         ]
         write_replies(replies_out, "sampling_penalties", contexts, samples, name, rows)
@@ -736,30 +745,33 @@ def parallel_attempts(recipe: list[str]) -> dict:
             **builds,
             "conversations": len(ids),
             "same_conversations": sum(
-                messages["parallel"].get(c) == messages["one_at_a_time"].get(c) is not None for c in ids
+                c in messages["parallel"] and messages["parallel"][c] == messages["one_at_a_time"].get(c)
+                for c in ids
             ),
-            "speedup": builds["one_at_a_time"]["wall_minutes"] / builds["parallel"]["wall_minutes"],
+            "wall_speedup": builds["one_at_a_time"]["wall_minutes"] / builds["parallel"]["wall_minutes"],
         }
     return out
 
 
 def in_process(only: set[str], args) -> dict:
-    loaded = load_model(None)
+    """The asked parts that run on a model loaded here (once, and only if one is asked)."""
     measures = {
-        "generation": lambda: generation(loaded, 50, args.sequential, args.new_tokens),
-        "kv_reuse": lambda: kv_reuse(loaded, 50, args.kv_rounds),
-        "decode_step": lambda: decode_step(loaded, rows=45, cached=1000),
-        "extraction": lambda: extraction(loaded, loaded.layers, args.extract_tokens, repeats=5),
-        "parquet": lambda: parquet(loaded.d_model, 20_000, "float16"),
-        "retry_temperature": lambda: retry_temperature(
+        "generation": lambda loaded: generation(loaded, 50, args.sequential, args.new_tokens),
+        "kv_reuse": lambda loaded: kv_reuse(loaded, 50, args.kv_rounds),
+        "decode_step": lambda loaded: decode_step(loaded, rows=45, cached=1000),
+        "extraction": lambda loaded: extraction(loaded, loaded.layers, args.extract_tokens, repeats=5),
+        "parquet": lambda loaded: parquet(loaded.d_model, 20_000, "float16"),
+        "retry_temperature": lambda loaded: retry_temperature(
             loaded, args.hard_from, args.hard_samples, replies_out=args.replies_out
         ),
-        "sampling_penalties": lambda: sampling_penalties(
+        "sampling_penalties": lambda loaded: sampling_penalties(
             loaded, args.hard_from, args.hard_samples, replies_out=args.replies_out
         ),
-        "row_sampler": lambda: row_sampler(loaded),
+        "row_sampler": lambda loaded: row_sampler(loaded),
     }
-    return {name: measure() for name, measure in measures.items() if name in only}
+    asked = [name for name in measures if name in only]
+    loaded = load_model(None) if asked else None
+    return {name: measures[name](loaded) for name in asked}
 
 
 def main() -> None:
@@ -823,6 +835,8 @@ def main() -> None:
         p.error(f"unknown parts: {', '.join(sorted(unknown))}")
     if only & {"retry_temperature", "sampling_penalties"} and args.hard_from is None:
         p.error("retry_temperature and sampling_penalties need --hard-from, a default build's folder")
+    if args.replies_out is not None:
+        args.replies_out.write_text("")  # this run's replies only
     results = in_process(only, args)  # the model is let go before the full build's subprocess
     if "full_build" in only:
         results["full_build"] = full_build()
@@ -844,6 +858,10 @@ def main() -> None:
     print(json.dumps(results, indent=2))
     for name, result in results.items():
         print(SUMMARY[name](result))
+
+
+def _called(n: int | None) -> str:
+    return "the runaway test cannot call them" if n is None else f"{n} stopped as runaways"
 
 
 SUMMARY = {  # one line per part
@@ -921,8 +939,8 @@ SUMMARY = {  # one line per part
         f"{r['contexts']} hardest assistant contexts of {r['build']} x {r['samples_per_context']} samples, "
         "no runaway stop: "
         + "; ".join(
-            f"{name}: {v['ended']} ended ({v['ended_called']} called looping), {v['cut_off']} cut off "
-            f"({v['cut_off_called']} called looping)"
+            f"{name}: {v['ended']} ended ({_called(v['ended_called'])}), {v['cut_off']} cut off "
+            f"({_called(v['cut_off_called'])})"
             for name, v in r.items()
             if isinstance(v, dict)
         )
@@ -937,7 +955,7 @@ SUMMARY = {  # one line per part
         + "; ".join(
             f"sampling in {dtype}: {d['same_conversations']} of {d['conversations']} conversations the same, "
             f"{d['parallel']['wall_minutes']:.1f} vs {d['one_at_a_time']['wall_minutes']:.1f} min "
-            f"({d['speedup']:.2f}x), {d['parallel']['discarded_tokens']} tokens never judged"
+            f"wall ({d['wall_speedup']:.2f}x), {d['parallel']['discarded_tokens']} tokens never judged"
             for dtype, d in r.items()
             if isinstance(d, dict)
         )
