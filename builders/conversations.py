@@ -103,12 +103,13 @@ def runaway(ids: Sequence[int]) -> bool:
 
     Small models loop under sampling by saying a sentence over and over with small changes ("It's a
     perfect example of how storytelling can..." / "This example is a perfect example of how..."),
-    so the test counts repeated phrases rather than asking for an exact period. How it reads on
-    SmolLM2's replies (plain sampling at the default build's 13 hardest assistant contexts, 6 each:
-    `scripts/bench_build.py --only sampling_penalties --replies-out FILE`, read by hand): of the 24
-    cut off at the 256-token limit it calls 14, each a sentence or paragraph said over and over;
-    of the 10 it leaves, 3 restate a paragraph with more changes and 7 ramble on; of the 54 that
-    ended it calls 6, four of them one sentence said three or more times."""
+    so the test counts repeated phrases rather than asking for an exact period. How the stop reads
+    on SmolLM2's replies (plain sampling at the default build's 13 hardest assistant contexts, 6
+    each, the test at each 32-token chunk's end and the reply's: `scripts/bench_build.py --only
+    sampling_penalties --replies-out FILE`, read by hand): of the 24 cut off at the 256-token limit
+    it stops 16, each a sentence or paragraph said over and over; of the 8 it leaves, 1 restates a
+    paragraph with changes and 7 ramble on; of the 54 that ended it stops 7, four of them one
+    sentence said three or more times."""
     n = RUNAWAY_NGRAM
     phrases = [tuple(ids[k - n : k]) for k in range(n, len(ids) + 1)]
     start = max(0, len(phrases) - RUNAWAY_WINDOW)
