@@ -21,8 +21,8 @@ batch, wherever the numerics allow. They allow it up to the last bits of the log
 other size or padding can change a logit by ~1e-6, which changes a sampled token only when the draw
 falls that close to a boundary of the nucleus or the cumulative distribution
 (tests/builders/test_parallel.py compares with a one-process build on the tiny model; on CUDA,
-kernels also vary with the batch shape). In bfloat16 (`--generation-dtype`) a batch shape moves
-the logits by far more, and conversations do differ with the batch (README, "Seeds per conversation").
+kernels also vary with the batch shape). Sampling in bfloat16 (`--generation-dtype`), conversations
+did differ with the rest of the batch (README, "Seeds per conversation").
 """
 
 from __future__ import annotations

@@ -58,7 +58,8 @@
 12. (only when asked; needs a default build) the hardest assistant contexts of a build, each sampled
    --hard-samples times (the same seeds) plainly and with each of transformers' anti-repetition
    options (PENALTIES), without the runaway stop: replies that end and that are cut off at the
-   limit, and how many of each the runaway test calls. --replies-out keeps every reply to read.
+   limit, and how many of each the runaway stop would have stopped. --replies-out keeps every
+   reply to read.
 13. (only when asked) the clean recipe's build (--parallel-recipe, default 8 conversations x 2
    rounds) with its --parallel-attempts and one attempt at a time, sampling in bfloat16 (as the
    recipe does) and in float32: the same conversations?
