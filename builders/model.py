@@ -215,10 +215,10 @@ def _keep_converted(model, tokenizer, folder: Path) -> None:
     A cache that cannot be written (read-only, full, another process first) is skipped."""
     from safetensors.torch import save_model
 
-    sweep_unfinished(
-        folder.parent, f"{folder.name}.tmp-"
-    )  # one killed while writing: 540 MB, ~7 GB for the 1.5B
-    tmp = folder.with_name(f"{folder.name}.tmp-{os.getpid()}")
+    # one killed while writing leaves its temporary folder: 540 MB, ~7 GB for the 1.5B
+    unfinished = f"{folder.name}.tmp-"
+    sweep_unfinished(folder.parent, unfinished)
+    tmp = folder.with_name(f"{unfinished}{os.getpid()}")
     try:
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)

@@ -119,14 +119,14 @@ def _steer(config: SteerConfig, tmp: Path | None) -> dict:
             s: make_prompts(loaded.tokenizer, chats, s, config.cut, config.max_prompts, config.seed)
             for s in config.settings
         }
-    for setting, prompts in made.items() if config.confirm else []:  # all settings, before any generation
-        if len(prompts) < (
-            need := prompts_needed(count_tests(config.confirm, len(config.layers)), config.alpha)
-        ):
-            raise TurnphaseError(
-                f"fold {config.fold}'s held-out conversations give {len(prompts)} {setting} prompts; "
-                f"the confirmatory tests need {need} (a sign-flip p cannot fall below 2^-prompts)"
-            )
+    if config.confirm:  # every setting's prompts are checked before any generation
+        need = prompts_needed(count_tests(config.confirm, len(config.layers)), config.alpha)
+        for setting, prompts in made.items():
+            if len(prompts) < need:
+                raise TurnphaseError(
+                    f"fold {config.fold}'s held-out conversations give {len(prompts)} {setting} prompts; "
+                    f"the confirmatory tests need {need} (a sign-flip p cannot fall below 2^-prompts)"
+                )
     layers: dict[str, dict] = {str(L): {} for L in config.layers}
     prompt_info = {}
     for setting, prompts in made.items():
