@@ -74,6 +74,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="also, per rotation and ablation, random directions moving h as far as that edit does",
     )
     p.add_argument(
+        "--sign-controls",
+        action="store_true",
+        help="also the random directions at -a, and each added direction's +a minus -a against theirs",
+    )
+    p.add_argument(
         "--only",
         nargs="+",
         metavar="NAME",

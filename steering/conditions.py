@@ -10,6 +10,11 @@
             moving h at every position as far as that condition's edit does (edits.Matched). A random
             plane holds less of h than a phase plane, so its rotation or ablation is a smaller edit;
             these controls separate "this plane" from "this much change"
+    sign    (config.sign_controls) the random directions of each `add a` family again at -a: a pair
+            (+u, -u) per draw, so each added direction's sign contrast, its effect at +a minus at
+            -a, can be read against the random directions' (run.py `sign_contrasts`). One sign of
+            a random draw stands for the other, but the difference between them is a direction's
+            own: a phase direction pushes the turn one way at +a and the other at -a
 
 Every rotation turns about the same point, the fold's training mean (its projection on the plane),
 and every ablation sets the component to the training mean's, so a phase plane and a random plane
@@ -49,6 +54,7 @@ class Condition:
     family: str  # the random family it is compared with: "add 0.1", "rotate 90", "ablate plane", ...
     edit: object
     matched: str | None = None  # its size-matched random family ("matched <name>"), if any
+    opposite: str | None = None  # (an add, with sign controls) the family of its draws at -a: "add -<a>"
     index: int = 0  # its place among all the run's conditions (seeds its bootstrap), filtered or not
 
     @property
@@ -75,9 +81,12 @@ def conditions(
     out = []
     for a in config.add:
         family = f"add {a:g}"
+        opposite = f"add {-a:g}" if config.sign_controls else None
         for target, u in directions.items():
             out += [
-                Condition(f"add {target} {s * a:+g}", "add", target, s * a, family, Add(u, s * a))
+                Condition(
+                    f"add {target} {s * a:+g}", "add", target, s * a, family, Add(u, s * a), opposite=opposite
+                )
                 for s in (1, -1)
             ]
         out += [
@@ -147,6 +156,13 @@ def conditions(
                 )
                 for i, u in enumerate(random_u)
             ]
+    if config.sign_controls:  # last, so that every other condition keeps its place (its seeds)
+        for a in config.add:
+            opposite = f"add {-a:g}"
+            out += [
+                Condition(f"random {opposite} #{i}", "add", "random/direction", -a, opposite, Add(u, -a))
+                for i, u in enumerate(random_u)
+            ]
     for i, cond in enumerate(out):
         cond.index = i
     names = config.chosen(setting)
@@ -159,5 +175,7 @@ def chosen(out: list[Condition], names: list[str], field: str = "only") -> list[
     if missing := [n for n in names if n not in real]:
         raise ConfigError(field, f"no condition named {missing[0]!r}; the conditions are: {', '.join(real)}")
     keep = {id(real[n]) for n in names}
-    families = {real[n].family for n in names} | {real[n].matched for n in names if real[n].matched}
+    families = {real[n].family for n in names} | {
+        f for n in names for f in (real[n].matched, real[n].opposite) if f
+    }
     return [c for c in out if id(c) in keep or (c.is_random and c.family in families)]

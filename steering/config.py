@@ -19,6 +19,17 @@ PHASE_PLANES = ("trig", "fourier")  # the planes rotated and ablated (directions
 MIN_RANDOM = 2  # below this no spread; 20 or more for the reported runs (the default)
 
 
+def contrast_name(target: str, a: float) -> str:
+    """The name of a direction's sign contrast at strength a: "add probe/linear ±0.5"."""
+    return f"add {target} ±{a:g}"
+
+
+def contrast_parts(name: str) -> list[str] | None:
+    """The two conditions a sign contrast's name stands for (+a, -a); None for a condition's name."""
+    head, sign, a = name.rpartition(" ±")
+    return [f"{head} +{a}", f"{head} -{a}"] if sign else None
+
+
 def numbers(field: str, values, kind=float) -> list:
     """Each value as `kind`, or ConfigError naming the field."""
     try:
@@ -60,9 +71,14 @@ class SteerConfig:
     # Also a size-matched control for each rotation and ablation: n_random random directions, each
     # moving h, position by position, as far as that condition's edit does (conditions.py)
     matched_controls: bool = False
+    # Also random draws at -a for every added strength a, and each added direction's sign contrast
+    # (its effect at +a minus at -a) against the random directions' (+u minus -u): does the
+    # direction have an orientation, where random ones act alike both ways (conditions.py)
+    sign_controls: bool = False
     only: list[str] | None = None  # run only these conditions (names), and the draws they are compared with
     # Confirmatory tests (confirm.py): hypotheses fixed before the run, each at alpha / (hypotheses x layers);
-    # they choose the settings and conditions run, and turn the size-matched controls on
+    # they choose the settings and conditions run, and turn the size-matched controls on (and the sign
+    # controls, for a hypothesis on a sign contrast: "add probe/linear ±0.5")
     confirm: list[Hypothesis] | None = None
     alpha: float = 0.05  # the confirmatory tests' family-wise level
     kl_tokens: int = 32  # positions of the unsteered text the KL divergence is averaged over
@@ -100,6 +116,8 @@ class SteerConfig:
                 raise ConfigError("confirm", "names a hypothesis twice")
             self.settings = [s for s in SETTINGS if any(h.setting == s for h in self.confirm)]
             self.matched_controls = True
+            if any(contrast_parts(h.condition) for h in self.confirm):
+                self.sign_controls = True
         if self.n_random < MIN_RANDOM:
             raise ConfigError("n_random", f"must be at least {MIN_RANDOM} (20 or more for a reported result)")
         for name in ("max_prompts", "max_new_tokens", "kl_tokens", "n_bootstrap", "batch_size"):
@@ -115,7 +133,8 @@ class SteerConfig:
         """The conditions to run in a setting, or in any (None: all of them)."""
         if self.confirm is None:
             return self.only
-        return list(dict.fromkeys(h.condition for h in self.confirm if setting in (None, h.setting)))
+        named = [h.condition for h in self.confirm if setting in (None, h.setting)]
+        return list(dict.fromkeys(n for name in named for n in contrast_parts(name) or [name]))
 
     def to_json(self) -> dict:
         return {k: str(v) if isinstance(v, Path) else v for k, v in asdict(self).items()}

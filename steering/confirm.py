@@ -18,6 +18,11 @@ alpha / k (Bonferroni) and holds only when every one of these one-sided tests, a
     vs_matched    the same among its size-matched draws (rotations and ablations; an added
                   direction is as large as its random draws by construction and has none)
 
+A hypothesis may name a sign contrast instead of a condition ("add probe/linear ±0.5": the turns
+at +a minus those at -a, run with --sign-controls' draws at both signs). Its tests are
+`vs_opposite`, the paired sign-flip test of those per-prompt differences, and `vs_random`, its
+rank among the random directions' contrasts (+u minus -u).
+
 The reported interval is the (1 - alpha/k) percentile bootstrap over prompts, for reading; the sign-
 flip test decides. A rank p cannot fall below 1 / (n_random + 1), nor a sign-flip p below 2^-prompts,
 so a run needs n_random >= k / alpha - 1 draws and log2(k / alpha) prompts per setting for a
@@ -45,7 +50,8 @@ SIGN_FLIPS = 100_000  # resamples of the sign-flip test: every one of the 2^n fl
 @dataclass(frozen=True)
 class Hypothesis:
     setting: str  # start or mid
-    condition: str  # a condition's name: "ablate plane/trig", "rotate plane/fourier -90", ...
+    # a condition's name ("ablate plane/trig", "rotate plane/fourier -90") or a sign contrast's
+    condition: str
     measure: str  # one of measures.OUTCOMES
     direction: str  # lower or higher than unsteered and than the random draws
 
@@ -137,13 +143,19 @@ def evaluate(result: dict, hypotheses: list[Hypothesis], alpha: float, n_bootstr
     for L, settings in layers.items():
         for h in hypotheses:
             entry = settings[h.setting]
-            c = next(c for c in entry["conditions"] if c["name"] == h.condition)
-            e, sign = c["effect"][h.measure], DIRECTIONS[h.direction]
-            diff = np.asarray(c["per_prompt"][h.measure]) - np.asarray(
-                entry["unsteered"]["per_prompt"][h.measure]
-            )
-            controls = {"vs_random": c["family"]} | ({"vs_matched": c["matched"]} if c["matched"] else {})
-            p = {"vs_unsteered": sign_flip_p(diff, sign, seed)}
+            sign = DIRECTIONS[h.direction]
+            contrasts = {c["name"]: c for c in entry.get("contrasts", [])}
+            if c := contrasts.get(h.condition):  # turns at +a against those at -a
+                diff, paired = np.asarray(c["per_prompt"][h.measure]), "vs_opposite"
+            else:
+                c = next(c for c in entry["conditions"] if c["name"] == h.condition)
+                diff = np.asarray(c["per_prompt"][h.measure]) - np.asarray(
+                    entry["unsteered"]["per_prompt"][h.measure]
+                )
+                paired = "vs_unsteered"
+            e = c["effect"][h.measure]
+            controls = {"vs_random": c["family"]} | ({"vs_matched": c["matched"]} if c.get("matched") else {})
+            p = {paired: sign_flip_p(diff, sign, seed)}
             p |= {
                 name: rank_p(e["value"], entry["random"][fam][h.measure], sign)
                 for name, fam in controls.items()

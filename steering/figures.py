@@ -16,10 +16,15 @@ LINES = {
 }
 
 
-def dose_response(entry: dict, title: str, path: Path, dpi: int) -> str:
-    fig = Figure(figsize=(10, 7), layout="constrained")
-    axes = fig.subplots(2, 2)
-    for row, (kind, targets) in enumerate(LINES.items()):
+def dose_response(entry: dict, title: str) -> Figure | None:
+    """A row of panels per kind of edit run (add, rotate); None when the run has neither."""
+    kinds = [k for k in LINES if any(c["kind"] == k for c in entry["conditions"])]
+    if not kinds:
+        return None
+    fig = Figure(figsize=(10, 0.5 + 3.25 * len(kinds)), layout="constrained")
+    axes = fig.subplots(len(kinds), 2, squeeze=False)
+    for row, kind in enumerate(kinds):
+        targets = LINES[kind]
         conds = [c for c in entry["conditions"] if c["kind"] == kind]
         for col, (measure, label) in enumerate(PANELS):
             ax = axes[row, col]
@@ -62,8 +67,7 @@ def dose_response(entry: dict, title: str, path: Path, dpi: int) -> str:
             if col == 0:
                 ax.legend(fontsize=7)
     fig.suptitle(title)
-    save(fig, path, dpi)
-    return path.name
+    return fig
 
 
 def p_end_curves(entry: dict, title: str, path: Path, dpi: int) -> str:
@@ -98,9 +102,10 @@ def write_all(result: dict, out: Path, figure_format: str, dpi: int) -> list[str
             prompts = entry["n_prompts"]
             title = f"{result['model']['id']}, layer {L}, {setting} of the assistant turn ({prompts} prompts)"
             stem = out / f"layer{L}_{setting}"
-            written.append(
-                dose_response(entry, title, stem.with_name(f"{stem.name}_dose_response.{figure_format}"), dpi)
-            )
+            if (fig := dose_response(entry, title)) is not None:
+                path = stem.with_name(f"{stem.name}_dose_response.{figure_format}")
+                save(fig, path, dpi)
+                written.append(path.name)
             written.append(
                 p_end_curves(entry, title, stem.with_name(f"{stem.name}_p_end.{figure_format}"), dpi)
             )

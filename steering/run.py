@@ -27,10 +27,17 @@ from turnphase.builders.provenance import fingerprint, turnphase_version
 from turnphase.builders.writer import atomic_write_json, staged_folder
 from turnphase.steering import figures
 from turnphase.steering.conditions import Condition, conditions
-from turnphase.steering.config import SteerConfig
+from turnphase.steering.config import SteerConfig, contrast_name
 from turnphase.steering.confirm import check_power, count_tests, evaluate, prompts_needed
 from turnphase.steering.generate import Generation, Steerer
-from turnphase.steering.measures import EDIT_MEASURES, MEASURES, against_random, interval, per_prompt
+from turnphase.steering.measures import (
+    EDIT_MEASURES,
+    MEASURES,
+    OUTCOMES,
+    against_random,
+    interval,
+    per_prompt,
+)
 from turnphase.steering.prompts import Prompt, conversations, make_prompts
 from turnphase.steering.summary import findings, table
 
@@ -202,15 +209,11 @@ def run_setting(
         fam = random[cond.family]
         effect = {}
         for k in MEASURES:
-            diff = m[k] - base[k]
-            value = float(np.mean(diff))
-            effect[k] = {
-                "value": value,
-                "ci95": interval(diff, config.n_bootstrap, config.seed + cond.index),
-                **against_random(value, np.asarray(fam[k])),
-            }
+            effect[k] = scored(m[k] - base[k], fam[k], config, cond.index)
             if cond.matched:  # random directions moving h as far as this edit does
-                effect[k]["vs_matched"] = against_random(value, np.asarray(random[cond.matched][k]))
+                effect[k]["vs_matched"] = against_random(
+                    effect[k]["value"], np.asarray(random[cond.matched][k])
+                )
         entries.append(
             {
                 "name": cond.name,
@@ -226,6 +229,10 @@ def run_setting(
                 "examples": tok.batch_decode(gen.tokens[:EXAMPLES], skip_special_tokens=True),
             }
         )
+    signs = {}
+    if config.sign_controls:
+        signs["contrasts"], contrast_draws = sign_contrasts(measured, config)
+        random |= contrast_draws
     return {
         "n_prompts": len(prompts),
         "natural_length": float(np.mean([p.natural_length for p in prompts])),
@@ -243,8 +250,55 @@ def run_setting(
             "examples": tok.batch_decode(unsteered.tokens[:EXAMPLES], skip_special_tokens=True),
         },
         "conditions": entries,
+        **signs,
         "random": random,
     }
+
+
+def scored(diff: np.ndarray, draws: list[float], config: SteerConfig, index: int) -> dict:
+    """A paired effect (per prompt differences): its mean, its bootstrap interval over prompts
+    (seeded by the condition's place in the run) and where it lies among the random draws."""
+    value = float(np.mean(diff))
+    return {
+        "value": value,
+        "ci95": interval(diff, config.n_bootstrap, config.seed + index),
+        **against_random(value, np.asarray(draws)),
+    }
+
+
+def sign_contrasts(
+    measured: list[tuple[Condition, dict[str, np.ndarray], Generation]], config: SteerConfig
+) -> tuple[list[dict], dict[str, dict[str, list[float]]]]:
+    """Each added direction's sign contrast: per prompt, the turn written at +a minus the one
+    written at -a (same prompt, same seeds), against the random directions' (+u minus -u): draw i
+    of a family at +a and draw i of its opposite family at -a are one direction. Only for the
+    directions run at both signs."""
+    signed = {(c.target, c.strength): m for c, m, _ in measured if not c.is_random}
+    drawn: dict[str, list[dict[str, np.ndarray]]] = {}  # family -> its draws' measures, in order
+    for c, m, _ in measured:
+        if c.is_random:
+            drawn.setdefault(c.family, []).append(m)
+    entries, draws = [], {}
+    for cond, plus, _ in measured:
+        minus = signed.get((cond.target, -cond.strength))
+        if cond.is_random or cond.opposite is None or cond.strength < 0 or minus is None:
+            continue
+        family = f"sign {cond.family}"
+        if family not in draws:
+            pairs = list(zip(drawn[cond.family], drawn[cond.opposite], strict=True))
+            draws[family] = {k: [float(np.mean(p[k] - q[k])) for p, q in pairs] for k in OUTCOMES}
+        diff = {k: plus[k] - minus[k] for k in OUTCOMES}
+        entries.append(
+            {
+                "name": contrast_name(cond.target, cond.strength),
+                "target": cond.target,
+                "strength": cond.strength,
+                "family": family,
+                "effect": {k: scored(diff[k], draws[family][k], config, cond.index) for k in OUTCOMES},
+                "per_prompt": {k: v.tolist() for k, v in diff.items()},
+            }
+        )
+    return entries, draws
 
 
 def _curve(gen: Generation) -> list[float | None]:

@@ -3,8 +3,10 @@
 A finding names an effect beyond random directions only when its interval over prompts excludes 0
 and it lies outside the random draws (|z| >= 2 and empirical p <= 0.05), and, where the run has
 size-matched controls (--matched-controls), outside those too; everything else is said to be no
-effect beyond random directions. With many conditions, about one in twenty passes by chance. A run
-with --confirm puts its confirmatory tests (confirm.py) first.
+effect beyond random directions. The same holds for a sign contrast (--sign-controls: an added
+direction's effect at +a minus at -a) against the random directions' (+u minus -u). With many
+conditions, about one in twenty passes by chance. A run with --confirm puts its confirmatory tests
+(confirm.py) first.
 """
 
 from __future__ import annotations
@@ -44,11 +46,13 @@ def _fmt(e: dict) -> str:
 
 def findings(result: dict) -> list[str]:
     lines = []
-    n_tested = 0
+    n_tested = n_contrasts = 0
     for L, settings in result["layers"].items():
         for setting, entry in settings.items():
             base = entry["unsteered"]
+            contrasts = entry.get("contrasts")
             n_tested += len(entry["conditions"])
+            n_contrasts += len(contrasts or [])
             passed = [c for c in entry["conditions"] if beyond_random(c["effect"]["length"])]
             lead = (
                 f"Layer {L}, {setting} of the assistant turn ({entry['n_prompts']} prompts): unsteered turns "
@@ -56,18 +60,24 @@ def findings(result: dict) -> list[str]:
             )
             if not passed:
                 lines.append(lead + " No condition changes turn length beyond random directions.")
-                continue
-            said = []
-            for c in passed:
-                e = c["effect"]
-                length, broke = e["length"], e["broken"]["value"]
-                said.append(
-                    f"{c['name']} {length['value']:+.1f} tokens ({_zp(length)}"
-                    + (f"; vs size-matched {_zp(length['vs_matched'])}" if "vs_matched" in length else "")
-                    + f"; broken {broke:+.2f}, KL {c['mean']['kl']:.3f})"
-                )
-            lines.append(lead + " Beyond random directions: " + "; ".join(said) + ".")
-    tested = f"{n_tested} condition{'s were' if n_tested != 1 else ' was'} tested against random controls"
+            else:
+                said = []
+                for c in passed:
+                    e = c["effect"]
+                    length, broke = e["length"], e["broken"]["value"]
+                    said.append(
+                        f"{c['name']} {length['value']:+.1f} tokens ({_zp(length)}"
+                        + (f"; vs size-matched {_zp(length['vs_matched'])}" if "vs_matched" in length else "")
+                        + f"; broken {broke:+.2f}, KL {c['mean']['kl']:.3f})"
+                    )
+                lines.append(lead + " Beyond random directions: " + "; ".join(said) + ".")
+            if contrasts is not None:
+                lines.append(sign_line(contrasts))
+    tested = f"{n_tested} condition{'s' if n_tested != 1 else ''}"
+    if n_contrasts:
+        tested += f" and {n_contrasts} sign contrast{'s' if n_contrasts != 1 else ''}"
+    n_tested += n_contrasts
+    tested += f" {'were' if n_tested != 1 else 'was'} tested against random controls"
     # a subset picked with --only after seeing a whole run: its chance is the whole run's
     if result["config"].get("only"):
         lines.append(
@@ -85,6 +95,18 @@ def findings(result: dict) -> list[str]:
             *lines,
         ]
     return lines
+
+
+def sign_line(contrasts: list[dict]) -> str:
+    """The sign contrasts whose length effect is beyond the random directions' contrasts."""
+    passed = [c for c in contrasts if beyond_random(c["effect"]["length"])]
+    if not passed:
+        return f"  Sign contrasts ({len(contrasts)}): none on turn length beyond random directions' (+u minus -u)."
+    said = [
+        f"{c['name']} {c['effect']['length']['value']:+.1f} tokens ({_zp(c['effect']['length'])})"
+        for c in passed
+    ]
+    return "  Sign contrasts (+a minus -a) beyond random directions': " + "; ".join(said) + "."
 
 
 def confirm_lines(c: dict) -> list[str]:
@@ -128,6 +150,16 @@ def table(result: dict) -> str:
                     out.append(
                         f"{'':<4}vs size-matched random: length {_zp(e['length']['vs_matched'])}, "
                         f"P(end) {_zp(e['p_end']['vs_matched'])} (random directions moved as far as this edit)"
+                    )
+            if entry.get("contrasts"):
+                out.append(
+                    "sign contrasts: the effect at +a minus at -a; z and p against random directions' (+u minus -u)"
+                )
+                out.append(f"{'direction':<32}{'length contrast [95% CI]':>45}{'P(end) contrast':>32}")
+                for c in entry["contrasts"]:
+                    e = c["effect"]
+                    out.append(
+                        f"{c['name']:<32}{_fmt(e['length']):>45}   {e['p_end']['value']:+.4f} ({_zp(e['p_end'])})"
                     )
             out.append("")
     if timings := result.get("timings"):

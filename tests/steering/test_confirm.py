@@ -10,7 +10,14 @@ from steer_args import FAST_STEER
 from turnphase.builders.cli import main
 from turnphase.builders.errors import ConfigError
 from turnphase.steering import SteerConfig
-from turnphase.steering.confirm import Hypothesis, check_power, draws_needed, evaluate, prompts_needed
+from turnphase.steering.confirm import (
+    Hypothesis,
+    check_power,
+    draws_needed,
+    evaluate,
+    prompts_needed,
+    sign_flip_p,
+)
 
 START = ["start", "ablate plane/trig", "length", "lower"]
 MID = ["mid", "rotate plane/trig +90", "p_end", "higher"]
@@ -30,6 +37,10 @@ def test_hypotheses_choose_settings_and_conditions_and_turn_matched_controls_on(
     assert SteerConfig("d", "r", [1], only=["x"]).chosen("mid") == ["x"]
     with pytest.raises(ConfigError, match="setting 'start': choose from mid"):  # not among --settings
         SteerConfig("d", "r", [1], settings=["mid"], confirm=[START])
+    # a sign contrast runs both of its conditions, with the draws at both signs
+    signed = SteerConfig("d", "r", [1], confirm=[["mid", "add probe/linear ±0.5", "length", "lower"]])
+    assert signed.sign_controls and signed.chosen("mid") == ["add probe/linear +0.5", "add probe/linear -0.5"]
+    assert not config.sign_controls
 
 
 @pytest.mark.parametrize(
@@ -207,3 +218,29 @@ def test_a_confirmatory_run_tests_its_hypotheses_and_only_runs_what_they_need(ti
     assert findings[1].startswith("  layer 1 start: ablate plane/trig, length lower: ")
     assert findings[3].startswith("Exploratory")  # the usual findings follow, labelled
     assert "Confirmatory: 2 tests" in (out / "summary.txt").read_text()
+
+
+def test_a_hypothesis_on_a_sign_contrast_is_tested_against_the_random_directions_contrasts(
+    tiny_analysed, tmp_path
+):
+    data, report = tiny_analysed
+    out = tmp_path / "steer"
+    args = ["steer", str(data), "--report", str(report), "--layers", "1", "--out", str(out), *FAST_STEER]
+    hypothesis = ["mid", "add probe/linear ±0.5", "length", "lower"]
+    assert main([*args, "--alpha", "0.5", "--confirm", *hypothesis]) == 0
+    result = json.loads((out / "steer.json").read_text())
+    entry = result["layers"]["1"]["mid"]
+    assert [c["name"] for c in entry["conditions"]] == ["add probe/linear +0.5", "add probe/linear -0.5"]
+    assert set(entry["random"]) == {"add 0.5", "add -0.5", "sign add 0.5"}
+    (contrast,) = entry["contrasts"]
+    (t,) = result["confirmatory"]["tests"]
+    assert t["condition"] == "add probe/linear ±0.5" and t["value"] == contrast["effect"]["length"]["value"]
+    assert t["draws"] == {"vs_random": 3}  # no size-matched draws for an added direction
+    draws = entry["random"]["sign add 0.5"]["length"]
+    assert t["p"]["vs_random"] == (1 + sum(-d >= -t["value"] - 1e-12 for d in draws)) / 4
+    # the paired test is of the turns at +a against those at -a, not against the unsteered ones
+    diff = np.asarray(contrast["per_prompt"]["length"])
+    assert set(t["p"]) == {"vs_opposite", "vs_random"}
+    assert t["p"]["vs_opposite"] == sign_flip_p(diff, -1, 0)
+    plus, minus = (np.asarray(c["per_prompt"]["length"]) for c in entry["conditions"])
+    np.testing.assert_array_equal(diff, plus - minus)

@@ -18,6 +18,7 @@ from turnphase.builders.model import load_model
 from turnphase.steering import SteerConfig, steer
 from turnphase.steering.conditions import conditions
 from turnphase.steering.edits import Ablate, Add, Rotate, plane_basis, unit
+from turnphase.steering.figures import dose_response
 from turnphase.steering.generate import Steerer
 from turnphase.steering.measures import MEASURES
 from turnphase.steering.prompts import make_prompts
@@ -180,6 +181,70 @@ def test_a_run_with_matched_controls_scores_each_condition_against_its_own(tiny_
         findings["some"].startswith("2 conditions were tested") and "chosen with --only" in findings["some"]
     )
     assert findings["all"].endswith("would pass by chance alone.")  # counted over the whole run
+
+
+def test_sign_controls_pair_each_random_direction_with_its_negation(tiny_analysed):
+    """--sign-controls runs every `add a` family's random directions again at -a, in the same order,
+    after every other condition (which keep their places, so their seeds); --only keeps the
+    named direction's draws at both signs."""
+    data, report = tiny_analysed
+    found = Directions.load(report).layers[LAYER].folds[0]
+    d_model = len(found.mean)
+    plain = conditions(found, d_model, SteerConfig(str(data), str(report), [LAYER]), LAYER)
+    config = SteerConfig(str(data), str(report), [LAYER], sign_controls=True)
+    signed = conditions(found, d_model, config, LAYER)
+    assert [(c.name, c.index) for c in signed[: len(plain)]] == [(c.name, c.index) for c in plain]
+    for a in config.add:
+        plus = [c for c in signed if c.family == f"add {a:g}" and c.is_random]
+        minus = [c for c in signed if c.family == f"add {-a:g}"]
+        assert len(minus) == len(plus) == 20 and all(c.is_random and c.strength == -a for c in minus)
+        for p, m in zip(plus, minus, strict=True):
+            assert torch.equal(p.edit.u, m.edit.u) and m.edit.a == -p.edit.a
+            assert m.name == p.name.replace(f"add {a:g}", f"add {-a:g}")
+        adds = [c for c in signed if c.family == f"add {a:g}" and not c.is_random]
+        assert adds and all(c.opposite == f"add {-a:g}" for c in adds)
+    assert all(c.opposite is None for c in plain)
+    config.only = ["add probe/linear +0.2"]
+    kept = conditions(found, d_model, config, LAYER)
+    assert {c.family for c in kept if c.is_random} == {"add 0.2", "add -0.2"}
+
+
+def test_a_sign_contrast_is_the_difference_of_the_two_signs_against_the_random_pairs(tiny_analysed, tmp_path):
+    data, report = tiny_analysed
+    common = ["--report", str(report), "--layers", "1", "--settings", "mid", *FAST_STEER]
+    names = ["add probe/linear +0.5", "add probe/linear -0.5", "add scrambled/probe/linear +0.5"]
+    assert main(["steer", str(data), *common, "--only", *names, "--out", str(tmp_path / "plain")]) == 0
+    signed = ["--sign-controls", "--only", *names]
+    assert main(["steer", str(data), *common, *signed, "--out", str(tmp_path / "signed")]) == 0
+    plain, got = (
+        json.loads((tmp_path / d / "steer.json").read_text())["layers"]["1"]["mid"]
+        for d in ("plain", "signed")
+    )
+    assert "contrasts" not in plain
+    assert got["conditions"] == plain["conditions"]  # the conditions' own numbers do not change
+    # one contrast: the scrambled direction was run at +0.5 only
+    (contrast,) = got["contrasts"]
+    assert contrast["name"] == "add probe/linear ±0.5" and contrast["family"] == "sign add 0.5"
+    by_name = {c["name"]: c for c in got["conditions"]}
+    plus, minus = (by_name[f"add probe/linear {s}0.5"]["per_prompt"] for s in "+-")
+    draws = got["random"]
+    for k in ("length", "ended", "p_end"):
+        e = contrast["effect"][k]
+        assert e["value"] == pytest.approx(np.mean(np.subtract(plus[k], minus[k])))
+        # each draw's contrast: its effect at +u minus at -u (both paired with the same unsteered turns)
+        want = np.subtract(draws["add 0.5"][k], draws["add -0.5"][k])
+        assert draws["sign add 0.5"][k] == pytest.approx(want.tolist())
+        assert e["random_mean"] == pytest.approx(np.mean(want))
+    assert len(draws["sign add 0.5"]["length"]) == 3  # --random 3
+    summary = (tmp_path / "signed" / "summary.txt").read_text()
+    assert "sign contrasts: the effect at +a minus at -a" in summary and "add probe/linear ±0.5" in summary
+    # the dose-response figure has a row for the adds only (no rotation was run)
+    fig = dose_response(got, "t")
+    assert [ax.get_title() for ax in fig.axes] == ["add: turn length (tokens)", "add: mean P(end of turn)"]
+    assert dose_response({**got, "conditions": []}, "t") is None
+    lines = json.loads((tmp_path / "signed" / "steer.json").read_text())["findings"]
+    assert lines[1].lstrip().startswith("Sign contrasts")
+    assert lines[-1].startswith("3 conditions and 1 sign contrast were tested against random controls")
 
 
 def test_a_run_writes_a_valid_steer_json(tiny_analysed, tmp_path):
