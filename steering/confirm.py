@@ -18,7 +18,7 @@ alpha / k (Bonferroni) and holds only when every one of these one-sided tests, a
     vs_matched    the same among its size-matched draws (rotations and ablations; an added
                   direction is as large as its random draws by construction and has none)
 
-A hypothesis may name a sign contrast instead of a condition ("add probe/linear ±0.5": the turns
+A hypothesis may name a sign contrast instead of a condition ("add probe/linear ±0.5", or +-0.5: the turns
 at +a minus those at -a, run with --sign-controls' draws at both signs). Its tests are
 `vs_opposite`, the paired sign-flip test of those per-prompt differences, and `vs_random`, its
 rank among the random directions' contrasts (+u minus -u).
@@ -35,7 +35,7 @@ whole family of hypotheses in one run.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import scipy.stats
@@ -72,7 +72,8 @@ class Hypothesis:
                 raise ConfigError(
                     "confirm", f"{name} {getattr(value, name)!r}: choose from {', '.join(allowed)}"
                 )
-        return value
+        # a sign contrast typed without "±": "add probe/linear +-0.5"
+        return replace(value, condition=value.condition.replace(" +-", " ±"))
 
 
 def count_tests(hypotheses: list[Hypothesis], n_layers: int) -> int:

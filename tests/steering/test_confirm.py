@@ -41,6 +41,8 @@ def test_hypotheses_choose_settings_and_conditions_and_turn_matched_controls_on(
     signed = SteerConfig("d", "r", [1], confirm=[["mid", "add probe/linear ±0.5", "length", "lower"]])
     assert signed.sign_controls and signed.chosen("mid") == ["add probe/linear +0.5", "add probe/linear -0.5"]
     assert not config.sign_controls
+    typed = SteerConfig("d", "r", [1], confirm=[["mid", "add probe/linear +-0.5", "length", "lower"]])
+    assert typed.confirm == signed.confirm  # "+-" for "±"
 
 
 @pytest.mark.parametrize(
