@@ -13,8 +13,9 @@
     sign    (config.sign_controls) the random directions of each `add a` family again at -a: a pair
             (+u, -u) per draw, so each added direction's sign contrast, its effect at +a minus at
             -a, can be read against the random directions' (run.py `sign_contrasts`). One sign of
-            a random draw stands for the other, but the difference between them is a direction's
-            own: a phase direction pushes the turn one way at +a and the other at -a
+            a random draw stands for the other as a control of a single condition, but a
+            direction's two signs also differ by chance; a phase direction should push the turn
+            one way at +a and the other at -a by more than that
 
 Every rotation turns about the same point, the fold's training mean (its projection on the plane),
 and every ablation sets the component to the training mean's, so a phase plane and a random plane

@@ -73,7 +73,7 @@ class SteerConfig:
     matched_controls: bool = False
     # Also random draws at -a for every added strength a, and each added direction's sign contrast
     # (its effect at +a minus at -a) against the random directions' (+u minus -u): does the
-    # direction have an orientation, where random ones act alike both ways (conditions.py)
+    # direction's sign matter more than a random direction's does (conditions.py)
     sign_controls: bool = False
     only: list[str] | None = None  # run only these conditions (names), and the draws they are compared with
     # Confirmatory tests (confirm.py): hypotheses fixed before the run, each at alpha / (hypotheses x layers);
