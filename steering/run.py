@@ -231,7 +231,7 @@ def run_setting(
         )
     signs = {}
     if config.sign_controls:
-        signs["contrasts"], contrast_draws = sign_contrasts(measured, config)
+        signs["contrasts"], contrast_draws = sign_contrasts(measured, random, config)
         random |= contrast_draws
     return {
         "n_prompts": len(prompts),
@@ -267,26 +267,23 @@ def scored(diff: np.ndarray, draws: list[float], config: SteerConfig, index: int
 
 
 def sign_contrasts(
-    measured: list[tuple[Condition, dict[str, np.ndarray], Generation]], config: SteerConfig
+    measured: list[tuple[Condition, dict[str, np.ndarray], Generation]],
+    random: dict[str, dict[str, list[float]]],
+    config: SteerConfig,
 ) -> tuple[list[dict], dict[str, dict[str, list[float]]]]:
     """Each added direction's sign contrast: per prompt, the turn written at +a minus the one
     written at -a (same prompt, same seeds), against the random directions' (+u minus -u): draw i
-    of a family at +a and draw i of its opposite family at -a are one direction. Only for the
-    directions run at both signs."""
+    of a family at +a and draw i of its opposite family at -a are one direction, and its contrast
+    is the difference of their effects in `random`. Only for the directions run at both signs."""
     signed = {(c.target, c.strength): m for c, m, _ in measured if not c.is_random}
-    drawn: dict[str, list[dict[str, np.ndarray]]] = {}  # family -> its draws' measures, in order
-    for c, m, _ in measured:
-        if c.is_random:
-            drawn.setdefault(c.family, []).append(m)
     entries, draws = [], {}
     for cond, plus, _ in measured:
         minus = signed.get((cond.target, -cond.strength))
         if cond.is_random or cond.opposite is None or cond.strength < 0 or minus is None:
             continue
         family = f"sign {cond.family}"
-        if family not in draws:
-            pairs = list(zip(drawn[cond.family], drawn[cond.opposite], strict=True))
-            draws[family] = {k: [float(np.mean(p[k] - q[k])) for p, q in pairs] for k in OUTCOMES}
+        pos, neg = random[cond.family], random[cond.opposite]
+        draws[family] = {k: [p - q for p, q in zip(pos[k], neg[k], strict=True)] for k in OUTCOMES}
         diff = {k: plus[k] - minus[k] for k in OUTCOMES}
         entries.append(
             {
