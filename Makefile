@@ -28,9 +28,11 @@ run: setup
 steer: setup
 	$(BIN)/turnphase steer $(DATA) --report $(REPORT) --layers $(STEER_LAYERS) --out $(STEER) --overwrite
 
-# The confirmatory test of the README (the three effects fold 0's prompts suggested, on fold 1's; 43 min).
+# The confirmatory test of the README (the three effects fold 0's prompts suggested, on fold 1's; 43 min),
+# run when every plane turned about the training mean.
 steer-confirm: setup
 	$(BIN)/turnphase steer $(DATA) --report $(REPORT) --layers 19 --fold 1 --random 60 --out $(STEER)/confirm --overwrite \
+		--rotate-about mean \
 		--confirm start "ablate plane/trig" length lower \
 		--confirm mid "rotate plane/fourier -90" p_end higher \
 		--confirm mid "ablate plane/fourier" p_end higher

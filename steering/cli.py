@@ -8,7 +8,7 @@ import dataclasses
 from pathlib import Path
 
 from turnphase.analysis.cli import add_figure_arguments
-from turnphase.steering.config import SETTINGS, SteerConfig
+from turnphase.steering.config import CENTRES, SETTINGS, SteerConfig
 
 
 def _list(text: str) -> list[str]:
@@ -61,6 +61,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-new-tokens", type=int, default=d.max_new_tokens, help="token budget of a turn")
     p.add_argument("--add", type=_list, default=d.add, help="a grid, each used with both signs")
     p.add_argument("--rotate", type=_list, default=d.rotate, help="angle grid in degrees, both ways")
+    p.add_argument(
+        "--rotate-about",
+        choices=CENTRES,
+        default=d.rotate_about,
+        help="the point a phase plane turns about: where its readout reads zero (default), or the "
+        "training mean (the README's runs before 2026-11-29)",
+    )
     p.add_argument(
         "--random",
         dest="n_random",

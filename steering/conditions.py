@@ -17,12 +17,17 @@
             direction's two signs also differ by chance; a phase direction should push the turn
             one way at +a and the other at -a by more than that
 
-Every rotation turns about the same point, the fold's training mean (its projection on the plane),
-and every ablation sets the component to the training mean's, so a phase plane and a random plane
-differ only in where they lie. How large each edit is in the end (|edit(h) - h| / |h|) is measured
+A plane with a readout (the phase planes, the scrambled null's trig plane) turns about the point its
+readout reads as zero (config.rotate_about "readout"), so +theta moves its phase estimate forward at
+every position; or, with "mean", about the fold's training mean (its projection on the plane), as a
+random plane, which has no readout, always does. Every ablation sets the component to the training
+mean's. How large each edit is in the end (|edit(h) - h| / |h|) is measured
 (measures.py `edit_size`). A random control's sign or orientation means nothing (u and -u are
 equally likely), so one set of random draws at each magnitude is the control for both signs. Every
-condition in a `family` is compared with that family's random draws.
+condition in a `family` is compared with that family's random draws. The random directions and
+planes are drawn once per layer (seeded by the run's seed and the layer) and shared: the same
+directions at every strength and sign, for ablation and as the size-matched controls, in every
+setting. The families are therefore paired, not independent nulls.
 """
 
 from __future__ import annotations
@@ -38,6 +43,7 @@ from turnphase.steering.edits import (
     Ablate,
     Add,
     Matched,
+    Readout,
     Rotate,
     plane_basis,
     random_directions,
@@ -73,8 +79,15 @@ def conditions(
         "probe/linear": unit(real["probe/linear"].weight),
         "scrambled/probe/linear": unit(null["probe/linear"].weight),
     }
-    planes = {f"plane/{p}": plane_basis(real[f"plane/{p}"].weight) for p in PHASE_PLANES}
-    planes["scrambled/plane/trig"] = plane_basis(null["plane/trig"].weight)
+    fitted = {f"plane/{p}": real[f"plane/{p}"] for p in PHASE_PLANES} | {
+        "scrambled/plane/trig": null["plane/trig"]
+    }
+    planes = {target: plane_basis(r.weight) for target, r in fitted.items()}
+    readouts = {target: Readout.of(planes[target], r.weight, r.bias) for target, r in fitted.items()}
+    centres = {
+        target: readouts[target].zero() if config.rotate_about == "readout" else q.T @ mean
+        for target, q in planes.items()
+    }
     seed = config.seed * 1000 + layer
     random_u = random_directions(config.n_random, d_model, seed)
     random_q = random_planes(config.n_random, d_model, seed)
@@ -104,7 +117,7 @@ def conditions(
                     target,
                     s * theta,
                     family,
-                    Rotate(q, q.T @ mean, s * theta),
+                    Rotate(q, centres[target], s * theta, readouts[target]),
                 )
                 for s in (1, -1)
             ]
@@ -166,17 +179,21 @@ def conditions(
             ]
     for i, cond in enumerate(out):
         cond.index = i
-    names = config.chosen(setting)
-    return out if names is None else chosen(out, names, "confirm" if config.confirm else "only")
+    names = config.chosen_names(setting)
+    return out if names is None else select(out, names, "confirm" if config.confirm else "only")
 
 
-def chosen(out: list[Condition], names: list[str], field: str = "only") -> list[Condition]:
+def select(out: list[Condition], names: list[str], field: str = "only") -> list[Condition]:
     """The named conditions and the random draws they are compared with (their families)."""
     real = {c.name: c for c in out if not c.is_random}
     if missing := [n for n in names if n not in real]:
         raise ConfigError(field, f"no condition named {missing[0]!r}; the conditions are: {', '.join(real)}")
-    keep = {id(real[n]) for n in names}
-    families = {real[n].family for n in names} | {
-        f for n in names for f in (real[n].matched, real[n].opposite) if f
-    }
+    named = [real[n] for n in names]
+    keep = {id(c) for c in named}
+    # the draws at -a only where both signs of a direction run (its sign contrast needs them)
+    signs = {(c.target, c.strength) for c in named}
+    paired = [c for c in named if c.opposite and (c.target, -c.strength) in signs]
+    families = (
+        {c.family for c in named} | {c.matched for c in named if c.matched} | {c.opposite for c in paired}
+    )
     return [c for c in out if id(c) in keep or (c.is_random and c.family in families)]

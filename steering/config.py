@@ -15,6 +15,8 @@ from turnphase.steering.confirm import Hypothesis
 
 Setting = Literal["start", "mid"]
 SETTINGS: tuple[Setting, ...] = ("start", "mid")
+Centre = Literal["readout", "mean"]
+CENTRES: tuple[Centre, ...] = ("readout", "mean")
 PHASE_PLANES = ("trig", "fourier")  # the planes rotated and ablated (directions.py plane/<name>)
 MIN_RANDOM = 2  # below this no spread; 20 or more for the reported runs (the default)
 
@@ -30,13 +32,13 @@ def contrast_parts(name: str) -> list[str] | None:
     return [f"{head} +{a}", f"{head} -{a}"] if sign else None
 
 
-def numbers(field: str, values, kind=float) -> list:
+def numbers(name: str, values, kind=float) -> list:
     """Each value as `kind`, or ConfigError naming the field."""
     try:
         return [kind(v) for v in values]
     except (TypeError, ValueError):
         raise ConfigError(
-            field, f"takes numbers separated by commas, not {','.join(map(str, values))!r}"
+            name, f"takes numbers separated by commas, not {','.join(map(str, values))!r}"
         ) from None
 
 
@@ -67,6 +69,11 @@ class SteerConfig:
     # Interventions: each magnitude with both signs / directions
     add: list[float] = field(default_factory=lambda: [0.05, 0.2])  # a, in units of |h|
     rotate: list[float] = field(default_factory=lambda: [90.0])  # degrees
+    # The point a plane with a readout turns about: where its readout reads zero (its phase estimate's
+    # centre: +theta moves the estimate forward everywhere), or the training mean's projection (the
+    # only centre before 2026-11-29; the mean target is not zero, so some positions barely turn).
+    # Random planes, which have no readout, turn about the training mean's projection either way.
+    rotate_about: Centre = "readout"
     n_random: int = 20  # random directions and planes per strength
     # Also a size-matched control for each rotation and ablation: n_random random directions, each
     # moving h, position by position, as far as that condition's edit does (conditions.py)
@@ -96,6 +103,8 @@ class SteerConfig:
             if not grid or any(not math.isfinite(a) or a <= 0 for a in grid):
                 raise ConfigError(name, "give positive numbers (each is used with both signs)")
         self.layers = parse_layers(self.layers)  # auto/all: every layer of the report
+        if self.rotate_about not in CENTRES:
+            raise ConfigError("rotate_about", f"choose from {', '.join(CENTRES)}")
         if not self.settings or any(s not in SETTINGS for s in self.settings):
             raise ConfigError("settings", f"choose from {', '.join(SETTINGS)}")
         if self.fold < 0:
@@ -116,8 +125,12 @@ class SteerConfig:
                 raise ConfigError("confirm", "names a hypothesis twice")
             self.settings = [s for s in SETTINGS if any(h.setting == s for h in self.confirm)]
             self.matched_controls = True
-            if any(contrast_parts(h.condition) for h in self.confirm):
-                self.sign_controls = True
+            contrasts = [h.condition for h in self.confirm if contrast_parts(h.condition)]
+            if bad := [c for c in contrasts if not c.startswith("add ")]:
+                raise ConfigError(
+                    "confirm", f"{bad[0]!r}: a sign contrast (±) is of an added direction, 'add TARGET ±a'"
+                )
+            self.sign_controls = self.sign_controls or bool(contrasts)
         if self.n_random < MIN_RANDOM:
             raise ConfigError("n_random", f"must be at least {MIN_RANDOM} (20 or more for a reported result)")
         for name in ("max_prompts", "max_new_tokens", "kl_tokens", "n_bootstrap", "batch_size"):
@@ -129,7 +142,7 @@ class SteerConfig:
             raise ConfigError("top_p", "must be in (0, 1]")
         check_figure_options(self.figure_format, self.dpi)
 
-    def chosen(self, setting: str | None = None) -> list[str] | None:
+    def chosen_names(self, setting: str | None = None) -> list[str] | None:
         """The conditions to run in a setting, or in any (None: all of them)."""
         if self.confirm is None:
             return self.only

@@ -27,6 +27,9 @@ The reported interval is the (1 - alpha/k) percentile bootstrap over prompts, fo
 flip test decides. A rank p cannot fall below 1 / (n_random + 1), nor a sign-flip p below 2^-prompts,
 so a run needs n_random >= k / alpha - 1 draws and log2(k / alpha) prompts per setting for a
 hypothesis to be able to hold at all (checked before the model loads, and when the prompts are made).
+That check is necessary, not sufficient: a prompt whose measure is the same in both turns (both at
+the budget, a 0/1 measure unchanged) adds nothing to the sign-flip test, whose p cannot fall below
+2^-(prompts that differ); each test records that count (`n_differ`).
 Test a hypothesis found on some prompts on new ones: another `--fold` (its held-out conversations
 and its directions) or another dataset. k counts the tests of one run, not across runs: put the
 whole family of hypotheses in one run.
@@ -170,6 +173,7 @@ def evaluate(result: dict, hypotheses: list[Hypothesis], alpha: float, n_bootstr
                     "interval": interval(diff, n_bootstrap, seed, level=1 - level),
                     "p": p,
                     "draws": {name: len(entry["random"][fam][h.measure]) for name, fam in controls.items()},
+                    "n_differ": int(np.count_nonzero(diff)),  # prompts the sign-flip test can use
                     "failed": failed,
                     "holds": not failed,
                 }

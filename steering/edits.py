@@ -2,10 +2,11 @@
 
     add     h + a * |h| * u                              u a unit direction, |h| per position
     rotate  h + Q (R(theta) - I) (Q^T h - c)             Q (d, 2) an orthonormal basis of a phase plane,
-                                                         c a centre in that basis (steering uses the
-                                                         training mean's projection, for every plane):
-                                                         the in-plane part about the centre turns by
-                                                         theta, its length and everything orthogonal stay
+                                                         c a centre in that basis (steering: the point the
+                                                         plane's readout reads as zero, or the training
+                                                         mean's projection): the in-plane part about the
+                                                         centre turns by theta, its length and everything
+                                                         orthogonal stay
     ablate  h - B (B^T h - B^T mu)                       B (d, k) orthonormal (a direction or a plane):
                                                          the component along B is set to the training
                                                          mean's
@@ -15,9 +16,13 @@
 
 Each edit is `h + delta(h)` with delta exactly 0 at zero strength, so a zero edit reproduces
 unsteered generation token for token. Planes come from a 2-D readout u = x @ W + b (directions.py):
-Q spans W's columns, oriented so that turning by +theta turns the readout's angle atan2(u1, u0) the
-same way (toward a later phase) about the point where the readout is zero. The readout's angle moves
-by exactly theta only if Q^T W is a scaled rotation; otherwise by a monotone function of theta.
+Q spans W's columns, oriented so that turning by +theta about the point where the readout is zero
+turns the readout's angle atan2(u1, u0) the same way (toward a later phase). The readout's angle then
+moves by exactly theta only if Q^T W is a scaled rotation, otherwise by a monotone function of theta.
+About any other centre it need not: about the training mean, which the readout reads as the mean
+target (not zero when the phases are not uniform: a conversation has more assistant tokens), a
+position near that centre turns a little, or backwards. `Rotate.phase_shift` measures how far the
+readout's angle moved.
 """
 
 from __future__ import annotations
@@ -34,7 +39,28 @@ class Add:
     a: float
 
     def __call__(self, h: torch.Tensor) -> torch.Tensor:
-        return h + self.a * h.norm(dim=-1, keepdim=True) * self.u.to(h.dtype)
+        return h + self.a * h.norm(dim=-1, keepdim=True) * self.u.to(h)
+
+
+@dataclass
+class Readout:
+    """A plane's 2-D readout u = x @ weight + bias in the plane's own coordinates p = Q^T x:
+    u = p @ m + b (exact, since Q spans weight's columns); its phase estimate is atan2(u1, u0)."""
+
+    m: torch.Tensor  # (2, 2) = Q^T weight
+    b: torch.Tensor  # (2,)
+
+    @classmethod
+    def of(cls, q: torch.Tensor, weight: np.ndarray, bias: np.ndarray) -> Readout:
+        return cls(q.double().T @ torch.as_tensor(weight).double(), torch.as_tensor(bias).double())
+
+    def zero(self) -> torch.Tensor:
+        """The plane coordinates the readout reads as (0, 0): the centre of its phase estimate."""
+        return torch.linalg.solve(self.m.T, -self.b).float()
+
+    def angle(self, p: torch.Tensor) -> torch.Tensor:
+        u = p.double() @ self.m.to(p.device) + self.b.to(p.device)
+        return torch.atan2(u[..., 1], u[..., 0])
 
 
 @dataclass
@@ -42,13 +68,23 @@ class Rotate:
     q: torch.Tensor  # (d, 2) orthonormal columns
     centre: torch.Tensor  # (2,) in the basis q
     degrees: float
+    readout: Readout | None = None  # the plane's, when it has one (a random plane has none)
 
     def __call__(self, h: torch.Tensor) -> torch.Tensor:
         t = np.radians(self.degrees)
-        turn = torch.tensor([[np.cos(t) - 1.0, -np.sin(t)], [np.sin(t), np.cos(t) - 1.0]], dtype=h.dtype)
-        q = self.q.to(h.dtype)
-        c = h @ q - self.centre.to(h.dtype)  # (..., 2)
+        turn = torch.tensor(
+            [[np.cos(t) - 1.0, -np.sin(t)], [np.sin(t), np.cos(t) - 1.0]], dtype=h.dtype, device=h.device
+        )
+        q = self.q.to(h)
+        c = h @ q - self.centre.to(h)  # (..., 2)
         return h + (c @ turn.T) @ q.T
+
+    def phase_shift(self, h: torch.Tensor, new: torch.Tensor) -> torch.Tensor:
+        """(...,) degrees the readout's phase estimate moved from h to new = self(h), taken within
+        180 degrees of the intended turn (so a 180-degree turn that lands exactly reads 180)."""
+        q = self.q.to(h)
+        moved = torch.rad2deg(self.readout.angle(new @ q) - self.readout.angle(h @ q))
+        return self.degrees + torch.remainder(moved - self.degrees + 180.0, 360.0) - 180.0
 
 
 @dataclass
@@ -57,8 +93,8 @@ class Ablate:
     mean: torch.Tensor  # (d,) training mean: the value the removed component is set to
 
     def __call__(self, h: torch.Tensor) -> torch.Tensor:
-        b = self.basis.to(h.dtype)
-        return h - ((h - self.mean.to(h.dtype)) @ b) @ b.T
+        b = self.basis.to(h)
+        return h - ((h - self.mean.to(h)) @ b) @ b.T
 
 
 @dataclass
@@ -68,7 +104,7 @@ class Matched:
 
     def __call__(self, h: torch.Tensor) -> torch.Tensor:
         size = (self.edit(h) - h).norm(dim=-1, keepdim=True)
-        return h + size * self.u.to(h.dtype)
+        return h + size * self.u.to(h)
 
 
 def unit(v: np.ndarray) -> torch.Tensor:

@@ -4,12 +4,12 @@ Every prompt's keys and values are computed once, unsteered, and kept (builders/
 Each condition then feeds only each prompt's last token: every forward of its `generate` call
 processes exactly the positions a token is sampled from (the last prompt token, then each new
 token), and the edit applies to all of them. The prompt itself is never edited, so conditions
-differ only where the issue asks: on every generated position.
+differ only through the edit, on every generated position.
 
     run = Steerer(model, tokenizer, prompt_ids, 19, max_new_tokens=48, temperature=0.7, top_p=0.9)
     out = run.generate(Add(u, 0.1), seed=0)                   # out.tokens, out.p_end, out.ended
     text = run.generate(None, seed=0)                         # the unsteered turns
-    kl, size = run.kl(Add(u, 0.1), text, run.log_probs(None, text, 32)[0], 32)
+    kl, edit = run.kl(Add(u, 0.1), text, run.log_probs(None, text, 32)[0], 32)  # edit["edit_size"]
 """
 
 from __future__ import annotations
@@ -156,12 +156,15 @@ class Steerer:
 
     def log_probs(
         self, edit: Edit | None, reference: Generation, n_tokens: int
-    ) -> tuple[list[torch.Tensor], np.ndarray]:
+    ) -> tuple[list[torch.Tensor], dict[str, np.ndarray]]:
         """Per prompt, log-softmax (t, vocab) of the next-token distribution along the reference's
         first tokens (teacher forcing: the unsteered text), with `edit` at the layer on every fed
-        position; t = min(n_tokens, tokens generated + 1 for the end-of-turn token). Also (n,) the
-        edit's size there: the mean over those positions of |edit(h) - h| / |h| (0 without an edit)."""
-        logps, sizes = [], []
+        position; t = min(n_tokens, tokens generated + 1 for the end-of-turn token). Also what the
+        edit did there, each (n,) the mean over those positions: `edit_size` |edit(h) - h| / |h| (0
+        without an edit) and, for a rotation of a plane with a readout, `phase_shift`, the degrees
+        its phase estimate moved (edits.Rotate.phase_shift)."""
+        readout = getattr(edit, "readout", None)
+        logps, done = [], {"edit_size": [], "phase_shift": []}
         for keys in self._batches():
             conts = [reference.tokens[k][: n_tokens - 1] for k in keys]
             rows = [self.prompts[k] + c for k, c in zip(keys, conts, strict=True)]
@@ -176,6 +179,8 @@ class Steerer:
                     if edit is not None:
                         new = edit(h)
                         size = ((new - h).norm(dim=-1) / h.norm(dim=-1)).save()
+                        if readout is not None:
+                            shift = edit.phase_shift(h, new).save()
                         h[:] = new
                     logits = self.lm.lm_head.output.save()
             logp = torch.log_softmax(logits.float(), dim=-1)
@@ -183,15 +188,17 @@ class Steerer:
             for b, c in enumerate(conts):
                 fed = slice(width - len(c) - 1, width)  # the last prompt token and the continuation
                 logps.append(logp[b, fed])
-                sizes.append(float(size[b, fed].mean()) if edit is not None else 0.0)
-        return logps, np.array(sizes)
+                done["edit_size"].append(float(size[b, fed].mean()) if edit is not None else 0.0)
+                if readout is not None:
+                    done["phase_shift"].append(float(shift[b, fed].mean()))
+        return logps, {k: np.array(v) for k, v in done.items() if v}
 
     def kl(
         self, edit: Edit, reference: Generation, unsteered: list[torch.Tensor], n_tokens: int
-    ) -> tuple[np.ndarray, np.ndarray]:
+    ) -> tuple[np.ndarray, dict[str, np.ndarray]]:
         """(n,) mean over the first positions of the reference (unsteered) text of
-        KL(steered || unsteered), `unsteered` being log_probs(None, reference, n_tokens)'s; and (n,)
-        the edit's size there (log_probs)."""
-        steered, sizes = self.log_probs(edit, reference, n_tokens)
+        KL(steered || unsteered), `unsteered` being log_probs(None, reference, n_tokens)'s; and what
+        the edit did there (log_probs)."""
+        steered, done = self.log_probs(edit, reference, n_tokens)
         kl = [float((s.exp() * (s - u)).sum(-1).mean()) for s, u in zip(steered, unsteered, strict=True)]
-        return np.array(kl), sizes
+        return np.array(kl), done

@@ -16,12 +16,16 @@ empirical two-sided p-value, (1 + #{random draws at least as far from the random
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
 import scipy.stats
 
 from turnphase.builders.conversations import turn_problem
-from turnphase.steering.generate import Generation
-from turnphase.steering.prompts import Prompt
+
+if TYPE_CHECKING:  # for the type hints only
+    from turnphase.steering.generate import Generation
+    from turnphase.steering.prompts import Prompt
 
 MEASURES = ("length", "ended", "broken", "p_end", "kl", "edit_size")
 EDIT_MEASURES = ("kl", "edit_size")  # of an edit; 0 for the unsteered run by definition

@@ -44,7 +44,7 @@ from turnphase.steering.summary import findings, table
 log = logging.getLogger(__name__)
 
 STEER_FILE = "steer.json"
-STEER_VERSION = 1
+STEER_VERSION = 2  # 2: a plane with a readout turns about its zero by default (config.rotate_about)
 EXAMPLES = 3  # example generations per (non-random) condition
 
 
@@ -191,10 +191,13 @@ def run_setting(
     zero = np.zeros(len(prompts))
     base = per_prompt(unsteered, prompts, tok, zero, zero)
     measured: list[tuple[Condition, dict[str, np.ndarray], Generation]] = []
+    shifts: dict[str, np.ndarray] = {}  # a rotated plane's phase estimate: how far it moved, per prompt
     for cond in progress(conds, desc=desc, unit="condition"):
         gen = steerer.generate(cond.edit, config.seed)
-        kl, size = steerer.kl(cond.edit, unsteered, reference, config.kl_tokens)
-        measured.append((cond, per_prompt(gen, prompts, tok, kl, size), gen))
+        kl, done = steerer.kl(cond.edit, unsteered, reference, config.kl_tokens)
+        measured.append((cond, per_prompt(gen, prompts, tok, kl, done["edit_size"]), gen))
+        if "phase_shift" in done:
+            shifts[cond.name] = done["phase_shift"]
 
     random: dict[str, dict[str, list[float]]] = {}
     for cond, m, _ in measured:
@@ -224,6 +227,16 @@ def run_setting(
                 "matched": cond.matched,
                 "mean": {k: float(np.mean(m[k])) for k in MEASURES},
                 "effect": effect,
+                **(
+                    {
+                        "phase_shift": {
+                            "mean": float(np.mean(shifts[cond.name])),
+                            "per_prompt": shifts[cond.name].tolist(),
+                        }
+                    }
+                    if cond.name in shifts
+                    else {}
+                ),
                 "p_end_curve": _curve(gen),
                 "per_prompt": {k: m[k].tolist() for k in MEASURES},
                 "examples": tok.batch_decode(gen.tokens[:EXAMPLES], skip_special_tokens=True),

@@ -122,7 +122,7 @@ def confirm_lines(c: dict) -> list[str]:
         verdict = f"does not hold ({failed})" if failed else "holds"
         out.append(
             f"  layer {t['layer']} {t['setting']}: {t['condition']}, {t['measure']} {t['direction']}: "
-            f"{t['value']:+.4g} [{lo:+.4g}, {hi:+.4g}]; {tests}: {verdict}."
+            f"{t['value']:+.4g} [{lo:+.4g}, {hi:+.4g}]; {tests} ({t['n_differ']} prompts differ): {verdict}."
         )
     return out
 
@@ -146,6 +146,11 @@ def table(result: dict) -> str:
                     f"{c['name']:<32}{_fmt(e['length']):>45}{e['p_end']['value']:+10.4f}"
                     f"{e['broken']['value']:+8.2f}{c['mean']['kl']:8.3f}{c['mean']['edit_size']:7.3f}"
                 )
+                if "phase_shift" in c:
+                    out.append(
+                        f"{'':<4}the plane's phase estimate moved {c['phase_shift']['mean']:+.1f} degrees "
+                        "(mean over the edited positions and prompts)"
+                    )
                 if "vs_matched" in e["length"]:
                     out.append(
                         f"{'':<4}vs size-matched random: length {_zp(e['length']['vs_matched'])}, "

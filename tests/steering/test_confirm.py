@@ -26,7 +26,7 @@ MID = ["mid", "rotate plane/trig +90", "p_end", "higher"]
 def test_hypotheses_choose_settings_and_conditions_and_turn_matched_controls_on():
     config = SteerConfig("d", "r", [1], settings=["start", "mid"], confirm=[MID])
     assert config.confirm == [Hypothesis(*MID)] and config.settings == ["mid"] and config.matched_controls
-    assert config.chosen("mid") == ["rotate plane/trig +90"] and config.chosen("start") == []
+    assert config.chosen_names("mid") == ["rotate plane/trig +90"] and config.chosen_names("start") == []
     again = SteerConfig(
         "d",
         "r",
@@ -34,12 +34,15 @@ def test_hypotheses_choose_settings_and_conditions_and_turn_matched_controls_on(
         **{k: v for k, v in config.to_json().items() if k not in ("dataset", "report", "layers")},
     )
     assert again.confirm == config.confirm  # steer.json's config reads back
-    assert SteerConfig("d", "r", [1], only=["x"]).chosen("mid") == ["x"]
+    assert SteerConfig("d", "r", [1], only=["x"]).chosen_names("mid") == ["x"]
     with pytest.raises(ConfigError, match="setting 'start': choose from mid"):  # not among --settings
         SteerConfig("d", "r", [1], settings=["mid"], confirm=[START])
     # a sign contrast runs both of its conditions, with the draws at both signs
     signed = SteerConfig("d", "r", [1], confirm=[["mid", "add probe/linear ±0.5", "length", "lower"]])
-    assert signed.sign_controls and signed.chosen("mid") == ["add probe/linear +0.5", "add probe/linear -0.5"]
+    assert signed.sign_controls and signed.chosen_names("mid") == [
+        "add probe/linear +0.5",
+        "add probe/linear -0.5",
+    ]
     assert not config.sign_controls
     typed = SteerConfig("d", "r", [1], confirm=[["mid", "add probe/linear +-0.5", "length", "lower"]])
     assert typed.confirm == signed.confirm  # "+-" for "±"
@@ -62,6 +65,12 @@ def test_hypotheses_choose_settings_and_conditions_and_turn_matched_controls_on(
         ([MID], None, 1.5, "between 0 and 1"),
         ([MID, MID], None, 0.05, "names a hypothesis twice"),
         ([{"setting": "mid", "condition": "x"}], None, 0.05, "takes SETTING CONDITION MEASURE"),
+        (
+            [["mid", "rotate plane/trig ±90", "p_end", "higher"]],
+            None,
+            0.05,
+            "a sign contrast .* is of an added",
+        ),
     ],
 )
 def test_a_bad_hypothesis_is_refused(confirm, only, alpha, said):

@@ -8,6 +8,7 @@ from turnphase.steering.edits import (
     Ablate,
     Add,
     Matched,
+    Readout,
     Rotate,
     plane_basis,
     random_directions,
@@ -47,18 +48,47 @@ def test_rotate_turns_the_plane_part_about_its_centre_and_keeps_the_rest(h):
 
 def test_a_positive_rotation_turns_the_readouts_angle_forward(h):
     """The plane's orientation: turned about the readout's zero, +theta moves the readout's phase
-    atan2(u1, u0) forward, for any readout (here ones that mirror the plane's coordinates)."""
+    atan2(u1, u0) forward, for any readout (here ones that mirror the plane's coordinates), and
+    phase_shift says by how much."""
     rng = np.random.default_rng(1)
     for _ in range(5):
         weight = rng.standard_normal((D, 2)) @ np.array([[1.0, 0.4], [0.2, -1.3]])
         bias = rng.standard_normal(2)
         q = plane_basis(weight)
-        centre = torch.from_numpy(-bias @ np.linalg.inv(q.double().numpy().T @ weight)).float()
+        readout = Readout.of(q, weight, bias)
+        centre = readout.zero()
+        torch.testing.assert_close(
+            (q @ centre).double().numpy() @ weight + bias, np.zeros(2), atol=1e-5, rtol=0
+        )
         x = h.reshape(-1, D)
+        rotate = Rotate(q.double(), centre.double(), 20.0, readout)
         u0 = x.numpy() @ weight + bias
-        u1 = Rotate(q.double(), centre.double(), 20.0)(x).numpy() @ weight + bias
+        u1 = rotate(x).numpy() @ weight + bias
         step = np.angle(np.exp(1j * (np.arctan2(u1[:, 1], u1[:, 0]) - np.arctan2(u0[:, 1], u0[:, 0]))))
         assert (step > 0).all()
+        np.testing.assert_allclose(rotate.phase_shift(x, rotate(x)).numpy(), np.degrees(step), atol=1e-4)
+
+
+def test_about_the_readouts_zero_a_scaled_rotation_readout_turns_by_theta_and_about_another_point_not(h):
+    """When the readout is a scaled rotation of the plane, turning about its zero moves the phase
+    estimate by exactly theta (180 included); about another centre, such as a training mean the
+    readout does not read as zero, positions turn by other amounts."""
+    rng = np.random.default_rng(2)
+    q = plane_basis(rng.standard_normal((D, 2))).double()
+    t = np.radians(35.0)
+    weight = q.numpy() @ (1.7 * np.array([[np.cos(t), np.sin(t)], [-np.sin(t), np.cos(t)]]))
+    bias = np.array([0.8, -0.3])
+    readout = Readout.of(q, weight, bias)
+    x = h.reshape(-1, D)
+    for theta in (90.0, -90.0, 180.0):
+        rotate = Rotate(q, readout.zero().double(), theta, readout)
+        torch.testing.assert_close(
+            rotate.phase_shift(x, rotate(x)), torch.full((len(x),), theta, dtype=torch.float64)
+        )
+        off = Rotate(
+            q, readout.zero().double() + torch.tensor([2.0, 0.0], dtype=torch.float64), theta, readout
+        )
+        assert (off.phase_shift(x, off(x)) - theta).abs().max() > 5.0
 
 
 def test_ablate_sets_the_component_to_the_training_means(h):

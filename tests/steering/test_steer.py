@@ -67,8 +67,8 @@ def test_each_edit_changes_the_layer_output_as_specified(steerer, kind):
     s, loaded = steerer
     edit = edits(loaded.d_model)[kind]
     reference = s.generate(None, seed=0)
-    steered, size = s.log_probs(edit, reference, 5)
-    plain, no_size = s.log_probs(None, reference, 5)
+    steered, done = s.log_probs(edit, reference, 5)
+    plain, none = s.log_probs(None, reference, 5)
     block = decoder_blocks(loaded.model)[LAYER]
     seen = []
 
@@ -87,9 +87,10 @@ def test_each_edit_changes_the_layer_output_as_specified(steerer, kind):
     for a, b, p in zip(steered, hooked, plain, strict=True):
         torch.testing.assert_close(a, b, atol=1e-5, rtol=0)
         assert not torch.allclose(a, p, atol=1e-4)  # the edit did something
-    assert (no_size == 0).all() and (size > 0).all()
+    assert (none["edit_size"] == 0).all() and (done["edit_size"] > 0).all()
+    assert "phase_shift" not in done  # only a rotation of a plane with a readout has one
     if kind == "add":  # |a |h| u| / |h| = a at every position
-        np.testing.assert_allclose(size, 0.7, rtol=1e-5)
+        np.testing.assert_allclose(done["edit_size"], 0.7, rtol=1e-5)
 
 
 def test_a_zero_edit_is_plain_generation_token_for_token(steerer):
@@ -119,6 +120,37 @@ def test_conditions_include_twenty_random_controls_per_strength_by_default(tiny_
         assert any(not c.is_random for c in members), family
     assert {f"add {a:g}" for a in config.add} <= families.keys()
     assert any(c.target == "scrambled/probe/linear" for c in conds)
+
+
+def test_a_phase_plane_turns_about_its_readouts_zero_unless_told_the_training_mean(tiny_analysed):
+    """rotate_about "readout": the plane's readout reads its rotation centre as zero; "mean": the
+    centre is the training mean's projection, which the readout reads as the mean target. Random
+    planes, which have no readout, turn about the training mean either way."""
+    data, report = tiny_analysed
+    found = Directions.load(report).layers[LAYER].folds[0]
+    d_model = len(found.mean)
+
+    def by_name(**kw):
+        config = SteerConfig(str(data), str(report), [LAYER], **kw)
+        return {c.name: c.edit for c in conditions(found, d_model, config, LAYER) if c.kind == "rotate"}
+
+    about_zero, about_mean = by_name(), by_name(rotate_about="mean")
+    for target, fitted in [
+        ("plane/trig", found.readouts["real"]["plane/trig"]),
+        ("plane/fourier", found.readouts["real"]["plane/fourier"]),
+        ("scrambled/plane/trig", found.readouts["scrambled"]["plane/trig"]),
+    ]:
+        zero, mean = about_zero[f"rotate {target} +90"], about_mean[f"rotate {target} +90"]
+        np.testing.assert_allclose(fitted((zero.q @ zero.centre).numpy()), 0.0, atol=1e-4)
+        torch.testing.assert_close(mean.centre, mean.q.T @ torch.from_numpy(found.mean).float())
+        assert np.abs(fitted((mean.q @ mean.centre).numpy())).max() > 1e-3  # not the readout's zero
+        assert zero.readout is not None and mean.readout is not None
+    for name, edit in about_zero.items():
+        if name.startswith("random"):
+            assert edit.readout is None and torch.equal(edit.centre, about_mean[name].centre)
+    with pytest.raises(ConfigError) as e:
+        SteerConfig(str(data), str(report), [LAYER], rotate_about="origin")
+    assert e.value.field == "rotate_about"
 
 
 def test_matched_controls_and_only(tiny_analysed):
@@ -185,8 +217,8 @@ def test_a_run_with_matched_controls_scores_each_condition_against_its_own(tiny_
 
 def test_sign_controls_pair_each_random_direction_with_its_negation(tiny_analysed):
     """--sign-controls runs every `add a` family's random directions again at -a, in the same order,
-    after every other condition (which keep their places, so their seeds); --only keeps the
-    named direction's draws at both signs."""
+    after every other condition (which keep their places, so their seeds); --only keeps the draws
+    at -a only when it names both signs of a direction (a sign contrast needs them)."""
     data, report = tiny_analysed
     found = Directions.load(report).layers[LAYER].folds[0]
     d_model = len(found.mean)
@@ -205,6 +237,9 @@ def test_sign_controls_pair_each_random_direction_with_its_negation(tiny_analyse
         assert adds and all(c.opposite == f"add {-a:g}" for c in adds)
     assert all(c.opposite is None for c in plain)
     config.only = ["add probe/linear +0.2"]
+    kept = conditions(found, d_model, config, LAYER)
+    assert {c.family for c in kept if c.is_random} == {"add 0.2"}
+    config.only = ["add probe/linear +0.2", "add probe/linear -0.2"]
     kept = conditions(found, d_model, config, LAYER)
     assert {c.family for c in kept if c.is_random} == {"add 0.2", "add -0.2"}
 
@@ -255,7 +290,7 @@ def test_a_run_writes_a_valid_steer_json(tiny_analysed, tmp_path):
         == 0
     )
     result = json.loads((out / "steer.json").read_text())
-    assert result["steer_version"] == 1 and result["findings"]
+    assert result["steer_version"] == 2 and result["findings"]
     assert set(result["layers"]) == {"1", "3"}
     held = set(Directions.load(report).held_out(0).tolist())
     for entry in result["layers"]["1"].values():
@@ -271,6 +306,13 @@ def test_a_run_writes_a_valid_steer_json(tiny_analysed, tmp_path):
             assert set(c["effect"]) == set(MEASURES)
             assert 0 < c["effect"]["length"]["p"] <= 1
             assert c["mean"]["kl"] >= -1e-6
+            # a rotation about the readout's zero moves the plane's phase estimate its way, by less
+            # than 180 degrees (exactly theta only for a readout that is a scaled rotation)
+            assert ("phase_shift" in c) == (c["kind"] == "rotate")
+            if c["kind"] == "rotate":
+                shifts = np.asarray(c["phase_shift"]["per_prompt"])
+                assert len(shifts) == entry["n_prompts"]
+                assert (np.sign(shifts) == np.sign(c["strength"])).all() and (np.abs(shifts) < 180).all()
         assert len(entry["unsteered"]["p_end_curve"]) == 6
     assert {p["conversation_id"] for p in result["prompts"]["start"]} <= held
     for name in result["figures"]:
