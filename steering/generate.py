@@ -162,9 +162,10 @@ class Steerer:
         position; t = min(n_tokens, tokens generated + 1 for the end-of-turn token). Also what the
         edit did there, each (n,) the mean over those positions: `edit_size` |edit(h) - h| / |h| (0
         without an edit) and, for a rotation of a plane with a readout, `phase_shift`, the degrees
-        its phase estimate moved (edits.Rotate.phase_shift)."""
+        its phase estimate moved (edits.Rotate.phase_shift), and `phase_error`, how far each
+        position's move was from the intended angle (|shift - theta|, degrees)."""
         readout = getattr(edit, "readout", None)
-        logps, done = [], {"edit_size": [], "phase_shift": []}
+        logps, done = [], {"edit_size": [], "phase_shift": [], "phase_error": []}
         for keys in self._batches():
             conts = [reference.tokens[k][: n_tokens - 1] for k in keys]
             rows = [self.prompts[k] + c for k, c in zip(keys, conts, strict=True)]
@@ -191,6 +192,7 @@ class Steerer:
                 done["edit_size"].append(float(size[b, fed].mean()) if edit is not None else 0.0)
                 if readout is not None:
                     done["phase_shift"].append(float(shift[b, fed].mean()))
+                    done["phase_error"].append(float((shift[b, fed] - edit.degrees).abs().mean()))
         return logps, {k: np.array(v) for k, v in done.items() if v}
 
     def kl(

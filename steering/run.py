@@ -191,13 +191,18 @@ def run_setting(
     zero = np.zeros(len(prompts))
     base = per_prompt(unsteered, prompts, tok, zero, zero)
     measured: list[tuple[Condition, dict[str, np.ndarray], Generation]] = []
-    shifts: dict[str, np.ndarray] = {}  # a rotated plane's phase estimate: how far it moved, per prompt
+    shifts: dict[str, dict] = {}  # a rotated plane's phase estimate: how far it moved, per prompt
     for cond in progress(conds, desc=desc, unit="condition"):
         gen = steerer.generate(cond.edit, config.seed)
         kl, done = steerer.kl(cond.edit, unsteered, reference, config.kl_tokens)
         measured.append((cond, per_prompt(gen, prompts, tok, kl, done["edit_size"]), gen))
         if "phase_shift" in done:
-            shifts[cond.name] = done["phase_shift"]
+            shifts[cond.name] = {
+                "mean": float(np.mean(done["phase_shift"])),
+                "error": float(np.mean(done["phase_error"])),
+                "per_prompt": done["phase_shift"].tolist(),
+                "error_per_prompt": done["phase_error"].tolist(),
+            }
 
     random: dict[str, dict[str, list[float]]] = {}
     for cond, m, _ in measured:
@@ -227,16 +232,7 @@ def run_setting(
                 "matched": cond.matched,
                 "mean": {k: float(np.mean(m[k])) for k in MEASURES},
                 "effect": effect,
-                **(
-                    {
-                        "phase_shift": {
-                            "mean": float(np.mean(shifts[cond.name])),
-                            "per_prompt": shifts[cond.name].tolist(),
-                        }
-                    }
-                    if cond.name in shifts
-                    else {}
-                ),
+                **({"phase_shift": shifts[cond.name]} if cond.name in shifts else {}),
                 "p_end_curve": _curve(gen),
                 "per_prompt": {k: m[k].tolist() for k in MEASURES},
                 "examples": tok.batch_decode(gen.tokens[:EXAMPLES], skip_special_tokens=True),

@@ -148,8 +148,9 @@ def table(result: dict) -> str:
                 )
                 if "phase_shift" in c:
                     out.append(
-                        f"{'':<4}the plane's phase estimate moved {c['phase_shift']['mean']:+.1f} degrees "
-                        "(mean over the edited positions and prompts)"
+                        f"{'':<4}the plane's phase estimate moved {c['phase_shift']['mean']:+.1f} degrees, "
+                        f"{c['phase_shift']['error']:.1f} from the intended {c['strength']:+g} at a position "
+                        "(means over the edited positions and prompts)"
                     )
                 if "vs_matched" in e["length"]:
                     out.append(

@@ -313,6 +313,9 @@ def test_a_run_writes_a_valid_steer_json(tiny_analysed, tmp_path):
                 shifts = np.asarray(c["phase_shift"]["per_prompt"])
                 assert len(shifts) == entry["n_prompts"]
                 assert (np.sign(shifts) == np.sign(c["strength"])).all() and (np.abs(shifts) < 180).all()
+                errors = np.asarray(c["phase_shift"]["error_per_prompt"])
+                assert (errors >= np.abs(shifts - c["strength"]) - 1e-9).all() and (errors < 180).all()
+                assert c["phase_shift"]["error"] == pytest.approx(errors.mean())
         assert len(entry["unsteered"]["p_end_curve"]) == 6
     assert {p["conversation_id"] for p in result["prompts"]["start"]} <= held
     for name in result["figures"]:
