@@ -66,7 +66,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         choices=CENTRES,
         default=d.rotate_about,
         help="the point a phase plane turns about: where its readout reads zero (default), or the "
-        "training mean (the README's runs before 2026-11-29)",
+        "training mean (steer_version 1: every run before the README's 'Rotations about the readout's zero')",
     )
     p.add_argument(
         "--random",

@@ -17,17 +17,17 @@
             direction's two signs also differ by chance; a phase direction should push the turn
             one way at +a and the other at -a by more than that
 
-A plane with a readout (the phase planes, the scrambled null's trig plane) turns about the point its
-readout reads as zero (config.rotate_about "readout"), so +theta moves its phase estimate forward at
-every position; or, with "mean", about the fold's training mean (its projection on the plane), as a
-random plane, which has no readout, always does. Every ablation sets the component to the training
-mean's. How large each edit is in the end (|edit(h) - h| / |h|) is measured
-(measures.py `edit_size`). A random control's sign or orientation means nothing (u and -u are
-equally likely), so one set of random draws at each magnitude is the control for both signs. Every
-condition in a `family` is compared with that family's random draws. The random directions and
-planes are drawn once per layer (seeded by the run's seed and the layer) and shared: the same
-directions at every strength and sign, for ablation and as the size-matched controls, in every
-setting. The families are therefore paired, not independent nulls.
+A phase plane turns about the point its readout reads as zero (config.rotate_about "readout"), so
++theta moves its phase estimate forward at every position; or, with "mean", about the fold's
+training mean (its projection on the plane), as a random plane, which has no readout, and the
+scrambled null's trig plane, whose readout reads nothing (fitted to shuffled labels), always do.
+Every ablation sets the component to the training mean's. How large each edit is in the end
+(|edit(h) - h| / |h|) is measured (measures.py `edit_size`). A random control's sign or orientation
+means nothing (u and -u are equally likely), so one set of random draws at each magnitude is the
+control for both signs. Every condition in a `family` is compared with that family's random draws.
+The random directions and planes are drawn once per layer (seeded by the run's seed and the layer)
+and shared: the same directions at every strength and sign, for ablation and as the size-matched
+controls, in every setting. The families are therefore paired, not independent nulls.
 """
 
 from __future__ import annotations
@@ -84,8 +84,13 @@ def conditions(
     }
     planes = {target: plane_basis(r.weight) for target, r in fitted.items()}
     readouts = {target: Readout.of(planes[target], r.weight, r.bias) for target, r in fitted.items()}
+    # a phase plane turns about its readout's zero; the scrambled null's readout was fitted to
+    # shuffled labels and reads nothing, so its zero is arbitrary (at SmolLM2's layer 19 about 12
+    # in-plane sd from the data): it turns about the training mean, as a random plane does
     centres = {
-        target: readouts[target].zero() if config.rotate_about == "readout" else q.T @ mean
+        target: readouts[target].zero()
+        if config.rotate_about == "readout" and not target.startswith("scrambled/")
+        else q.T @ mean
         for target, q in planes.items()
     }
     seed = config.seed * 1000 + layer

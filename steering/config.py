@@ -69,10 +69,10 @@ class SteerConfig:
     # Interventions: each magnitude with both signs / directions
     add: list[float] = field(default_factory=lambda: [0.05, 0.2])  # a, in units of |h|
     rotate: list[float] = field(default_factory=lambda: [90.0])  # degrees
-    # The point a plane with a readout turns about: where its readout reads zero (its phase estimate's
-    # centre: +theta moves the estimate forward everywhere), or the training mean's projection (the
-    # only centre before 2026-11-29; the mean target is not zero, so some positions barely turn).
-    # Random planes, which have no readout, turn about the training mean's projection either way.
+    # The point a phase plane turns about: where its readout reads zero (its phase estimate's centre:
+    # +theta moves the estimate forward everywhere), or the training mean's projection (the only
+    # centre in steer_version 1; the readout reads it as the mean target, not zero, so some positions
+    # barely turn). Random planes and the scrambled null's turn about the training mean either way.
     rotate_about: Centre = "readout"
     n_random: int = 20  # random directions and planes per strength
     # Also a size-matched control for each rotation and ablation: n_random random directions, each

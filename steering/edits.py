@@ -82,8 +82,8 @@ class Rotate:
     def phase_shift(self, h: torch.Tensor, new: torch.Tensor) -> torch.Tensor:
         """(...,) degrees the readout's phase estimate moved from h to new = self(h), taken within
         180 degrees of the intended turn (so a 180-degree turn that lands exactly reads 180)."""
-        q = self.q.to(h)
-        moved = torch.rad2deg(self.readout.angle(new @ q) - self.readout.angle(h @ q))
+        q = self.q.to(device=h.device, dtype=torch.float64)  # angles in float64, whatever h's dtype
+        moved = torch.rad2deg(self.readout.angle(new.double() @ q) - self.readout.angle(h.double() @ q))
         return self.degrees + torch.remainder(moved - self.degrees + 180.0, 360.0) - 180.0
 
 
