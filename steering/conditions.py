@@ -85,8 +85,8 @@ def conditions(
     planes = {target: plane_basis(r.weight) for target, r in fitted.items()}
     readouts = {target: Readout.of(planes[target], r.weight, r.bias) for target, r in fitted.items()}
     # a phase plane turns about its readout's zero; the scrambled null's readout was fitted to
-    # shuffled labels and reads nothing, so its zero is arbitrary (at SmolLM2's layer 19 about 12
-    # in-plane sd from the data): it turns about the training mean, as a random plane does
+    # shuffled labels and reads nothing, so its zero is arbitrary (at SmolLM2's layer 19 about 80
+    # units from the training mean, several in-plane sd): it turns about the mean, as a random plane does
     centres = {
         target: readouts[target].zero()
         if config.rotate_about == "readout" and not target.startswith("scrambled/")

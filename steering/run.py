@@ -44,7 +44,7 @@ from turnphase.steering.summary import findings, table
 log = logging.getLogger(__name__)
 
 STEER_FILE = "steer.json"
-STEER_VERSION = 2  # 2: a plane with a readout turns about its zero by default (config.rotate_about)
+STEER_VERSION = 2  # 2: a phase plane turns about its readout's zero by default (config.rotate_about)
 EXAMPLES = 3  # example generations per (non-random) condition
 
 

@@ -255,3 +255,5 @@ def test_a_hypothesis_on_a_sign_contrast_is_tested_against_the_random_directions
     assert t["p"]["vs_opposite"] == sign_flip_p(diff, -1, 0)
     plus, minus = (np.asarray(c["per_prompt"]["length"]) for c in entry["conditions"])
     np.testing.assert_array_equal(diff, plus - minus)
+    assert t["n_differ"] == np.count_nonzero(plus - minus)  # the prompts the sign-flip test can use
+    assert f"({t['n_differ']} prompts differ)" in result["findings"][1]
