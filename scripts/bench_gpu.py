@@ -2,6 +2,7 @@
 
     .venv/bin/python scripts/bench_gpu.py                       # Llama-3.2-1B shape, bfloat16, cuda
     .venv/bin/python scripts/bench_gpu.py --build               # and time the study-scale build (50 x 5)
+    .venv/bin/python scripts/bench_gpu.py --no-extract --generation   # ms per decoding step, default model
     .venv/bin/python scripts/bench_gpu.py --device cpu --shape tiny --batches 2   # a smoke run anywhere
 
 Random weights of the model's shape (the numbers do not depend on the weights), batches of
@@ -15,8 +16,14 @@ Random weights of the model's shape (the numbers do not depend on the weights), 
 
 Target (issue 14): pipelined within 1.5x of forward. `--build` also times `turnphase build` of
 the study's recipe (50 x 5, default model) with `--device`, `--model-dtype` and
-`--extract-batch-size 16`; target at most 60 s on one H100/H200. The device name is printed with
-the numbers, to record them with it.
+`--extract-batch-size 16`; target at most 60 s on one H100/H200. `--generation` times decoding
+steps of the default model at 50 rows (transformers' `generate` alone, and `BatchedChat` as a build
+calls it), with cProfile's top entries: where a build's generation time goes. The device name is
+printed with the numbers, to record them with it.
+
+Measured on one H200 (2026-11-29; README, "A GPU"): forward 171,804 tokens/s, sync x2.01,
+pipelined x1.57 (target missed); decoding 28.5-33.7 ms/step for `generate`, 30.4-45.8 for
+`BatchedChat`; the 50 x 5 build did not finish in 330 s.
 """
 
 from __future__ import annotations
@@ -95,7 +102,21 @@ def main() -> None:
     p.add_argument("--seq-len", type=int, default=1024)
     p.add_argument("--batches", type=int, default=9, help="batches timed after the warm-up one")
     p.add_argument("--build", action="store_true", help="also time the study-scale build")
+    p.add_argument("--build-out", help="keep the build's dataset here (default: a temporary folder)")
+    p.add_argument("--no-extract", action="store_true", help="skip the extraction benchmark")
+    p.add_argument(
+        "--generation", action="store_true", help="also time decoding steps of the default model, 50 rows"
+    )
     args = p.parse_args()
+    if not args.no_extract:
+        bench_extraction(args)
+    if args.generation:
+        bench_generation(args)
+    if args.build:
+        bench_build(args)
+
+
+def bench_extraction(args) -> None:
 
     from turnphase.builders.activations import LayerReader
 
@@ -140,13 +161,93 @@ def main() -> None:
     for way, sec in seconds.items():
         print(f"{way:<10} {tokens / sec:12,.0f} tokens/s   x{sec / seconds['forward']:.2f} of forward")
 
-    if args.build:
-        with tempfile.TemporaryDirectory() as tmp:
-            cmd = [sys.executable, "-m", "turnphase", "build", "--out", f"{tmp}/ds", "--device", args.device]
-            cmd += ["--model-dtype", args.dtype, "--extract-batch-size", "16", "--seed-per-conversation"]
-            start = time.perf_counter()
-            subprocess.run(cmd, check=True)
-            print(f"study-scale build (50 x 5, default model): {time.perf_counter() - start:.1f} s on {name}")
+
+def bench_generation(args, rows: int = 50, steps: int = 64) -> None:
+    """Milliseconds per decoding step of the default model at `rows` rows, each way timed after a
+    warm-up call: transformers' `generate` alone (greedy, then sampling: the floor of eager
+    decoding), then `BatchedChat` as a build calls it (prefix cache, RowSampler with a generator
+    per row; then with the user turn's QuestionStop too). A forward hook counts the steps, so rows
+    that end early do not skew the figure. cProfile's top entries of the build's way follow."""
+    import cProfile
+    import pstats
+
+    from turnphase.builders.conversations import BatchedChat, GenerationSettings
+    from turnphase.builders.model import load_model
+
+    start = time.perf_counter()
+    loaded = load_model(None, device=args.device, dtype=args.dtype)
+    model, tokenizer = loaded.model, loaded.tokenizer
+    print(
+        f"default model loaded in {time.perf_counter() - start:.1f} s: {model.dtype} on {model.device}, "
+        f"attention {model.config._attn_implementation}"
+    )
+    forwards = [0]
+    model.register_forward_pre_hook(lambda *_: forwards.__setitem__(0, forwards[0] + 1))
+    chats = [
+        [
+            {"role": "system", "content": "You are a helpful assistant."},
+            {"role": "user", "content": f"Tell me something about topic number {i}." + " Why?" * (i % 5)},
+        ]
+        for i in range(rows)
+    ]
+    texts = [tokenizer.apply_chat_template(c, tokenize=False, add_generation_prompt=True) for c in chats]
+    tokenizer.padding_side = "left"
+    batch = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False).to(args.device)
+
+    def plain(do_sample: bool):
+        def run():
+            with torch.inference_mode():
+                model.generate(
+                    **batch,
+                    max_new_tokens=steps,
+                    min_new_tokens=steps,
+                    do_sample=do_sample,
+                    pad_token_id=tokenizer.pad_token_id,
+                )
+
+        return run
+
+    def ours(ask: bool):
+        def run():
+            chat = BatchedChat(model, tokenizer, GenerationSettings())
+            chat(chats, steps, seed=1, row_seeds=list(range(rows)), stop_at_question=ask)
+
+        return run
+
+    ways = {
+        "generate, greedy": plain(False),
+        "generate, sampling": plain(True),
+        "BatchedChat, row seeds": ours(False),
+        "BatchedChat, row seeds + question stop": ours(True),
+    }
+    print(f"decoding, default model, {rows} rows, up to {steps} tokens each:")
+    for way, run in ways.items():
+        run()
+        sync(args.device)
+        forwards[0] = 0
+        began = time.perf_counter()
+        if way == "BatchedChat, row seeds":
+            profile = cProfile.Profile()
+            profile.runcall(run)
+        else:
+            run()
+        sync(args.device)
+        sec = time.perf_counter() - began
+        print(
+            f"  {way:<40} {1000 * sec / max(forwards[0], 1):7.1f} ms/step   ({forwards[0]} steps, {sec:.2f} s)"
+        )
+    pstats.Stats(profile).sort_stats("tottime").print_stats(15)
+
+
+def bench_build(args) -> None:
+    name = torch.cuda.get_device_name(args.device) if args.device.startswith("cuda") else "cpu"
+    with tempfile.TemporaryDirectory() as tmp:
+        out = args.build_out or f"{tmp}/ds"
+        cmd = [sys.executable, "-m", "turnphase", "build", "--out", out, "--device", args.device]
+        cmd += ["--model-dtype", args.dtype, "--extract-batch-size", "16", "--seed-per-conversation"]
+        start = time.perf_counter()
+        subprocess.run(cmd, check=True)
+        print(f"study-scale build (50 x 5, default model): {time.perf_counter() - start:.1f} s on {name}")
 
 
 if __name__ == "__main__":

@@ -118,6 +118,63 @@ def test_layer_reader_casts_to_the_stored_dtype_as_numpy_would(tiny_model_dir):
             np.testing.assert_array_equal(got[L].view(np.uint16), want[L].astype(np.float16).view(np.uint16))
 
 
+@pytest.mark.parametrize("model_dtype", ["float32", "bfloat16"])
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_pipelined_cuda_reading_gets_what_the_cpu_reads(tiny_model_dir, model_dtype):
+    """On CUDA, batches submitted before the last one's result is taken (their copies to pinned
+    host memory overlap the next forward) each get what the float32 CPU model reads, to float16
+    rounding (float32 weights) or bfloat16's (bfloat16 weights), and keep it while later batches
+    reuse the device's memory."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
+    cpu_model = AutoModelForCausalLM.from_pretrained(tiny_model_dir).eval()
+    cpu = activations.LayerReader(cpu_model, tokenizer, [0, 2], "float16")
+    cuda_model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=getattr(torch, model_dtype))
+    cuda = activations.LayerReader(cuda_model.eval().to("cuda"), tokenizer, [0, 2], "float16")
+    gen = torch.Generator().manual_seed(0)
+    batches = [
+        [
+            torch.randint(5, 60, (int(n),), generator=gen).tolist()
+            for n in torch.randint(10, 90, (3,), generator=gen)
+        ]
+        for _ in range(4)
+    ]
+    results, pending = [], None
+    for batch in batches:
+        submitted = cuda.submit(batch)
+        if pending is not None:
+            results.append(pending.result())
+        pending = submitted
+    results.append(pending.result())
+    tol = 2e-3 if model_dtype == "float32" else 5e-2
+    for batch, got in zip(batches, results, strict=True):
+        for ids, rows in zip(batch, got, strict=True):
+            want = cpu(ids)
+            for L in (0, 2):
+                assert rows[L].dtype == np.float16 and rows[L].shape == want[L].shape
+                np.testing.assert_allclose(
+                    rows[L].astype(np.float32), want[L].astype(np.float32), rtol=tol, atol=tol
+                )
+
+
+@pytest.mark.parametrize("extract_batch_size", ["1", "3"])
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_build_is_valid(tiny_model_dir, tmp_path, extract_batch_size):
+    """`--device cuda --model-dtype bfloat16`, one conversation per forward or three: a valid
+    dataset whose tokens hold every conversation's rows."""
+    out = tmp_path / "cuda"
+    args = ["build", "--out", str(out), "--model", str(tiny_model_dir), *TINY_ARGS, "--device", "cuda"]
+    args += ["--model-dtype", "bfloat16", "--extract-batch-size", extract_batch_size]
+    assert main(args) == 0
+    assert validate(out) == []
+    tokens = read_config(out, "tokens")
+    assert sorted(set(tokens.column("conversation_id").to_pylist())) == list(range(4))
+    assert read_config(out, "layer_3").num_rows == tokens.num_rows
+
+
 def test_extract_batch_size_and_model_dtype_build(tiny_build, tiny_model_dir, tmp_path):
     """--extract-batch-size 3 stores the same rows as one conversation per forward (activations to
     float16 rounding); --model-dtype bfloat16 builds a valid dataset and is part of the fingerprint."""
