@@ -81,6 +81,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="also, per rotation and ablation, random directions moving h as far as that edit does",
     )
     p.add_argument(
+        "--offset-controls",
+        action="store_true",
+        help="also, per phase plane turned about its readout's zero, random planes turned by the same "
+        "angle about a point as far from the training mean",
+    )
+    p.add_argument(
         "--sign-controls",
         action="store_true",
         help="also the random directions at -a, and each added direction's +a minus -a against theirs",

@@ -16,6 +16,12 @@
             a random draw stands for the other as a control of a single condition, but a
             direction's two signs also differ by chance; a phase direction should push the turn
             one way at +a and the other at -a by more than that
+    offset  (config.offset_controls, rotations about the readout's zero) for each phase plane's
+            rotation: the random planes, each turned by the same angle about a point as far from
+            the training mean (in that plane, at a random angle) as the phase plane's readout zero
+            is from it. Turning about a far-off point moves every position by about twice that
+            distance (at 180 degrees); these controls separate "this plane's phase" from "any plane
+            turned about a point that far off"
 
 A phase plane turns about the point its readout reads as zero (config.rotate_about "readout"), so
 +theta moves its phase estimate forward at every position; or, with "mean", about the fold's
@@ -38,7 +44,7 @@ import torch
 
 from turnphase.analysis.directions import FoldDirections
 from turnphase.builders.errors import ConfigError
-from turnphase.steering.config import PHASE_PLANES, SteerConfig
+from turnphase.steering.config import OWN_CONTROLS, PHASE_PLANES, SteerConfig
 from turnphase.steering.edits import (
     Ablate,
     Add,
@@ -47,6 +53,7 @@ from turnphase.steering.edits import (
     Rotate,
     plane_basis,
     random_directions,
+    random_offsets,
     random_planes,
     unit,
 )
@@ -62,6 +69,7 @@ class Condition:
     edit: object
     matched: str | None = None  # its size-matched random family ("matched <name>"), if any
     opposite: str | None = None  # (an add, with sign controls) the family of its draws at -a: "add -<a>"
+    offset: str | None = None  # (a phase plane's rotation) its offset random planes ("offset <name>"), if any
     index: int = 0  # its place among all the run's conditions (seeds its bootstrap), filtered or not
 
     @property
@@ -182,6 +190,23 @@ def conditions(
                 Condition(f"random {opposite} #{i}", "add", "random/direction", -a, opposite, Add(u, -a))
                 for i, u in enumerate(random_u)
             ]
+    if config.offset_controls:  # last again: the other conditions keep their places
+        offsets = random_offsets(config.n_random, seed)
+        turned = [c for c in out if c.kind == "rotate" and c.target.startswith("plane/")]
+        for cond in turned:
+            cond.offset = f"offset {cond.name}"
+            far = float(torch.linalg.norm(centres[cond.target] - planes[cond.target].T @ mean))
+            out += [
+                Condition(
+                    f"random {cond.offset} #{i}",
+                    "rotate",
+                    "random/offset-plane",
+                    cond.strength,
+                    cond.offset,
+                    Rotate(q, q.T @ mean + far * w, cond.strength),
+                )
+                for i, (q, w) in enumerate(zip(random_q, offsets, strict=True))
+            ]
     for i, cond in enumerate(out):
         cond.index = i
     names = config.chosen_names(setting)
@@ -199,6 +224,8 @@ def select(out: list[Condition], names: list[str], field: str = "only") -> list[
     signs = {(c.target, c.strength) for c in named}
     paired = [c for c in named if c.opposite and (c.target, -c.strength) in signs]
     families = (
-        {c.family for c in named} | {c.matched for c in named if c.matched} | {c.opposite for c in paired}
+        {c.family for c in named}
+        | {getattr(c, own) for c in named for own in OWN_CONTROLS if getattr(c, own)}
+        | {c.opposite for c in paired}
     )
     return [c for c in out if id(c) in keep or (c.is_random and c.family in families)]

@@ -42,6 +42,14 @@ def numbers(name: str, values, kind=float) -> list:
         ) from None
 
 
+# A condition's own controls beside its family's random draws: the Condition field naming their
+# family -> (a word for them, what they are); the effect's comparison is "vs_<field>" in steer.json
+OWN_CONTROLS = {
+    "matched": ("size-matched", "random directions moved as far as this edit"),
+    "offset": ("offset", "random planes turned by the same angle about a point as far from the mean"),
+}
+
+
 @dataclass
 class SteerConfig:
     # What to read
@@ -82,6 +90,9 @@ class SteerConfig:
     # (its effect at +a minus at -a) against the random directions' (+u minus -u): does the
     # direction's sign matter more than a random direction's does (conditions.py)
     sign_controls: bool = False
+    # Also, for each phase plane turned about its readout's zero, n_random random planes turned by
+    # the same angle about a point as far from the training mean (conditions.py)
+    offset_controls: bool = False
     only: list[str] | None = None  # run only these conditions (names), and the draws they are compared with
     # Confirmatory tests (confirm.py): hypotheses fixed before the run, each at alpha / (hypotheses x layers);
     # they choose the settings and conditions run, and turn the size-matched controls on (and the sign
@@ -105,6 +116,10 @@ class SteerConfig:
         self.layers = parse_layers(self.layers)  # auto/all: every layer of the report
         if self.rotate_about not in CENTRES:
             raise ConfigError("rotate_about", f"choose from {', '.join(CENTRES)}")
+        if self.offset_controls and self.rotate_about != "readout":
+            raise ConfigError(
+                "offset_controls", "are for planes turned about their readout's zero (--rotate-about readout)"
+            )
         if not self.settings or any(s not in SETTINGS for s in self.settings):
             raise ConfigError("settings", f"choose from {', '.join(SETTINGS)}")
         if self.fold < 0:

@@ -140,6 +140,8 @@ def sign_flip_p(diff: np.ndarray, sign: int, seed: int) -> float:
 
 def evaluate(result: dict, hypotheses: list[Hypothesis], alpha: float, n_bootstrap: int, seed: int) -> dict:
     """Each hypothesis at each layer of `result` (steer.json's layers), tested at alpha / k."""
+    from turnphase.steering.config import OWN_CONTROLS  # config imports this module
+
     layers = result["layers"]
     k = count_tests(hypotheses, len(layers))
     level = alpha / k
@@ -158,7 +160,7 @@ def evaluate(result: dict, hypotheses: list[Hypothesis], alpha: float, n_bootstr
                 )
                 paired = "vs_unsteered"
             e = c["effect"][h.measure]
-            controls = {"vs_random": c["family"]} | ({"vs_matched": c["matched"]} if c.get("matched") else {})
+            controls = {"vs_random": c["family"]} | {f"vs_{o}": c[o] for o in OWN_CONTROLS if c.get(o)}
             p = {paired: sign_flip_p(diff, sign, seed)}
             p |= {
                 name: rank_p(e["value"], entry["random"][fam][h.measure], sign)

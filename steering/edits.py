@@ -130,6 +130,13 @@ def random_directions(n: int, d: int, seed: int) -> list[torch.Tensor]:
     return [unit(v) for v in g.standard_normal((n, d))]
 
 
+def random_offsets(n: int, seed: int) -> list[torch.Tensor]:
+    """n unit vectors of a plane's coordinates, at uniform angles: where a random plane's centre
+    of rotation lies from the training mean (conditions.py, the offset controls)."""
+    angles = np.random.default_rng([seed, 3]).uniform(0.0, 2 * np.pi, n)
+    return [torch.tensor([np.cos(t), np.sin(t)], dtype=torch.float32) for t in angles]
+
+
 def random_planes(n: int, d: int, seed: int) -> list[torch.Tensor]:
     """n planes, uniform: orthonormal (d, 2) bases."""
     g = np.random.default_rng([seed, 2])

@@ -27,7 +27,7 @@ from turnphase.builders.provenance import fingerprint, turnphase_version
 from turnphase.builders.writer import atomic_write_json, staged_folder
 from turnphase.steering import figures
 from turnphase.steering.conditions import Condition, conditions
-from turnphase.steering.config import SteerConfig, contrast_name
+from turnphase.steering.config import OWN_CONTROLS, SteerConfig, contrast_name
 from turnphase.steering.confirm import check_power, count_tests, evaluate, prompts_needed
 from turnphase.steering.generate import Generation, Steerer
 from turnphase.steering.measures import (
@@ -218,10 +218,9 @@ def run_setting(
         effect = {}
         for k in MEASURES:
             effect[k] = scored(m[k] - base[k], fam[k], config, cond.index)
-            if cond.matched:  # random directions moving h as far as this edit does
-                effect[k]["vs_matched"] = against_random(
-                    effect[k]["value"], np.asarray(random[cond.matched][k])
-                )
+            for own in OWN_CONTROLS:  # size-matched directions, offset planes (conditions.py)
+                if family := getattr(cond, own):
+                    effect[k][f"vs_{own}"] = against_random(effect[k]["value"], np.asarray(random[family][k]))
         entries.append(
             {
                 "name": cond.name,
@@ -230,6 +229,7 @@ def run_setting(
                 "strength": cond.strength,
                 "family": cond.family,
                 "matched": cond.matched,
+                "offset": cond.offset,
                 "mean": {k: float(np.mean(m[k])) for k in MEASURES},
                 "effect": effect,
                 **({"phase_shift": shifts[cond.name]} if cond.name in shifts else {}),

@@ -2,7 +2,7 @@
 
 A finding names an effect beyond random directions only when its interval over prompts excludes 0
 and it lies outside the random draws (|z| >= 2 and empirical p <= 0.05), and, where the run has
-size-matched controls (--matched-controls), outside those too; everything else is said to be no
+a condition's own controls (--matched-controls, --offset-controls), outside those too; everything else is said to be no
 effect beyond random directions. The same holds for a sign contrast (--sign-controls: an added
 direction's effect at +a minus at -a) against the random directions' (+u minus -u). With many
 conditions, about one in twenty passes by chance. A run with --confirm puts its confirmatory tests
@@ -28,7 +28,7 @@ def beyond_random(effect: dict) -> bool:
         ci is not None
         and (ci[0] > 0 or ci[1] < 0)
         and outside(effect)
-        and ("vs_matched" not in effect or outside(effect["vs_matched"]))
+        and all(outside(draws) for name, draws in effect.items() if name.startswith("vs_"))
     )
 
 
@@ -45,6 +45,8 @@ def _fmt(e: dict) -> str:
 
 
 def findings(result: dict) -> list[str]:
+    from turnphase.steering.config import OWN_CONTROLS  # loads the analysis package: not at import
+
     lines = []
     n_tested = n_contrasts = 0
     for L, settings in result["layers"].items():
@@ -67,7 +69,11 @@ def findings(result: dict) -> list[str]:
                     length, broke = e["length"], e["broken"]["value"]
                     said.append(
                         f"{c['name']} {length['value']:+.1f} tokens ({_zp(length)}"
-                        + (f"; vs size-matched {_zp(length['vs_matched'])}" if "vs_matched" in length else "")
+                        + "".join(
+                            f"; vs {word} {_zp(length[f'vs_{own}'])}"
+                            for own, (word, _) in OWN_CONTROLS.items()
+                            if f"vs_{own}" in length
+                        )
                         + f"; broken {broke:+.2f}, KL {c['mean']['kl']:.3f})"
                     )
                 lines.append(lead + " Beyond random directions: " + "; ".join(said) + ".")
@@ -128,6 +134,8 @@ def confirm_lines(c: dict) -> list[str]:
 
 
 def table(result: dict) -> str:
+    from turnphase.steering.config import OWN_CONTROLS
+
     out = ["\n".join(result["findings"]), ""]
     for L, settings in result["layers"].items():
         for setting, entry in settings.items():
@@ -152,11 +160,12 @@ def table(result: dict) -> str:
                         f"{c['phase_shift']['error']:.1f} from the intended {c['strength']:+g} at a position "
                         "(means over the edited positions and prompts)"
                     )
-                if "vs_matched" in e["length"]:
-                    out.append(
-                        f"{'':<4}vs size-matched random: length {_zp(e['length']['vs_matched'])}, "
-                        f"P(end) {_zp(e['p_end']['vs_matched'])} (random directions moved as far as this edit)"
-                    )
+                for own, (word, what) in OWN_CONTROLS.items():
+                    if (name := f"vs_{own}") in e["length"]:
+                        out.append(
+                            f"{'':<4}vs {word} random: length {_zp(e['length'][name])}, "
+                            f"P(end) {_zp(e['p_end'][name])} ({what})"
+                        )
             if entry.get("contrasts"):
                 out.append(
                     "sign contrasts: the effect at +a minus at -a; z and p against random directions' (+u minus -u)"

@@ -231,6 +231,27 @@ def test_a_confirmatory_run_tests_its_hypotheses_and_only_runs_what_they_need(ti
     assert "Confirmatory: 2 tests" in (out / "summary.txt").read_text()
 
 
+def test_a_rotation_with_offset_controls_is_tested_against_them_too(tiny_analysed, tmp_path):
+    """With --offset-controls a rotation's hypothesis is also ranked among its offset random planes
+    (vs_offset), and the summary names them."""
+    data, report = tiny_analysed
+    out = tmp_path / "steer"
+    args = ["steer", str(data), "--report", str(report), "--layers", "1", "--out", str(out), *FAST_STEER]
+    assert main([*args, "--alpha", "0.5", "--offset-controls", "--confirm", *MID]) == 0
+    result = json.loads((out / "steer.json").read_text())
+    entry = result["layers"]["1"]["mid"]
+    name = MID[1]
+    assert set(entry["random"]) == {"rotate 90", f"matched {name}", f"offset {name}"}
+    (cond,) = entry["conditions"]
+    assert cond["offset"] == f"offset {name}" and "vs_offset" in cond["effect"]["length"]
+    (t,) = result["confirmatory"]["tests"]
+    assert t["draws"] == {"vs_random": 3, "vs_matched": 3, "vs_offset": 3}
+    draws = entry["random"][f"offset {name}"][t["measure"]]
+    sign = 1 if t["direction"] == "higher" else -1
+    assert t["p"]["vs_offset"] == (1 + sum(sign * d >= sign * t["value"] - 1e-12 for d in draws)) / 4
+    assert "vs offset random: length z" in (out / "summary.txt").read_text()
+
+
 def test_a_hypothesis_on_a_sign_contrast_is_tested_against_the_random_directions_contrasts(
     tiny_analysed, tmp_path
 ):

@@ -183,6 +183,45 @@ def test_matched_controls_and_only(tiny_analysed):
     assert e.value.field == "only"
 
 
+def test_offset_controls_turn_random_planes_about_a_point_as_far_off(tiny_analysed):
+    """--offset-controls gives each phase plane's rotation a family of the n_random random planes,
+    each turned by the same angle about a point as far from the training mean as that plane's
+    readout zero, at its own angle, so that h at the mean moves exactly as far as the phase plane's
+    rotation moves it; after every other condition (which keep their places); refused when planes
+    turn about the mean."""
+    data, report = tiny_analysed
+    found = Directions.load(report).layers[LAYER].folds[0]
+    d_model, wide = len(found.mean), torch.from_numpy(found.mean).double()  # checks in float64
+    config = SteerConfig(str(data), str(report), [LAYER], rotate=[90, 180])
+    plain = conditions(found, d_model, config, LAYER)
+    config.offset_controls = True
+    conds = conditions(found, d_model, config, LAYER)
+    assert [(c.name, c.index) for c in conds[: len(plain)]] == [(c.name, c.index) for c in plain]
+    turned = [c for c in conds if not c.is_random and c.kind == "rotate" and c.target.startswith("plane/")]
+    assert len(turned) == 8 and all(c.offset == f"offset {c.name}" for c in turned)
+    assert all(c.offset is None for c in conds if not any(c is t for t in turned))  # scrambled/random: none
+    planes = [c.edit.q for c in conds if c.family == "rotate 90" and c.is_random]
+    at_mean = wide[None]
+    for c in turned:
+        far = float(torch.linalg.norm(c.edit.centre.double() - c.edit.q.double().T @ wide))
+        assert far > 0
+        moved = 2 * np.sin(np.radians(abs(c.strength)) / 2) * far  # |(R - I) offset|
+        assert float((c.edit(at_mean) - at_mean).norm()) == pytest.approx(moved, rel=1e-6)
+        draws = [m for m in conds if m.family == c.offset]
+        assert len(draws) == 20 and all(m.is_random and m.target == "random/offset-plane" for m in draws)
+        angles = []
+        for m, q in zip(draws, planes, strict=True):
+            assert torch.equal(m.edit.q, q) and m.edit.degrees == c.strength and m.edit.readout is None
+            off = m.edit.centre.double() - q.double().T @ wide
+            assert float(torch.linalg.norm(off)) == pytest.approx(far, rel=2e-3)  # float32 centres
+            angles.append(round(float(torch.atan2(off[1], off[0])), 6))
+            assert float((m.edit(at_mean) - at_mean).norm()) == pytest.approx(moved, rel=2e-3)
+        assert len(set(angles)) == 20  # each draw about a point at its own angle
+    with pytest.raises(ConfigError) as e:
+        SteerConfig(str(data), str(report), [LAYER], offset_controls=True, rotate_about="mean")
+    assert e.value.field == "offset_controls"
+
+
 def test_a_run_with_matched_controls_scores_each_condition_against_its_own(tiny_analysed, tmp_path):
     data, report = tiny_analysed
     common = ["--report", str(report), "--layers", "1", "--settings", "mid", *FAST_STEER]
