@@ -171,7 +171,8 @@ def load_model(
         raise cannot_load(e) from None
     if "gguf_file" in kwargs:
         _keep_converted(model, tokenizer, converted)
-        model.to(getattr(torch, dtype))
+        if dtype != "float32":
+            model = _in_dtype(model, dtype, converted, trust_remote_code)
     if weights is None and not os.path.isdir(source):
         # A Hub model: hash the cached weights file(s) so the provenance pins the exact weights.
         from huggingface_hub import snapshot_download
@@ -236,6 +237,30 @@ def _keep_converted(model, tokenizer, folder: Path) -> None:
     except Exception as e:  # OSError, or safetensors' own error on a full disk: the cache is optional
         log.debug("not keeping the converted model in %s: %s", folder, one_line(e))
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _in_dtype(model, dtype: str, converted: Path, trust_remote_code: bool):
+    """A GGUF model converted in float32, in `dtype` as every later load gives it: read back from
+    its kept conversion, or, where that could not be kept, cast with its non-persistent buffers
+    left as they are (transformers keeps those, the rotary frequencies, in float32; in bfloat16
+    their rounding times the position would turn late tokens' rotary angles by radians)."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    if converted.is_dir():
+        return AutoModelForCausalLM.from_pretrained(
+            str(converted), dtype=getattr(torch, dtype), trust_remote_code=trust_remote_code
+        )
+    kept = {
+        (module, name): module._buffers[name]
+        for module in model.modules()
+        for name in module._non_persistent_buffers_set
+        if module._buffers.get(name) is not None
+    }
+    model.to(getattr(torch, dtype))
+    for (module, name), buffer in kept.items():
+        module._buffers[name] = buffer
+    return model
 
 
 def model_license(source: str, revision: str | None = None) -> str | None:

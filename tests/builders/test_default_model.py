@@ -105,9 +105,10 @@ def test_the_converted_gguf_is_kept_and_read_back_the_same(tmp_path, monkeypatch
 
 def test_a_bfloat16_load_keeps_the_conversion_and_gets_what_the_gguf_gives(tmp_path, monkeypatch):
     """A GGUF asked for in another dtype than float32 (a GPU build's `--model-dtype bfloat16`) is
-    converted in float32, kept, then cast: the next load reads the conversion (converting every
-    time took 37-49 s of each bfloat16 load on an H200), and both have the weights transformers
-    gives when it loads the GGUF in bfloat16 itself."""
+    converted in float32 and kept, then read back in bfloat16: the next load reads the conversion
+    (converting every time took 37-49 s of each bfloat16 load on an H200). Both, and a load whose
+    conversion cannot be kept (cast instead), have the weights and buffers transformers gives when
+    it loads the GGUF in bfloat16 itself: bfloat16 weights, float32 rotary frequencies."""
     from transformers import AutoModelForCausalLM
 
     monkeypatch.setenv("TURNPHASE_CACHE", str(tmp_path))
@@ -118,11 +119,20 @@ def test_a_bfloat16_load_keeps_the_conversion_and_gets_what_the_gguf_gives(tmp_p
     assert again.model.config._name_or_path == str(folder)  # read from the conversion
     gguf = default_gguf()
     direct = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=torch.bfloat16)
-    want = direct.state_dict()
-    for loaded in (first, again):
+    blocked = tmp_path / "not-a-folder"
+    blocked.write_text("")
+    monkeypatch.setenv("TURNPHASE_CACHE", str(blocked / "cache"))  # nothing can be kept under a file
+    uncached = load_model(None, layers="13", dtype="bfloat16")
+    assert not (blocked / "cache").exists()
+    want, buffers = direct.state_dict(), dict(direct.named_buffers())
+    assert any(b.dtype == torch.float32 for b in buffers.values())  # the rotary frequencies
+    for loaded in (first, again, uncached):
         got = loaded.model.state_dict()
         assert got.keys() == want.keys()
         assert all(got[k].dtype == torch.bfloat16 and torch.equal(got[k], want[k]) for k in want)
+        got = dict(loaded.model.named_buffers())
+        assert got.keys() == buffers.keys()
+        assert all(got[k].dtype == b.dtype and torch.equal(got[k], b) for k, b in buffers.items())
 
 
 def test_a_killed_conversions_temporary_folder_is_swept(tmp_path):
