@@ -16,12 +16,13 @@
             a random draw stands for the other as a control of a single condition, but a
             direction's two signs also differ by chance; a phase direction should push the turn
             one way at +a and the other at -a by more than that
-    offset  (config.offset_controls, rotations about the readout's zero) for each phase plane's
-            rotation: the random planes, each turned by the same angle about a point as far from
-            the training mean (in that plane, at a random angle) as the phase plane's readout zero
-            is from it. Turning about a far-off point moves every position by about twice that
-            distance (at 180 degrees); these controls separate "this plane's phase" from "any plane
-            turned about a point that far off"
+    offset  (config.offset_controls, rotations about the readout's zero) for each phase plane and
+            angle: the random planes, each turned by that angle about a point as far from the
+            training mean (in that plane, at a random angle) as the phase plane's readout zero is
+            from it, so that a position at the mean moves exactly as far as under the phase plane's
+            rotation (a turn about a point far off the data is nearly a push of the data by a fixed
+            vector; the size-matched draws take an edit's size, these its form too). One family
+            serves both signs, as a random plane turned by -theta is one turned by +theta
 
 A phase plane turns about the point its readout reads as zero (config.rotate_about "readout"), so
 +theta moves its phase estimate forward at every position; or, with "mean", about the fold's
@@ -44,7 +45,8 @@ import torch
 
 from turnphase.analysis.directions import FoldDirections
 from turnphase.builders.errors import ConfigError
-from turnphase.steering.config import OWN_CONTROLS, PHASE_PLANES, SteerConfig
+from turnphase.steering.config import PHASE_PLANES, SteerConfig
+from turnphase.steering.confirm import OWN_CONTROLS
 from turnphase.steering.edits import (
     Ablate,
     Add,
@@ -63,13 +65,17 @@ from turnphase.steering.edits import (
 class Condition:
     name: str  # "add probe/linear +0.1", "rotate plane/trig -90", "random add 0.1 #3", ...
     kind: str  # add, rotate, ablate
-    target: str  # probe/linear, plane/trig, plane/fourier, scrambled/..., random/direction, random/plane
+    # probe/linear, plane/trig, plane/fourier, scrambled/...; a draw: random/direction, random/plane,
+    # random/matched, random/offset-plane
+    target: str
     strength: float  # a (add), degrees (rotate), 0 (ablate)
     family: str  # the random family it is compared with: "add 0.1", "rotate 90", "ablate plane", ...
     edit: object
     matched: str | None = None  # its size-matched random family ("matched <name>"), if any
     opposite: str | None = None  # (an add, with sign controls) the family of its draws at -a: "add -<a>"
-    offset: str | None = None  # (a phase plane's rotation) its offset random planes ("offset <name>"), if any
+    offset: str | None = (
+        None  # (a phase plane's rotation) its offset planes' family ("offset rotate ..."), if any
+    )
     index: int = 0  # its place among all the run's conditions (seeds its bootstrap), filtered or not
 
     @property
@@ -192,21 +198,24 @@ def conditions(
             ]
     if config.offset_controls:  # last again: the other conditions keep their places
         offsets = random_offsets(config.n_random, seed)
-        turned = [c for c in out if c.kind == "rotate" and c.target.startswith("plane/")]
-        for cond in turned:
-            cond.offset = f"offset {cond.name}"
-            far = float(torch.linalg.norm(centres[cond.target] - planes[cond.target].T @ mean))
-            out += [
-                Condition(
-                    f"random {cond.offset} #{i}",
-                    "rotate",
-                    "random/offset-plane",
-                    cond.strength,
-                    cond.offset,
-                    Rotate(q, q.T @ mean + far * w, cond.strength),
-                )
-                for i, (q, w) in enumerate(zip(random_q, offsets, strict=True))
-            ]
+        for theta in config.rotate:
+            for target in [t for t in planes if t.startswith("plane/")]:
+                family = f"offset rotate {target} {theta:g}"
+                for cond in out:
+                    if cond.kind == "rotate" and cond.target == target and abs(cond.strength) == theta:
+                        cond.offset = family
+                far = float(torch.linalg.norm(centres[target] - planes[target].T @ mean))
+                out += [
+                    Condition(
+                        f"random {family} #{i}",
+                        "rotate",
+                        "random/offset-plane",
+                        theta,
+                        family,
+                        Rotate(q, q.T @ mean + far * w, theta),
+                    )
+                    for i, (q, w) in enumerate(zip(random_q, offsets, strict=True))
+                ]
     for i, cond in enumerate(out):
         cond.index = i
     names = config.chosen_names(setting)

@@ -42,14 +42,6 @@ def numbers(name: str, values, kind=float) -> list:
         ) from None
 
 
-# A condition's own controls beside its family's random draws: the Condition field naming their
-# family -> (a word for them, what they are); the effect's comparison is "vs_<field>" in steer.json
-OWN_CONTROLS = {
-    "matched": ("size-matched", "random directions moved as far as this edit"),
-    "offset": ("offset", "random planes turned by the same angle about a point as far from the mean"),
-}
-
-
 @dataclass
 class SteerConfig:
     # What to read

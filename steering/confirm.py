@@ -8,8 +8,9 @@ A steering run's findings scan every condition, so about one in twenty passes by
 condition picked because it passed says nothing about chance on the prompts it was picked on. A
 confirmatory run names its hypotheses first, each a setting, a condition, a measure and the way the
 effect should go, and runs only those conditions (in those settings) with their random and
-size-matched draws. With k tests (hypotheses x layers) at family-wise level alpha, each is tested at
-alpha / k (Bonferroni) and holds only when every one of these one-sided tests, at alpha / k, does:
+size-matched (and, with --offset-controls, offset) draws. With k tests (hypotheses x layers) at
+family-wise level alpha, each is tested at alpha / k (Bonferroni) and holds only when every one of
+these one-sided tests, at alpha / k, does:
 
     vs_unsteered  paired sign-flip test over prompts (exact up to 16 prompts): the steered turns
                   moved the predicted way from the unsteered ones, prompt by prompt
@@ -17,6 +18,8 @@ alpha / k (Bonferroni) and holds only when every one of these one-sided tests, a
                   predicted way}) / (1 + n): beyond random directions or planes of its strength
     vs_matched    the same among its size-matched draws (rotations and ablations; an added
                   direction is as large as its random draws by construction and has none)
+    vs_offset     (--offset-controls, a phase plane's rotation) the same among random planes
+                  turned by its angle about a point as far from the training mean as its centre
 
 A hypothesis may name a sign contrast instead of a condition ("add probe/linear ±0.5", or +-0.5: the turns
 at +a minus those at -a, run with --sign-controls' draws at both signs). Its tests are
@@ -45,6 +48,14 @@ import scipy.stats
 
 from turnphase.builders.errors import ConfigError
 from turnphase.steering.measures import OUTCOMES, interval
+
+# A condition's own controls beside its family's random draws (conditions.py): the Condition field
+# naming their family -> (a word for them, what they are); an effect's comparison with them is
+# "vs_<field>" in steer.json, and a confirmatory test's rank p of that name
+OWN_CONTROLS = {
+    "matched": ("size-matched", "random directions moved as far as this edit"),
+    "offset": ("offset", "random planes turned by the same angle about a point as far from the mean"),
+}
 
 DIRECTIONS = {"lower": -1, "higher": +1}
 SIGN_FLIPS = 100_000  # resamples of the sign-flip test: every one of the 2^n flips up to n = 16
@@ -140,7 +151,6 @@ def sign_flip_p(diff: np.ndarray, sign: int, seed: int) -> float:
 
 def evaluate(result: dict, hypotheses: list[Hypothesis], alpha: float, n_bootstrap: int, seed: int) -> dict:
     """Each hypothesis at each layer of `result` (steer.json's layers), tested at alpha / k."""
-    from turnphase.steering.config import OWN_CONTROLS  # config imports this module
 
     layers = result["layers"]
     k = count_tests(hypotheses, len(layers))

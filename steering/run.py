@@ -27,8 +27,8 @@ from turnphase.builders.provenance import fingerprint, turnphase_version
 from turnphase.builders.writer import atomic_write_json, staged_folder
 from turnphase.steering import figures
 from turnphase.steering.conditions import Condition, conditions
-from turnphase.steering.config import OWN_CONTROLS, SteerConfig, contrast_name
-from turnphase.steering.confirm import check_power, count_tests, evaluate, prompts_needed
+from turnphase.steering.config import SteerConfig, contrast_name
+from turnphase.steering.confirm import OWN_CONTROLS, check_power, count_tests, evaluate, prompts_needed
 from turnphase.steering.generate import Generation, Steerer
 from turnphase.steering.measures import (
     EDIT_MEASURES,

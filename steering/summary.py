@@ -12,6 +12,7 @@ conditions, about one in twenty passes by chance. A run with --confirm puts its 
 from __future__ import annotations
 
 from turnphase.analysis.timing import time_line
+from turnphase.steering.confirm import OWN_CONTROLS
 
 Z_FLOOR = 2.0
 P_FLOOR = 0.05
@@ -28,7 +29,7 @@ def beyond_random(effect: dict) -> bool:
         ci is not None
         and (ci[0] > 0 or ci[1] < 0)
         and outside(effect)
-        and all(outside(draws) for name, draws in effect.items() if name.startswith("vs_"))
+        and all(outside(effect[f"vs_{own}"]) for own in OWN_CONTROLS if f"vs_{own}" in effect)
     )
 
 
@@ -45,8 +46,6 @@ def _fmt(e: dict) -> str:
 
 
 def findings(result: dict) -> list[str]:
-    from turnphase.steering.config import OWN_CONTROLS  # loads the analysis package: not at import
-
     lines = []
     n_tested = n_contrasts = 0
     for L, settings in result["layers"].items():
@@ -134,8 +133,6 @@ def confirm_lines(c: dict) -> list[str]:
 
 
 def table(result: dict) -> str:
-    from turnphase.steering.config import OWN_CONTROLS
-
     out = ["\n".join(result["findings"]), ""]
     for L, settings in result["layers"].items():
         for setting, entry in settings.items():

@@ -18,6 +18,7 @@ from turnphase.steering.confirm import (
     prompts_needed,
     sign_flip_p,
 )
+from turnphase.steering.summary import beyond_random
 
 START = ["start", "ablate plane/trig", "length", "lower"]
 MID = ["mid", "rotate plane/trig +90", "p_end", "higher"]
@@ -131,6 +132,25 @@ def test_a_hypothesis_holds_only_when_every_one_sided_test_passes(shift, random,
     assert lo < diff.mean() < hi
 
 
+def test_a_rotation_beyond_its_other_draws_but_not_its_offset_planes_does_not_hold():
+    """vs_offset decides as the other controls do: the same effect, beyond random planes and
+    size-matched draws, fails when offset planes shortened turns as much; an exploratory finding
+    (summary.beyond_random) needs it too."""
+    diff = -5 + np.random.default_rng(1).normal(0, 1.0, 16)
+    for offset, failed in ((FAR, []), (NEAR, ["vs_offset"])):
+        result = _result(diff, FAR, FAR)
+        cond, entry = result["layers"]["19"]["mid"]["conditions"][0], result["layers"]["19"]["mid"]
+        cond["offset"] = "offset rotate plane/trig 90"
+        entry["random"]["offset rotate plane/trig 90"] = {"length": list(offset)}
+        (t,) = evaluate(result, LOWER, 0.05, 400, 0)["tests"]
+        assert list(t["p"]) == ["vs_unsteered", "vs_random", "vs_matched", "vs_offset"]
+        assert t["failed"] == failed and t["holds"] is (not failed)
+    outside = {"z": -5.0, "p": 0.01}
+    effect = {"value": -5.0, "ci95": [-6.0, -4.0], **outside, "vs_matched": outside}
+    assert beyond_random(effect) and beyond_random(effect | {"vs_offset": outside})
+    assert not beyond_random(effect | {"vs_offset": {"z": -0.3, "p": 0.4}})
+
+
 def test_the_tests_are_one_sided_at_alpha_over_hypotheses_times_layers():
     diff = -5 + np.random.default_rng(1).normal(0, 1.0, 16)
     one = evaluate(_result(diff, FAR, FAR), LOWER, 0.05, 400, 0)
@@ -240,13 +260,13 @@ def test_a_rotation_with_offset_controls_is_tested_against_them_too(tiny_analyse
     assert main([*args, "--alpha", "0.5", "--offset-controls", "--confirm", *MID]) == 0
     result = json.loads((out / "steer.json").read_text())
     entry = result["layers"]["1"]["mid"]
-    name = MID[1]
-    assert set(entry["random"]) == {"rotate 90", f"matched {name}", f"offset {name}"}
+    name, offset = MID[1], "offset rotate plane/trig 90"
+    assert set(entry["random"]) == {"rotate 90", f"matched {name}", offset}
     (cond,) = entry["conditions"]
-    assert cond["offset"] == f"offset {name}" and "vs_offset" in cond["effect"]["length"]
+    assert cond["offset"] == offset and "vs_offset" in cond["effect"]["length"]
     (t,) = result["confirmatory"]["tests"]
     assert t["draws"] == {"vs_random": 3, "vs_matched": 3, "vs_offset": 3}
-    draws = entry["random"][f"offset {name}"][t["measure"]]
+    draws = entry["random"][offset][t["measure"]]
     sign = 1 if t["direction"] == "higher" else -1
     assert t["p"]["vs_offset"] == (1 + sum(sign * d >= sign * t["value"] - 1e-12 for d in draws)) / 4
     assert "vs offset random: length z" in (out / "summary.txt").read_text()

@@ -184,21 +184,24 @@ def test_matched_controls_and_only(tiny_analysed):
 
 
 def test_offset_controls_turn_random_planes_about_a_point_as_far_off(tiny_analysed):
-    """--offset-controls gives each phase plane's rotation a family of the n_random random planes,
-    each turned by the same angle about a point as far from the training mean as that plane's
-    readout zero, at its own angle, so that h at the mean moves exactly as far as the phase plane's
-    rotation moves it; after every other condition (which keep their places); refused when planes
-    turn about the mean."""
+    """--offset-controls gives each phase plane, per angle, a family of the n_random random planes
+    (both signs' control), each turned by that angle about a point as far from the training mean as
+    that plane's readout zero, at its own angle, so that h at the mean moves exactly as far as the
+    phase plane's rotation moves it; after every other condition, with the size-matched and sign
+    controls too (the others keep their places); refused when planes turn about the mean."""
     data, report = tiny_analysed
     found = Directions.load(report).layers[LAYER].folds[0]
     d_model, wide = len(found.mean), torch.from_numpy(found.mean).double()  # checks in float64
-    config = SteerConfig(str(data), str(report), [LAYER], rotate=[90, 180])
+    config = SteerConfig(str(data), str(report), [LAYER], rotate=[90, 180], matched_controls=True)
+    config.sign_controls = True
     plain = conditions(found, d_model, config, LAYER)
     config.offset_controls = True
     conds = conditions(found, d_model, config, LAYER)
     assert [(c.name, c.index) for c in conds[: len(plain)]] == [(c.name, c.index) for c in plain]
     turned = [c for c in conds if not c.is_random and c.kind == "rotate" and c.target.startswith("plane/")]
-    assert len(turned) == 8 and all(c.offset == f"offset {c.name}" for c in turned)
+    assert len(turned) == 8
+    assert all(c.offset == f"offset rotate {c.target} {abs(c.strength):g}" for c in turned)
+    assert len({c.family for c in conds if c.target == "random/offset-plane"}) == 4  # 2 planes x 2 angles
     assert all(c.offset is None for c in conds if not any(c is t for t in turned))  # scrambled/random: none
     planes = [c.edit.q for c in conds if c.family == "rotate 90" and c.is_random]
     at_mean = wide[None]
@@ -211,7 +214,7 @@ def test_offset_controls_turn_random_planes_about_a_point_as_far_off(tiny_analys
         assert len(draws) == 20 and all(m.is_random and m.target == "random/offset-plane" for m in draws)
         angles = []
         for m, q in zip(draws, planes, strict=True):
-            assert torch.equal(m.edit.q, q) and m.edit.degrees == c.strength and m.edit.readout is None
+            assert torch.equal(m.edit.q, q) and m.edit.degrees == abs(c.strength) and m.edit.readout is None
             off = m.edit.centre.double() - q.double().T @ wide
             assert float(torch.linalg.norm(off)) == pytest.approx(far, rel=2e-3)  # float32 centres
             angles.append(round(float(torch.atan2(off[1], off[0])), 6))
