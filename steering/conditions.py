@@ -73,9 +73,7 @@ class Condition:
     edit: object
     matched: str | None = None  # its size-matched random family ("matched <name>"), if any
     opposite: str | None = None  # (an add, with sign controls) the family of its draws at -a: "add -<a>"
-    offset: str | None = (
-        None  # (a phase plane's rotation) its offset planes' family ("offset rotate ..."), if any
-    )
+    offset: str | None = None  # (a phase plane's rotation) its offset planes' family, if any
     index: int = 0  # its place among all the run's conditions (seeds its bootstrap), filtered or not
 
     @property

@@ -151,7 +151,6 @@ def sign_flip_p(diff: np.ndarray, sign: int, seed: int) -> float:
 
 def evaluate(result: dict, hypotheses: list[Hypothesis], alpha: float, n_bootstrap: int, seed: int) -> dict:
     """Each hypothesis at each layer of `result` (steer.json's layers), tested at alpha / k."""
-
     layers = result["layers"]
     k = count_tests(hypotheses, len(layers))
     level = alpha / k
