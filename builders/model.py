@@ -155,7 +155,7 @@ def load_model(
         with warnings.catch_warnings():  # torch's note on a pickle's protocol, before it refuses it
             warnings.filterwarnings("ignore", message="Detected pickle protocol")
             # A GGUF is converted in float32 whatever the dtype, so that the conversion is kept (a
-            # bfloat16 load converted every time: 37-49 s of a GPU build); `_in_dtype` below.
+            # bfloat16 load read the GGUF every time: loads of 37-49 s on an H200); `_in_dtype` below.
             load_dtype = "float32" if "gguf_file" in kwargs else dtype
             model = AutoModelForCausalLM.from_pretrained(source, dtype=getattr(torch, load_dtype), **kwargs)
     except pickle.UnpicklingError:

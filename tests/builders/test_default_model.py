@@ -106,7 +106,7 @@ def test_the_converted_gguf_is_kept_and_read_back_the_same(tmp_path, monkeypatch
 def test_a_bfloat16_load_keeps_the_conversion_and_gets_what_the_gguf_gives(tmp_path, monkeypatch):
     """A GGUF asked for in another dtype than float32 (a GPU build's `--model-dtype bfloat16`) is
     converted in float32 and kept, then read back in bfloat16: the next load reads the conversion
-    (converting every time took 37-49 s of each bfloat16 load on an H200). Both, and a load whose
+    (bfloat16 loads that read the GGUF every time took 37-49 s on an H200). Both, and a load whose
     conversion cannot be kept (cast instead), have the weights and buffers transformers gives when
     it loads the GGUF in bfloat16 itself: bfloat16 weights, float32 rotary frequencies."""
     from transformers import AutoModelForCausalLM
