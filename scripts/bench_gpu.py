@@ -84,6 +84,10 @@ def sync(device: str) -> None:
         torch.cuda.synchronize()
 
 
+def device_name(device: str) -> str:
+    return torch.cuda.get_device_name(device) if device.startswith("cuda") else "cpu"
+
+
 def timed(run_all, batches, device: str) -> float:
     """Seconds `run_all` takes over batches[1:], after a warm-up on batches[:1]."""
     run_all(batches[:1])
@@ -154,7 +158,7 @@ def bench_extraction(args) -> None:
         way: timed(run, batches, args.device)
         for way, run in [("forward", forward), ("sync", one_by_one), ("pipelined", pipelined)]
     }
-    name = torch.cuda.get_device_name(args.device) if args.device.startswith("cuda") else "cpu"
+    name = device_name(args.device)
     tokens = args.batches * args.batch * args.seq_len
     print(
         f"{name}; {args.shape}, {args.dtype}, {len(LAYERS)} layers read, batch {args.batch} x {args.seq_len} tokens"
@@ -240,7 +244,7 @@ def bench_generation(args, rows: int = 50, steps: int = 64) -> None:
 
 
 def bench_build(args) -> None:
-    name = torch.cuda.get_device_name(args.device) if args.device.startswith("cuda") else "cpu"
+    name = device_name(args.device)
     with tempfile.TemporaryDirectory() as tmp:
         out = args.build_out or f"{tmp}/ds"
         cmd = [sys.executable, "-m", "turnphase", "build", "--out", out, "--device", args.device]

@@ -197,7 +197,7 @@ def conditions(
     if config.offset_controls:  # last again: the other conditions keep their places
         offsets = random_offsets(config.n_random, seed)
         for theta in config.rotate:
-            for target in [t for t in planes if t.startswith("plane/")]:
+            for target in [f"plane/{p}" for p in PHASE_PLANES]:
                 family = f"offset rotate {target} {theta:g}"
                 for cond in out:
                     if cond.kind == "rotate" and cond.target == target and abs(cond.strength) == theta:
