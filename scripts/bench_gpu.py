@@ -122,7 +122,6 @@ def main() -> None:
 
 
 def bench_extraction(args) -> None:
-
     from turnphase.builders.activations import LayerReader
 
     dtype = getattr(torch, args.dtype)

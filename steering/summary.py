@@ -3,8 +3,9 @@
 A finding names an effect beyond random directions only when its interval over prompts excludes 0
 and it lies outside the random draws (|z| >= 2 and empirical p <= 0.05), and, where the run has
 a condition's own controls (--matched-controls, --offset-controls), outside those too; everything
-else is said to be no effect beyond random directions. The same holds for a sign contrast (--sign-controls: an added
-direction's effect at +a minus at -a) against the random directions' (+u minus -u). With many
+else is said to be no effect beyond random directions. The same holds for a sign contrast
+(--sign-controls: an added direction's effect at +a minus at -a) against the random directions'
+(+u minus -u). With many
 conditions, about one in twenty passes by chance. A run with --confirm puts its confirmatory tests
 (confirm.py) first.
 """
