@@ -593,6 +593,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="the weights' dtype in memory (bfloat16 on a GPU); the stored dtype is --dtype",
     )
     g.add_argument(
+        "--compile-decoding",
+        action="store_true",
+        help="decode with a static KV cache and a compiled step (CUDA graphs on a GPU), for GPUs, "
+        "whose decoding of a small model is bound by launching kernels; slower on a CPU",
+    )
+    g.add_argument(
         "--generation-dtype",
         choices=WEIGHT_DTYPES,
         default=d.generation_dtype,

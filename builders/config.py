@@ -49,6 +49,10 @@ class BuildConfig:
     # The dtype of a copy of the weights that samples the conversations (None: model_dtype); the
     # activations are still read with model_dtype. bfloat16 decodes 1.5x faster on CPUs with AMX.
     generation_dtype: Literal["float32", "bfloat16", "float16"] | None = None
+    # Decode with a static KV cache, which lets transformers' `generate` compile the decoding step
+    # (CUDA graphs on a GPU; prefix_cache.py). Like the device, it changes how, not what: the
+    # numerics move in their last bits, so it is not part of a build's fingerprint.
+    compile_decoding: bool = False
 
     # The conversations.
     n_conversations: int = 50  # topics cycle when there are more than the study's 50
@@ -198,7 +202,7 @@ class BuildConfig:
         """The options that determine the data; a resumed build must match them exactly. Options
         added since builds were first made are left out at their defaults, so those builds keep
         their fingerprints (and resume, or are found complete)."""
-        skip = {"out", "push_to_hub", "private", "hub_revision", "device", "license"}
+        skip = {"out", "push_to_hub", "private", "hub_revision", "device", "compile_decoding", "license"}
         options = {k: v for k, v in asdict(self).items() if k not in skip}
         for name, default in LATER_OPTIONS.items():
             if options[name] == default:

@@ -23,6 +23,7 @@ import difflib
 import functools
 import hashlib
 import json
+import logging
 import re
 from collections.abc import Callable, Hashable, Sequence
 from dataclasses import asdict, dataclass, field, fields
@@ -32,6 +33,7 @@ from typing import Any, Literal, NamedTuple
 from turnphase.builders.config import BuildConfig
 from turnphase.builders.log import progress
 
+log = logging.getLogger(__name__)
 Strategy = Literal["study", "reply"]
 ROLE_LABEL = re.compile(r"(?im)^\W*(user|assistant)\W*:")
 # Wrappers a small model puts around the question it was asked for:
@@ -369,6 +371,7 @@ class GenerationSettings:
     no_repeat_ngram_size: int = BuildConfig.no_repeat_ngram_size  # transformers' option; 0 = off
     continuous: bool = BuildConfig.continuous  # continuous batching (generate_continuously)
     parallel_attempts: int = BuildConfig.parallel_attempts  # attempts of one turn in flight at once
+    compile_decoding: bool = BuildConfig.compile_decoding  # a static cache and a compiled decoding step
 
     @property
     def continuous_chunk(self) -> int:
@@ -429,7 +432,11 @@ class BatchedChat:
         self.model, self.tokenizer, self.settings = model, tokenizer, settings
         self.eos_ids = end_of_turn_ids(model, tokenizer)
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else self.eos_ids[0]
-        self.cache = PrefixCache(model.config, reuse=reuse_cache)
+        self.cache = PrefixCache(model.config, reuse=reuse_cache, static=settings.compile_decoding)
+        if settings.compile_decoding and not self.cache.static:
+            log.warning("--compile-decoding: this model's cache is not a plain one; decoding is not compiled")
+        elif settings.compile_decoding and model.device.type != "cuda":
+            log.warning("--compile-decoding on %s: slower than eager decoding on CPUs (README)", model.device)
         self.new_tokens = 0
         self.discarded_tokens = 0  # written by attempts dropped unjudged (parallel_attempts)
         self.on_tokens: Callable[[int], None] | None = None  # told each chunk's new tokens (progress)
@@ -558,6 +565,8 @@ class BatchedChat:
             processors.append(RowSampler(own, temperatures[0] if one else temperatures, self.settings.top_p))
             sampling = {"do_sample": False, "temperature": None, "top_p": None, "top_k": None}
         options = {"logits_processor": LogitsProcessorList(processors)} if processors else {}
+        if self.cache.static:
+            options["compile_config"] = self.compile_config
         question = None
         if any(r.asks for r in rows):
             question = QuestionStop(
@@ -608,6 +617,18 @@ class BatchedChat:
         self.cache.store(keys, prompts, mask, out.cache, generated)
         if self.on_tokens:
             self.on_tokens(self.new_tokens - before)
+
+    @functools.cached_property
+    def compile_config(self):
+        """How `generate` compiles the decoding step over a static cache: CUDA graphs
+        ("reduce-overhead", transformers' default) on a GPU, inductor's kernels elsewhere.
+        transformers compiles on accelerators only unless its config says otherwise
+        (`_compile_all_devices`, which it keeps for tests), so the CPU's tests run this path too."""
+        from transformers import CompileConfig
+
+        config = CompileConfig(mode="reduce-overhead" if self.model.device.type == "cuda" else "default")
+        config._compile_all_devices = True
+        return config
 
     @functools.cached_property
     def question_marks(self) -> frozenset[int]:

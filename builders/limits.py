@@ -6,7 +6,8 @@ with a MemoryError or an allocation of 64 GB.
   their token limits, the template's markup, the longest generation instruction) must fit the
   model's context window;
 - memory: every live conversation keeps its KV cache between calls (`prefix_cache`), and one
-  batched call holds a buffer per row besides; at the token limits that must fit the memory
+  batched call holds a buffer per row besides (with --compile-decoding, a static cache rounded up
+  to prefix_cache.STATIC_LENGTH_STEP tokens); at the token limits that must fit the memory
   available now (RAM, or the GPU's free memory).
 """
 
@@ -83,8 +84,13 @@ def check_build_limits(cfg: BuildConfig, loaded, prompts: dict, longest: int | N
             f"new tokens per round makes conversations of up to {longest} tokens, beyond the model's "
             f"context of {window}; lower --rounds, --user-max-new-tokens or --assistant-max-new-tokens"
         )
-    rows = cfg.n_conversations + min(cfg.batch_size, cfg.n_conversations)
-    need = rows * longest * kv_bytes_per_token(loaded.model, cfg.generation_dtype)
+    call_length = longest  # the buffers of one batched call, per row
+    if cfg.compile_decoding:
+        from turnphase.builders.prefix_cache import STATIC_LENGTH_STEP as step
+
+        call_length = -(-longest // step) * step
+    rows = cfg.n_conversations * longest + min(cfg.batch_size, cfg.n_conversations) * call_length
+    need = rows * kv_bytes_per_token(loaded.model, cfg.generation_dtype)
     what = "KV caches"
     if cfg.generation_copy is not None:  # build.generation_model's copy
         element = getattr(torch, cfg.generation_copy).itemsize

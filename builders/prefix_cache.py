@@ -21,6 +21,10 @@ cumulative sum, so each row's positions run on without gaps, exactly as when its
 written. Only models whose every layer keeps a plain growing cache (full attention) get the
 buffers and reuse prefixes; for others (sliding windows, linear attention) `supported` is False
 and every call starts from scratch with transformers' own cache.
+
+With `static=True` (`--compile-decoding`) a call's cache is transformers' StaticCache instead,
+laid out the same way: its length is fixed, so `generate` compiles the decoding step (CUDA graphs
+on a GPU, where a step of a small model is bound by launching its kernels one by one).
 """
 
 from __future__ import annotations
@@ -30,8 +34,12 @@ from collections.abc import Hashable, Sequence
 from pathlib import Path
 
 import torch
-from transformers import DynamicCache
-from transformers.cache_utils import DynamicLayer
+from transformers import DynamicCache, StaticCache
+from transformers.cache_utils import DynamicLayer, StaticLayer
+
+# A static cache's length is rounded up to a multiple of this, so that calls share the shapes a
+# compiled decoding step was made for.
+STATIC_LENGTH_STEP = 256
 
 
 def common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
@@ -79,6 +87,21 @@ class BufferLayer(DynamicLayer):
         return self.keys, self.values
 
 
+def _buffers(layer) -> tuple[torch.Tensor, torch.Tensor]:
+    """A cache layer's whole key and value buffers, [batch, heads, capacity, dim]."""
+    if isinstance(layer, BufferLayer):
+        return layer.key_buffer, layer.value_buffer
+    return layer.keys, layer.values
+
+
+def _filled(layer, n: int) -> None:
+    """The first n columns of a cache layer's buffers hold keys and values."""
+    if isinstance(layer, StaticLayer):
+        layer.cumulative_length.fill_(n)
+    else:
+        layer.advance(n)
+
+
 class _HashingWriter:
     """A file's `write` that hashes what it writes (torch writes sequentially) and remembers the
     OSError that torch's zip writer would turn into a RuntimeError."""
@@ -102,12 +125,13 @@ class _HashingWriter:
 class PrefixCache:
     """token ids and their keys/values ([layers, 2, kv_heads, tokens, head_dim]) per key."""
 
-    def __init__(self, model_config, *, reuse: bool = True):
+    def __init__(self, model_config, *, reuse: bool = True, static: bool = False):
         self.config = model_config
         probe = DynamicCache(config=model_config)
         # every layer a plain growing cache (full attention): buffers and prefix reuse apply
         self.supported = bool(probe.layers) and all(type(layer) is DynamicLayer for layer in probe.layers)
         self.reuse = reuse and self.supported
+        self.static = static and self.supported  # StaticCache, for a compiled decoding step
         self.entries: dict[Hashable, tuple[list[int], torch.Tensor]] = {}
         self.reused_tokens = 0  # prompt tokens not fed again thanks to the cache
         self.fed_tokens = 0  # prompt tokens fed
@@ -121,7 +145,8 @@ class PrefixCache:
 
     def batch(self, keys: list[Hashable | None], rows: list[list[int]], pad_id: int, max_new_tokens: int):
         """input_ids and attention_mask (both [B, C + S]), and a cache holding the C reused
-        columns with room for the rest and `max_new_tokens` (None for unsupported models)."""
+        columns with room for the rest and `max_new_tokens` (None for unsupported models): of
+        BufferLayers, or a StaticCache whose length is rounded up to STATIC_LENGTH_STEP."""
         reuse = [self.reusable(k, r) for k, r in zip(keys, rows, strict=True)]
         width_c = max(reuse)
         width_s = max(len(r) - c for r, c in zip(rows, reuse, strict=True))
@@ -136,22 +161,28 @@ class PrefixCache:
         self.fed_tokens += sum(len(r) for r in rows) - sum(reuse)
         if not self.supported:
             return ids, mask, None
-        cache = DynamicCache(config=self.config)
-        cache.layers = [BufferLayer(width_c + width_s + max_new_tokens) for _ in cache.layers]
+        capacity = width_c + width_s + max_new_tokens
+        if self.static:
+            step = STATIC_LENGTH_STEP
+            cache = StaticCache(config=self.config, max_cache_len=-(-capacity // step) * step)
+        else:
+            cache = DynamicCache(config=self.config)
+            cache.layers = [BufferLayer(capacity) for _ in cache.layers]
         if width_c:
             # [layers, 2, heads, tokens, dim] per entry -> [batch, heads, C, dim] per layer
             some = next(self.entries[k][1] for k, c in zip(keys, reuse, strict=True) if c)
             like = some.new_empty((len(rows), some.shape[2], 0, some.shape[4]))
             for layer in cache.layers:
-                layer.allocate(like, like)
+                layer.lazy_initialization(like, like)
             for b, (key, c) in enumerate(zip(keys, reuse, strict=True)):
                 if c:
                     kv = self.entries[key][1]
                     for i, layer in enumerate(cache.layers):
-                        layer.key_buffer[b, :, width_c - c : width_c] = kv[i, 0, :, :c]
-                        layer.value_buffer[b, :, width_c - c : width_c] = kv[i, 1, :, :c]
+                        key_buffer, value_buffer = _buffers(layer)
+                        key_buffer[b, :, width_c - c : width_c] = kv[i, 0, :, :c]
+                        value_buffer[b, :, width_c - c : width_c] = kv[i, 1, :, :c]
             for layer in cache.layers:
-                layer.advance(width_c)
+                _filled(layer, width_c)
         return ids, mask, cache
 
     def store(self, keys, rows, mask, cache, generated: list[list[int]]) -> None:
@@ -160,7 +191,7 @@ class PrefixCache:
         if not self.reuse or cache is None:
             return
         width, first = mask.shape[1], cache.layers[0].keys
-        held = cache.get_seq_length() - width
+        held = int(cache.get_seq_length()) - width  # a StaticCache's is a tensor
         for b, (key, row, new) in enumerate(zip(keys, rows, generated, strict=True)):
             if key is None:
                 continue

@@ -2,6 +2,7 @@
 
     .venv/bin/python scripts/bench_gpu.py                       # Llama-3.2-1B shape, bfloat16, cuda
     .venv/bin/python scripts/bench_gpu.py --build               # and time the study-scale build (50 x 5)
+    .venv/bin/python scripts/bench_gpu.py --no-extract --build --compile-decoding   # that build compiled
     .venv/bin/python scripts/bench_gpu.py --no-extract --generation   # ms per decoding step, default model
     .venv/bin/python scripts/bench_gpu.py --device cpu --shape tiny --batches 2   # a smoke run anywhere
 
@@ -18,13 +19,15 @@ Target (issue 14): pipelined within 1.5x of forward. `--build` also times `turnp
 the study's recipe (50 x 5, default model) with `--device`, `--model-dtype` and
 `--extract-batch-size 16`; target at most 60 s on one H100/H200. `--generation` times decoding
 steps of the default model at 50 rows (transformers' `generate` alone, and `BatchedChat` as a build
-calls it), with cProfile's top entries: where a build's generation time goes. The device name is
-printed with the numbers, to record them with it.
+calls it, eager and with `--compile-decoding`'s static cache and compiled step; each way's first
+call, which compiles, is timed apart), with cProfile's top entries: where a build's generation
+time goes. The device name is printed with the numbers, to record them with it.
 
 Measured on one H200 (2026-11-29; README, "A GPU"): forward 171,804 tokens/s, sync x2.01,
 pipelined x1.57 (target missed); decoding 28.5-33.7 ms/step for `generate`, 30.4 for `BatchedChat`
 with the question stop (its run without it was timed under cProfile then: 45.8, the profiler's
-cost included); the 50 x 5 build did not finish in 330 s.
+cost included); the 50 x 5 build did not finish in 330 s. `--compile-decoding` came after that
+session and has not run on a GPU yet.
 """
 
 from __future__ import annotations
@@ -108,6 +111,7 @@ def main() -> None:
     p.add_argument("--batches", type=int, default=9, help="batches timed after the warm-up one")
     p.add_argument("--build", action="store_true", help="also time the study-scale build")
     p.add_argument("--build-out", help="keep the build's dataset here (default: a temporary folder)")
+    p.add_argument("--compile-decoding", action="store_true", help="build with --compile-decoding")
     p.add_argument("--no-extract", action="store_true", help="skip the extraction benchmark")
     p.add_argument(
         "--generation", action="store_true", help="also time decoding steps of the default model, 50 rows"
@@ -211,9 +215,9 @@ def bench_generation(args, rows: int = 50, steps: int = 64) -> None:
 
         return run
 
-    def ours(ask: bool):
+    def ours(ask: bool, compiled: bool = False):
         def run():
-            chat = BatchedChat(model, tokenizer, GenerationSettings())
+            chat = BatchedChat(model, tokenizer, GenerationSettings(compile_decoding=compiled))
             chat(chats, steps, seed=1, row_seeds=list(range(rows)), stop_at_question=ask)
 
         return run
@@ -223,18 +227,22 @@ def bench_generation(args, rows: int = 50, steps: int = 64) -> None:
         "generate, sampling": plain(True),
         "BatchedChat, row seeds": ours(False),
         "BatchedChat, row seeds + question stop": ours(True),
+        "BatchedChat, row seeds, compiled": ours(False, compiled=True),
     }
     print(f"decoding, default model, {rows} rows, up to {steps} tokens each:")
     for way, run in ways.items():
-        run()
+        began = time.perf_counter()
+        run()  # a warm-up; the compiled way compiles here
         sync(args.device)
+        first = time.perf_counter() - began
         forwards[0] = 0
         began = time.perf_counter()
         run()
         sync(args.device)
         sec = time.perf_counter() - began
         print(
-            f"  {way:<40} {1000 * sec / max(forwards[0], 1):7.1f} ms/step   ({forwards[0]} steps, {sec:.2f} s)"
+            f"  {way:<40} {1000 * sec / max(forwards[0], 1):7.1f} ms/step   ({forwards[0]} steps, {sec:.2f} s; "
+            f"first call {first:.1f} s)"
         )
     profile = cProfile.Profile()  # a call of its own: the profiler's cost is in no timing above
     profile.runcall(ways["BatchedChat, row seeds"])
@@ -248,9 +256,13 @@ def bench_build(args) -> None:
         out = args.build_out or f"{tmp}/ds"
         cmd = [sys.executable, "-m", "turnphase", "build", "--out", out, "--device", args.device]
         cmd += ["--model-dtype", args.dtype, "--extract-batch-size", "16", "--seed-per-conversation"]
+        cmd += ["--compile-decoding"] if args.compile_decoding else []
         start = time.perf_counter()
         subprocess.run(cmd, check=True)
-        print(f"study-scale build (50 x 5, default model): {time.perf_counter() - start:.1f} s on {name}")
+        how = ", --compile-decoding" if args.compile_decoding else ""
+        print(
+            f"study-scale build (50 x 5, default model{how}): {time.perf_counter() - start:.1f} s on {name}"
+        )
 
 
 if __name__ == "__main__":

@@ -231,6 +231,22 @@ def test_extract_batch_size_and_model_dtype_build(tiny_build, tiny_model_dir, tm
     )
 
 
+def test_compile_decoding_builds_the_same_data(tiny_build, tiny_model_dir, tmp_path):
+    """--compile-decoding (a static cache, a compiled decoding step) writes the tiny build's
+    conversations and tokens, is recorded with the generation settings, and leaves the build's
+    identity alone: like the device, it says how the data are computed, not what they are."""
+    out = tmp_path / "compiled"
+    args = ["build", "--out", str(out), "--model", str(tiny_model_dir), *TINY_ARGS, "--compile-decoding"]
+    assert main(args) == 0
+    assert validate(out) == []
+    for config in ("conversations", "tokens"):
+        assert read_config(out, config).equals(read_config(tiny_build, config)), config
+    compiled, eager = (json.loads((r / schema.PROVENANCE_FILE).read_text()) for r in (out, tiny_build))
+    assert compiled["generation"]["settings"]["compile_decoding"] is True
+    assert eager["generation"]["settings"]["compile_decoding"] is False
+    assert compiled["build_options"] == eager["build_options"]
+
+
 def test_same_seed_same_data_and_rerun_is_a_no_op(tiny_build, tiny_model_dir, tmp_path, capsys):
     again = tmp_path / "again"
     assert main(["build", "--out", str(again), "--model", str(tiny_model_dir), *TINY_ARGS]) == 0

@@ -138,6 +138,26 @@ def test_the_memory_check_counts_the_sampling_copy(tiny_model_dir, tmp_path, mon
     limits.check_build_limits(cfg, loaded, prompts)
 
 
+def test_the_memory_check_counts_a_static_cache_at_its_rounded_length(tiny_model_dir, tmp_path):
+    """--compile-decoding: the batched call's rows (4 here) hold a static cache rounded up to
+    STATIC_LENGTH_STEP tokens, not just the longest conversation."""
+    from turnphase.builders import limits
+    from turnphase.builders.config import BuildConfig
+    from turnphase.builders.model import load_model
+    from turnphase.builders.prefix_cache import STATIC_LENGTH_STEP
+
+    loaded = load_model(str(tiny_model_dir), layers="auto")
+    prompts = conversations.load_prompts("study")
+    small = {"out": tmp_path / "x", "n_conversations": 4, "rounds": 2}
+    eager = limits.check_build_limits(BuildConfig(**small), loaded, prompts)
+    static = limits.check_build_limits(BuildConfig(**small, compile_decoding=True), loaded, prompts)
+    longest = eager["longest_conversation"]
+    rounding = -longest % STATIC_LENGTH_STEP
+    assert rounding > 0  # else this test checks nothing
+    per_token = eager["kv_cache_bytes"] // (8 * longest)
+    assert static["kv_cache_bytes"] == eager["kv_cache_bytes"] + 4 * rounding * per_token
+
+
 def test_a_build_that_fails_before_its_first_checkpoint_leaves_nothing(tiny_model_dir, tmp_path, monkeypatch):
     out = tmp_path / "early"
 

@@ -5,7 +5,7 @@ from tiny_model import tiny_config_kwargs
 
 from turnphase.builders import conversations as conv
 from turnphase.builders import variants
-from turnphase.builders.prefix_cache import common_prefix
+from turnphase.builders.prefix_cache import STATIC_LENGTH_STEP, common_prefix
 
 torch = pytest.importorskip("torch")
 
@@ -138,6 +138,55 @@ def test_an_entry_holds_the_prompt_and_the_reply_it_computed(tiny):
         model.config.hidden_size // model.config.num_attention_heads,
     )
     assert kv.shape == (n_layers, 2, heads, len(tokens), dim)
+
+
+def test_a_static_cache_holds_what_the_buffers_hold(tiny):
+    """--compile-decoding's StaticCache: the same batch, the reused keys and values in the same
+    columns and nothing after them, and a length rounded up to STATIC_LENGTH_STEP."""
+    model, tokenizer = tiny
+    chat = conv.BatchedChat(model, tokenizer, conv.GenerationSettings())
+    chats = _chats()
+    _add_turns(chats, _two_turns(chat, chats)[1])
+    rows = [_ids(tokenizer, c) for c in chats]
+    ids, mask, buffers = chat.cache.batch([0, 1], rows, chat.pad_id, 5)
+    chat.cache.static = True
+    static_ids, static_mask, static = chat.cache.batch([0, 1], rows, chat.pad_id, 5)
+    assert torch.equal(static_ids, ids) and torch.equal(static_mask, mask)
+    reused = buffers.get_seq_length()
+    assert int(static.get_seq_length()) == reused > 0
+    length = static.layers[0].max_cache_len
+    assert length % STATIC_LENGTH_STEP == 0 and length - STATIC_LENGTH_STEP < ids.shape[1] + 5 <= length
+    for filled, whole in zip(buffers.layers, static.layers, strict=True):
+        assert torch.equal(whole.keys[:, :, :reused], filled.keys)
+        assert torch.equal(whole.values[:, :, :reused], filled.values)
+        assert not whole.keys[:, :, reused:].any() and not whole.values[:, :, reused:].any()
+
+
+def test_compiled_decoding_writes_what_eager_decoding_writes(tiny, monkeypatch):
+    """--compile-decoding on this CPU: over calls that reuse the cache, with the call's generator
+    and with a generator per row, the replies are eager decoding's, and the steps ran compiled."""
+    model, tokenizer = tiny
+    compiled_steps = []
+    get_compiled_call = type(model).get_compiled_call
+
+    def counting(self, config):
+        call = get_compiled_call(self, config)
+        return lambda *args, **kwargs: compiled_steps.append(1) or call(*args, **kwargs)
+
+    monkeypatch.setattr(type(model), "get_compiled_call", counting)
+
+    def replies(settings):
+        chat, chats = conv.BatchedChat(model, tokenizer, settings), _chats()
+        first, second = _two_turns(chat, chats)
+        _add_turns(chats, second)
+        return [first, second, chat(chats, 12, seed=3, keys=[0, 1], row_seeds=[5, 6])], chat
+
+    eager, _ = replies(conv.GenerationSettings())
+    assert not compiled_steps
+    compiled, chat = replies(conv.GenerationSettings(compile_decoding=True))
+    assert chat.cache.static and chat.cache.reused_tokens > 0
+    assert len(compiled_steps) > 10  # every decoding step after a call's first token
+    assert compiled == eager
 
 
 def test_reuse_stops_at_the_first_different_token(tiny):
