@@ -122,15 +122,18 @@ def _source_generation(cfg: BuildConfig, info: dict) -> dict:
 
 
 def generation_model(cfg: BuildConfig, model):
-    """The model that samples the conversations: `model`, or a copy of it in generation_dtype (the
-    activations are read with `model`, so their numerics do not change)."""
+    """The model that samples the conversations: `model`, or a copy of it in generation_dtype as
+    transformers would load it in that dtype (`model.cast_weights`: the rotary frequencies stay in
+    float32). The activations are read with `model`, so their numerics do not change."""
     if cfg.generation_copy is None:
         return model
     import copy
 
     import torch
 
-    return copy.deepcopy(model).to(getattr(torch, cfg.generation_copy))
+    from turnphase.builders.model import cast_weights
+
+    return cast_weights(copy.deepcopy(model), getattr(torch, cfg.generation_copy))
 
 
 def _generate(

@@ -241,9 +241,8 @@ def _keep_converted(model, tokenizer, folder: Path) -> None:
 
 def _in_dtype(model, dtype: str, converted: Path, trust_remote_code: bool):
     """A GGUF model converted in float32, in `dtype` as every later load gives it: read back from
-    its kept conversion, or, where that could not be kept, cast with its non-persistent buffers
-    left as they are (transformers keeps those, the rotary frequencies, in float32; in bfloat16
-    their rounding times the position would turn late tokens' rotary angles by radians)."""
+    its kept conversion, or, where that could not be kept, cast as transformers would load it
+    (`cast_weights`)."""
     import torch
     from transformers import AutoModelForCausalLM
 
@@ -251,13 +250,21 @@ def _in_dtype(model, dtype: str, converted: Path, trust_remote_code: bool):
         return AutoModelForCausalLM.from_pretrained(
             str(converted), dtype=getattr(torch, dtype), trust_remote_code=trust_remote_code
         )
+    return cast_weights(model, getattr(torch, dtype))
+
+
+def cast_weights(model, dtype):
+    """`model` (in place) with its parameters and persistent buffers in `dtype`, as transformers
+    loads a model in that dtype: the non-persistent buffers, the rotary frequencies among them,
+    stay as they are (in bfloat16 their rounding times the position would turn late tokens'
+    rotary angles by radians)."""
     kept = {
         (module, name): module._buffers[name]
         for module in model.modules()
         for name in module._non_persistent_buffers_set
         if module._buffers.get(name) is not None
     }
-    model.to(getattr(torch, dtype))
+    model.to(dtype)
     for (module, name), buffer in kept.items():
         module._buffers[name] = buffer
     return model

@@ -89,7 +89,7 @@ from turnphase.builders import schema, writer
 from turnphase.builders.activations import LayerReader
 from turnphase.builders.config import CLEAN_RECIPE
 from turnphase.builders.errors import TurnphaseError
-from turnphase.builders.model import load_model
+from turnphase.builders.model import cast_weights, load_model
 from turnphase.builders.variants import VARIANTS, part_files
 
 
@@ -547,8 +547,9 @@ def cpu_bf16_units() -> list[str]:
 
 
 def model_dtype(models: list[str | None], new_tokens: int, batch: int = 50) -> dict:
-    """Batched decoding with the weights in float32, then the same model cast to bfloat16 (what
-    `--model-dtype bfloat16` loads), same chats and seed, one model after the other."""
+    """Batched decoding with the weights in float32, then the same model cast to bfloat16 as
+    `--model-dtype bfloat16` loads it and `--generation-dtype bfloat16` copies it
+    (`model.cast_weights`), same chats and seed, one model after the other."""
     out = {"cpu_bf16_units": cpu_bf16_units(), "batch": batch, "new_tokens_per_sequence": new_tokens}
     chats = topic_chats(batch)
     for model_id in models:
@@ -556,7 +557,7 @@ def model_dtype(models: list[str | None], new_tokens: int, batch: int = 50) -> d
         reference = copy.deepcopy(loaded.model)  # float32, for the distributions below
         rates = {}
         for dtype in ("float32", "bfloat16"):
-            loaded.model.to(getattr(torch, dtype))
+            cast_weights(loaded.model, getattr(torch, dtype))  # rotary frequencies kept in float32
             sample(loaded, chats[:2], 2)  # warm-up
             n, dt = sample(loaded, chats, new_tokens)
             rates[dtype] = n / dt

@@ -536,21 +536,31 @@ def test_generation_dtype_samples_with_a_copy_and_reads_float32_activations(
     tiny_build, tiny_model_dir, tmp_path, monkeypatch
 ):
     """--generation-dtype bfloat16 samples the conversations with a bfloat16 copy of the weights
-    (the model the chat gets is bfloat16), while the activations are read from the float32 model:
-    they equal a plain float32 forward of the stored tokens. The option is in the fingerprint."""
+    (the model the chat gets is bfloat16, its rotary frequencies in float32 as transformers' own
+    bfloat16 load has them), while the activations are read from the float32 model: they equal a
+    plain float32 forward of the stored tokens. The option is in the fingerprint."""
+    from transformers import AutoModelForCausalLM
+
     from turnphase.builders import conversations
 
     seen, chat = [], conversations.BatchedChat.__init__
 
     def spy(self, model, *a, **kw):
-        seen.append(next(model.parameters()).dtype)
+        seen.append(model)
         return chat(self, model, *a, **kw)
 
     monkeypatch.setattr(conversations.BatchedChat, "__init__", spy)
     out = tmp_path / "bf16-generation"
     command = ["build", "--out", str(out), "--model", str(tiny_model_dir), *TINY_ARGS]
     assert main([*command, "--generation-dtype", "bfloat16"]) == 0
-    assert seen == [torch.bfloat16] and validate(out) == []
+    assert [next(m.parameters()).dtype for m in seen] == [torch.bfloat16] and validate(out) == []
+    loaded = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.bfloat16)
+    copy_state, load_state = seen[0].state_dict(), loaded.state_dict()
+    assert copy_state.keys() == load_state.keys()
+    assert all(torch.equal(copy_state[k], load_state[k]) for k in load_state)
+    frequencies = seen[0].model.rotary_emb.inv_freq
+    assert frequencies.dtype == torch.float32
+    assert torch.equal(frequencies, loaded.model.rotary_emb.inv_freq)
     _assert_activations_equal_a_plain_forward(out, tiny_model_dir)
     options = json.loads((out / schema.PROVENANCE_FILE).read_text())["build_options"]
     assert options["generation_dtype"] == "bfloat16"
