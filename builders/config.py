@@ -22,7 +22,7 @@ LATER_OPTIONS |= {"extract_batch_size": 1, "rank_part": None, "runaway_rewinds":
 LATER_OPTIONS |= {"retry_temperature": None, "continuous": False, "generation_dtype": None}
 LATER_OPTIONS |= {"parallel_attempts": 1, "trim_cut_off": False}
 
-# The README's clean recipe, as `turnphase build` flags: on the default build (SmolLM2, 50 x 5) 0 of
+# The README's clean recipe, as `turnphase build` flags: on the default build (SmolLM2, 50 x 5) 1 of
 # 50 conversations dropped, no repeated turn kept, 1.57x the default's speed (README "The clean
 # recipe"; scripts/bench_build.py's cleaner_trim; tests/builders/test_default_model.py).
 CLEAN_RECIPE = ("--continuous", "--seed-per-conversation", "--stop-runaway", "--check-repeats")
@@ -47,7 +47,8 @@ class BuildConfig:
     device: str = "cpu"
     model_dtype: Literal["float32", "bfloat16", "float16"] = "float32"  # the weights' dtype in memory
     # The dtype of a copy of the weights that samples the conversations (None: model_dtype); the
-    # activations are still read with model_dtype. bfloat16 decodes 1.5x faster on CPUs with AMX.
+    # activations are still read with model_dtype. bfloat16 decodes SmolLM2 1.5x faster on CPUs with
+    # AMX or AVX512-BF16 (README, "bfloat16 weights").
     generation_dtype: Literal["float32", "bfloat16", "float16"] | None = None
     # Decode with a static KV cache, which lets transformers' `generate` compile the decoding step
     # (CUDA graphs on a GPU; prefix_cache.py). Like the device, it changes how, not what: the
@@ -79,7 +80,7 @@ class BuildConfig:
     rank_part: tuple[int, int] | None = None
     # Off by default, so the default build keeps the README's rows. The clean recipe (these with
     # continuous batching, 3 parallel attempts, retries at temperature 1.0, 6 attempts, bfloat16
-    # sampling, user replies stopped at their question and cut-off replies trimmed) dropped 0 of
+    # sampling, user replies stopped at their question and cut-off replies trimmed) dropped 1 of
     # 50 conversations instead of 13, kept no repeated turn and ran 1.57x as fast as the default
     # (README "The clean recipe", scripts/bench_build.py --only cleaner_build).
     stop_runaway: bool = False  # stop and retry a reply as soon as it starts repeating itself
@@ -207,6 +208,11 @@ class BuildConfig:
         for name, default in LATER_OPTIONS.items():
             if options[name] == default:
                 del options[name]
+        if self.generation_copy is not None:
+            # Since bd61a9c the sampling copy keeps its rotary frequencies in float32 (they were
+            # rounded to its dtype before): a build sampled the old way is not resumed into, nor
+            # taken for finished.
+            options["sampling_copy_rotary"] = "float32"
         return options
 
     def resolve_strategy(self, n_params: int) -> Literal["study", "reply"]:
