@@ -564,6 +564,7 @@ def test_generation_dtype_samples_with_a_copy_and_reads_float32_activations(
     _assert_activations_equal_a_plain_forward(out, tiny_model_dir)
     options = json.loads((out / schema.PROVENANCE_FILE).read_text())["build_options"]
     assert options["generation_dtype"] == "bfloat16"
+    assert options["sampling_copy_rotary"] == "float32"  # not the fingerprint of the rounded copy's builds
     assert (
         "generation_dtype"
         not in json.loads((tiny_build / schema.PROVENANCE_FILE).read_text())["build_options"]
