@@ -606,7 +606,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         choices=WEIGHT_DTYPES,
         default=d.generation_dtype,
         help="sample the conversations with a copy of the weights in this dtype, and read the "
-        "activations with --model-dtype's (bfloat16: 1.5x faster decoding of SmolLM2 on CPUs with AMX or AVX512-BF16)",
+        "activations with --model-dtype's (bfloat16: 1.5x faster decoding of SmolLM2 on CPUs "
+        "with AMX or AVX512-BF16)",
     )
 
     g = p.add_argument_group("generated conversations")
