@@ -86,9 +86,9 @@ def check_build_limits(cfg: BuildConfig, loaded, prompts: dict, longest: int | N
         )
     call_length = longest  # the buffers of one batched call, per row
     if cfg.compile_decoding:
-        from turnphase.builders.prefix_cache import STATIC_LENGTH_STEP as step
+        from turnphase.builders.prefix_cache import static_length
 
-        call_length = -(-longest // step) * step
+        call_length = static_length(longest)
     rows = cfg.n_conversations * longest + min(cfg.batch_size, cfg.n_conversations) * call_length
     need = rows * kv_bytes_per_token(loaded.model, cfg.generation_dtype)
     what = "KV caches"

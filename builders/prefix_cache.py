@@ -42,6 +42,11 @@ from transformers.cache_utils import DynamicLayer, StaticLayer
 STATIC_LENGTH_STEP = 256
 
 
+def static_length(tokens: int) -> int:
+    """The length of a static cache that holds `tokens`: rounded up to STATIC_LENGTH_STEP."""
+    return -(-tokens // STATIC_LENGTH_STEP) * STATIC_LENGTH_STEP
+
+
 def common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
     n = min(len(a), len(b))
     for i in range(n):
@@ -163,8 +168,7 @@ class PrefixCache:
             return ids, mask, None
         capacity = width_c + width_s + max_new_tokens
         if self.static:
-            step = STATIC_LENGTH_STEP
-            cache = StaticCache(config=self.config, max_cache_len=-(-capacity // step) * step)
+            cache = StaticCache(config=self.config, max_cache_len=static_length(capacity))
         else:
             cache = DynamicCache(config=self.config)
             cache.layers = [BufferLayer(capacity) for _ in cache.layers]

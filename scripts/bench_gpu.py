@@ -67,9 +67,12 @@ LAYERS = [7, 8, 9, 10, 11, 12, 13]  # the study's 7 of 16
 def model_of(shape: str, dtype: torch.dtype, device: str):
     from transformers import LlamaConfig, LlamaForCausalLM
 
+    from turnphase.builders.model import cast_weights
+
     torch.manual_seed(0)
     config = LlamaConfig(**SHAPES[shape], max_position_embeddings=8192)
-    return LlamaForCausalLM(config).to(dtype=dtype, device=device).eval()
+    # in dtype as a build loads it (rotary frequencies kept in float32)
+    return cast_weights(LlamaForCausalLM(config), dtype).to(device).eval()
 
 
 def placeholder_tokenizer():
