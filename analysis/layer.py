@@ -40,8 +40,8 @@ from turnphase.analysis.scores import ConvSums, pearson_columns
 from turnphase.analysis.source import Batch, Labels, LayerData
 from turnphase.analysis.split import Folds, Pairing, make_folds, pairings
 from turnphase.analysis.stats import PCA, Eig, Sums, pca_from
-from turnphase.analysis.timing import Stopwatch
 from turnphase.builders.log import progress  # a tqdm bar hidden with -q
+from turnphase.timing import Stopwatch
 
 FOURIER_KS = (1, 2)  # cycles per round whose mean coefficients pass 1 accumulates
 # Per sampled token: the linear probe's prediction, the two top PCs of all tokens, each plane's (u0, u1)

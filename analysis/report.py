@@ -37,7 +37,6 @@ from turnphase.analysis.probes import PROBES
 from turnphase.analysis.scores import ConvSums, mean_of, pearson_stat, r2_stat
 from turnphase.analysis.source import DatasetSource, Labels, datasets_progress_off
 from turnphase.analysis.split import NULLS, Folds
-from turnphase.analysis.timing import Stopwatch, time_line
 from turnphase.analysis.token_view import write_token_view
 from turnphase.builders import schema
 from turnphase.builders.errors import TurnphaseError
@@ -45,6 +44,7 @@ from turnphase.builders.layers import select_layers
 from turnphase.builders.lock import folder_lock
 from turnphase.builders.provenance import fingerprint, turnphase_version
 from turnphase.builders.writer import atomic_write_json, staged_folder
+from turnphase.timing import Stopwatch, time_line
 
 log = logging.getLogger(__name__)
 

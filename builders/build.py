@@ -184,17 +184,26 @@ def _generate(
     base, t0 = dict(timing), time.perf_counter()
 
     def save(steps_done: int, convs: list[conv.Conversation]) -> None:
+        with chat.stage("checkpoint"):  # timed up to the cache's file: the JSON is small
+            kv_sha256 = None
+            if steps_done < 2 * cfg.rounds:
+                kv = state_dir / f"kv_cache_{steps_done}.pt"
+                with writer.atomic_path(kv) as tmp:
+                    kv_sha256 = chat.cache.save(tmp)
         timing["seconds"] = base["seconds"] + time.perf_counter() - t0
         timing["new_tokens"] = base["new_tokens"] + chat.new_tokens
         timing["prompt_tokens_fed"] = base.get("prompt_tokens_fed", 0) + chat.cache.fed_tokens
         timing["prompt_tokens_reused"] = base.get("prompt_tokens_reused", 0) + chat.cache.reused_tokens
         if cfg.parallel_attempts > 1:  # of new_tokens, written by attempts that were never judged
             timing["discarded_tokens"] = base.get("discarded_tokens", 0) + chat.discarded_tokens
+        timing["decoding_steps"] = base.get("decoding_steps", 0) + chat.decoding_steps
+        stages = base.get("stages", {})
+        timing["stages"] = {
+            k: stages.get(k, 0.0) + chat.clock.seconds.get(k, 0.0) for k in conv.GENERATION_STAGES
+        }
         snapshot = {"steps_done": steps_done, "conversations": conv.to_json(convs), "timing": timing}
-        if steps_done < 2 * cfg.rounds:
-            kv = state_dir / f"kv_cache_{steps_done}.pt"
-            with writer.atomic_path(kv) as tmp:
-                snapshot["kv_cache_sha256"] = chat.cache.save(tmp)
+        if kv_sha256 is not None:
+            snapshot["kv_cache_sha256"] = kv_sha256
         writer.atomic_write_json(checkpoint, snapshot)
         for old in state_dir.glob("kv_cache_*.pt"):
             if old.name != f"kv_cache_{steps_done}.pt":
@@ -437,6 +446,14 @@ def summary(out: Path, prov: dict) -> str:
     shown = [f"{name} {_elapsed(sec)}" for name, sec in stages.items() if sec is not None]
     if shown:
         lines.append(f"time: {', '.join(shown)} (generation summed over resumed runs)")
+    if (stages := t.get("stages")) and (steps := t.get("decoding_steps")):
+        other = t["seconds"] - sum(stages.values())  # judging replies, templates, tokenizing
+        lines.append(
+            f"generation: {steps} decoding steps, {1000 * stages['decoding'] / steps:.1f} ms each "
+            f"({_elapsed(stages['decoding'])}); "
+            + ", ".join(f"{name} {_elapsed(stages[name])}" for name in ("prefill", "cache", "checkpoint"))
+            + f", other {_elapsed(max(other, 0.0))}"
+        )
     lines.append(f"dataset: {out}  (check with: turnphase validate {out})")
     return "\n".join(lines)
 

@@ -19,22 +19,27 @@ Two prompting strategies (prompts live in `prompts/*.json`):
 
 from __future__ import annotations
 
+import contextlib
 import difflib
 import functools
 import hashlib
 import json
 import logging
 import re
-from collections.abc import Callable, Hashable, Sequence
+from collections.abc import Callable, Hashable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field, fields
 from importlib import resources
 from typing import Any, Literal, NamedTuple
 
 from turnphase.builders.config import BuildConfig
 from turnphase.builders.log import progress
+from turnphase.timing import Stopwatch
 
 log = logging.getLogger(__name__)
 Strategy = Literal["study", "reply"]
+# Where generation's time goes (`BatchedChat.clock`; a build adds its checkpoints), recorded in
+# provenance's generation.timing.stages with the count of decoding steps.
+GENERATION_STAGES = ("prefill", "decoding", "cache", "checkpoint")
 ROLE_LABEL = re.compile(r"(?im)^\W*(user|assistant)\W*:")
 # Wrappers a small model puts around the question it was asked for:
 #   One skeptical follow-up question is: "Why ...?"   /   **Question:** Why ...?
@@ -295,6 +300,32 @@ class RowSampler:
         return only.scatter_(1, chosen, 0.0)
 
 
+class StepClock:
+    """Moves a chat's clock from "prefill" to "decoding" once a `generate` call's first forward has
+    its logits, and counts the decoding steps after it (`BatchedChat.decoding_steps`). A logits
+    processor (processors run eagerly, outside a compiled decoding step), first in the list; used
+    as a context manager around the call, which leaves "decoding" when the call ends."""
+
+    def __init__(self, chat: BatchedChat):
+        self.chat, self.forwards = chat, 0
+
+    def __call__(self, input_ids, scores):
+        if self.forwards == 0:
+            self.chat.settle()
+            self.chat.clock.enter("decoding")
+        self.forwards += 1
+        return scores
+
+    def __enter__(self) -> StepClock:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.forwards:
+            self.chat.settle()
+            self.chat.clock.leave()
+            self.chat.decoding_steps += self.forwards - 1
+
+
 class QuestionStop:
     """Ends a row's reply once it holds a question of at least MIN_USER_WORDS words
     (`extract_question`), looked for whenever the row samples a token with a "?" in it. `stopped`:
@@ -424,7 +455,17 @@ class Row:
 
 class BatchedChat:
     """Batched sampling from a chat model with left padding, reusing each conversation's KV
-    cache from one call to the next (see `prefix_cache`)."""
+    cache from one call to the next (see `prefix_cache`).
+
+    `clock` times where generation goes, in stages (`turnphase.timing.Stopwatch`; a build adds
+    "checkpoint"):
+    - "prefill": each `generate` call up to its first forward's logits (what the cache does not
+      hold: a prompt's new tokens, or in a later chunk the last token sampled), and `prefill`;
+    - "decoding": the forwards after that, one token per row each (`decoding_steps` counts them),
+      with their sampling and stopping, so decoding seconds / steps is a step's time as a build
+      runs it (`scripts/bench_gpu.py --generation` times steps alone);
+    - "cache": prefixes laid out before a call and kept after it.
+    On a GPU each stage waits for its kernels before it ends, so its seconds are its own."""
 
     def __init__(self, model, tokenizer, settings: GenerationSettings, *, reuse_cache: bool = True):
         from turnphase.builders.prefix_cache import PrefixCache  # imports torch
@@ -440,6 +481,22 @@ class BatchedChat:
         self.new_tokens = 0
         self.discarded_tokens = 0  # written by attempts dropped unjudged (parallel_attempts)
         self.on_tokens: Callable[[int], None] | None = None  # told each chunk's new tokens (progress)
+        self.clock = Stopwatch()
+        self.decoding_steps = 0
+
+    @contextlib.contextmanager
+    def stage(self, name: str) -> Iterator[None]:
+        """Time a stage on `clock`; on a GPU its kernels are waited for before it ends."""
+        with self.clock.stage(name):
+            yield
+            self.settle()
+
+    def settle(self) -> None:
+        """Wait for the model's device to finish what it was given (on a GPU; elsewhere it has)."""
+        import torch
+
+        if self.model.device.type == "cuda":
+            torch.cuda.synchronize(self.model.device)
 
     def __call__(
         self,
@@ -520,8 +577,9 @@ class BatchedChat:
         if not new:
             return
         prompts, keys = [r.ids + r.written for r in new], [r.key for r in new]
-        input_ids, mask, cache = self.cache.batch(keys, prompts, self.pad_id, 1)
-        with torch.inference_mode():
+        with self.stage("cache"):
+            input_ids, mask, cache = self.cache.batch(keys, prompts, self.pad_id, 1)
+        with self.stage("prefill"), torch.inference_mode():
             out = self.model.generate(
                 input_ids=input_ids.to(self.model.device),
                 attention_mask=mask.to(self.model.device),
@@ -531,7 +589,8 @@ class BatchedChat:
                 pad_token_id=self.pad_id,
                 return_dict_in_generate=True,
             )
-        self.cache.store(keys, prompts, mask, out.cache, [[] for _ in new])
+        with self.stage("cache"):
+            self.cache.store(keys, prompts, mask, out.cache, [[] for _ in new])
 
     def advance(self, rows: list[Row], size: int) -> None:
         """One batched `generate` call: every row writes up to `size` more tokens, from its cache
@@ -551,8 +610,10 @@ class BatchedChat:
         chunk = min(size, max(room))
         prompts = [r.ids + r.written for r in rows]
         keys = [r.key for r in rows]
-        input_ids, mask, cache = self.cache.batch(keys, prompts, self.pad_id, chunk)
-        processors = []
+        with self.stage("cache"):
+            input_ids, mask, cache = self.cache.batch(keys, prompts, self.pad_id, chunk)
+        steps = StepClock(self)  # first, so that no other processor's work counts as prefill
+        processors = [steps]
         if penalty is not None or ngram:
             processors.append(ReplyRepetition([r.written for r in rows], input_ids.shape[1], penalty, ngram))
         own = [r.generator for r in rows]
@@ -564,7 +625,7 @@ class BatchedChat:
             one = len(set(temperatures)) == 1
             processors.append(RowSampler(own, temperatures[0] if one else temperatures, self.settings.top_p))
             sampling = {"do_sample": False, "temperature": None, "top_p": None, "top_k": None}
-        options = {"logits_processor": LogitsProcessorList(processors)} if processors else {}
+        options = {"logits_processor": LogitsProcessorList(processors)}
         if self.cache.static:
             options["compile_config"] = self.compile_config
         question = None
@@ -577,7 +638,7 @@ class BatchedChat:
                 [r.asks for r in rows],
             )
             options["stopping_criteria"] = StoppingCriteriaList([question])
-        with torch.inference_mode():
+        with self.stage("prefill"), steps, torch.inference_mode():
             out = self.model.generate(
                 input_ids=input_ids.to(self.model.device),
                 attention_mask=mask.to(self.model.device),
@@ -614,7 +675,8 @@ class BatchedChat:
                 r.finished = r.done = True
             elif len(r.written) >= r.max_new_tokens:
                 r.done = True
-        self.cache.store(keys, prompts, mask, out.cache, generated)
+        with self.stage("cache"):
+            self.cache.store(keys, prompts, mask, out.cache, generated)
         if self.on_tokens:
             self.on_tokens(self.new_tokens - before)
 

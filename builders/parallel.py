@@ -40,7 +40,7 @@ import pyarrow.parquet as pq
 
 from turnphase.builders import provenance, schema, writer
 from turnphase.builders.config import BuildConfig
-from turnphase.builders.conversations import FLAWED_TURN_COUNTS
+from turnphase.builders.conversations import FLAWED_TURN_COUNTS, GENERATION_STAGES
 from turnphase.builders.errors import TurnphaseError
 from turnphase.builders.lock import folder_lock
 
@@ -192,6 +192,9 @@ def merge(cfg: BuildConfig, world: int, options: dict) -> dict:
                 for k in ("new_tokens", "prompt_tokens_fed", "prompt_tokens_reused", "discarded_tokens")
                 if k != "discarded_tokens" or any(k in t for t in timing)
             },
+            # seconds of work per stage, summed over the ranks like the steps they time
+            "decoding_steps": sum(t.get("decoding_steps", 0) for t in timing),
+            "stages": {k: sum(t.get("stages", {}).get(k, 0.0) for t in timing) for k in GENERATION_STAGES},
             "load_model_seconds": max(t["load_model_seconds"] for t in timing),
             "extraction": {
                 "seconds": max(t["extraction"]["seconds"] for t in timing),

@@ -17,7 +17,6 @@ import numpy as np
 from turnphase.analysis.directions import Directions
 from turnphase.analysis.report import check_out
 from turnphase.analysis.source import DatasetSource
-from turnphase.analysis.timing import Stopwatch
 from turnphase.builders.errors import TurnphaseError
 from turnphase.builders.layers import select_layers
 from turnphase.builders.lock import folder_lock
@@ -40,6 +39,7 @@ from turnphase.steering.measures import (
 )
 from turnphase.steering.prompts import Prompt, conversations, make_prompts
 from turnphase.steering.summary import findings, table
+from turnphase.timing import Stopwatch
 
 log = logging.getLogger(__name__)
 

@@ -12,8 +12,8 @@ conditions, about one in twenty passes by chance. A run with --confirm puts its 
 
 from __future__ import annotations
 
-from turnphase.analysis.timing import time_line
 from turnphase.steering.confirm import OWN_CONTROLS
+from turnphase.timing import time_line
 
 Z_FLOOR = 2.0
 P_FLOOR = 0.05

@@ -24,9 +24,9 @@ from turnphase.analysis.config import AnalysisConfig
 from turnphase.analysis.layer import LayerInputs, LocalPasses, Scores, analysed_batches, analyze_layer
 from turnphase.analysis.report import analyze
 from turnphase.analysis.source import DatasetSource
-from turnphase.analysis.timing import Stopwatch
 from turnphase.builders import schema
 from turnphase.builders.errors import TurnphaseError
+from turnphase.timing import Stopwatch
 
 pytest.importorskip("distributed")
 

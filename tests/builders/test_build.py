@@ -16,6 +16,24 @@ def read_config(root, config):
     return pq.read_table(sorted((root / config).glob(schema.SHARD_GLOB)))
 
 
+def test_the_build_says_where_generation_time_went(tiny_build):
+    """Provenance times generation's stages (`conversations.GENERATION_STAGES`) and counts its
+    decoding steps; the summary gives a step's time."""
+    from turnphase.builders.build import summary
+    from turnphase.builders.conversations import GENERATION_STAGES
+
+    prov = json.loads((tiny_build / schema.PROVENANCE_FILE).read_text())
+    timing = prov["generation"]["timing"]
+    assert set(timing["stages"]) == set(GENERATION_STAGES)
+    assert all(seconds > 0 for seconds in timing["stages"].values())  # checkpoints too: 3 of 4 steps
+    assert sum(timing["stages"].values()) <= timing["seconds"]
+    assert timing["decoding_steps"] >= timing["new_tokens"] / 3  # 3 rows a batch at most
+    ms = 1000 * timing["stages"]["decoding"] / timing["decoding_steps"]
+    assert f"generation: {timing['decoding_steps']} decoding steps, {ms:.1f} ms each" in summary(
+        tiny_build, prov
+    )
+
+
 def test_build_is_valid_and_loads_with_datasets(tiny_build):
     assert validate(tiny_build) == []
     prov = json.loads((tiny_build / schema.PROVENANCE_FILE).read_text())
@@ -296,6 +314,12 @@ def test_interrupted_build_resumes_to_the_same_data(stage, tiny_build, tiny_mode
     assert validate(out) == []
     for config in ["conversations", "tokens", "layer_1", "layer_3"]:
         assert read_config(out, config).equals(read_config(tiny_build, config)), config
+    timing = [
+        json.loads((d / schema.PROVENANCE_FILE).read_text())["generation"]["timing"]
+        for d in (out, tiny_build)
+    ]
+    # the steps before the interruption were checkpointed and are added to the resumed run's
+    assert timing[0]["decoding_steps"] == timing[1]["decoding_steps"]
 
 
 def test_a_value_that_is_not_finite_in_the_stored_dtype_stops_the_build(

@@ -364,6 +364,23 @@ def endless(tmp_path):
     return AutoModelForCausalLM.from_pretrained(folder).eval(), AutoTokenizer.from_pretrained(folder)
 
 
+def test_the_clock_counts_every_decoding_forward_and_times_each_stage(endless):
+    """A model that never ends its turn writes 2 x 256 tokens in 4 `generate` calls of 64 forwards;
+    each call's first forward (the prompt, then the chunk's last sampled token) is prefill, the
+    other 4 x 63 are `decoding_steps`; the stages that ran have their seconds."""
+    model, tok = endless
+    forwards = []
+    hook = model.register_forward_pre_hook(lambda *_: forwards.append(1))
+    try:
+        chat = conv.BatchedChat(model, tok, conv.GenerationSettings())
+        chat([[{"role": "user", "content": "Tell me a story."}]] * 2, 256, seed=0)
+    finally:
+        hook.remove()
+    assert len(forwards) == 256 and chat.decoding_steps == 4 * 63
+    assert set(chat.clock.seconds) == {"prefill", "decoding", "cache"}
+    assert all(seconds > 0 for seconds in chat.clock.seconds.values())
+
+
 @pytest.mark.parametrize("stop", [True, False])
 def test_batched_chat_stops_a_runaway_at_the_end_of_a_chunk(stop, endless, monkeypatch):
     """Wiring: a reply the detector calls a runaway stops after its first chunk (256 -> 64 tokens)

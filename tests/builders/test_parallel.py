@@ -89,6 +89,11 @@ def test_two_ranks_build_the_one_process_dataset(tiny_model_dir, one_process, tm
     assert prov["build_options"] == one["build_options"]  # the same build, whichever way it was made
     assert prov["counts"]["rows"] == one["counts"]["rows"]
     assert log.count("conversations: 3 kept, 1 dropped") == 1  # rank 0 reports, once
+    timing = prov["generation"]["timing"]  # work adds up over the ranks, each rank's kept
+    assert timing["decoding_steps"] == sum(r["decoding_steps"] for r in timing["ranks"]) > 0
+    assert timing["stages"]["decoding"] == pytest.approx(
+        sum(r["stages"]["decoding"] for r in timing["ranks"])
+    )
 
     before = {f: f.stat().st_mtime_ns for f in out.rglob("*")}
     again = torchrun(out, tiny_model_dir, ARGS, uuid.uuid4().hex)

@@ -1,4 +1,5 @@
-"""Elapsed seconds per analysis stage, for report.json's `timings` and summary.md.
+"""Elapsed seconds per stage: an analysis's (report.json's and steer.json's `timings`, summary.md)
+and a build's generation (`BatchedChat.clock`, provenance's `generation.timing.stages`).
 
     clock = Stopwatch()
     with clock.stage("fits"):
@@ -33,13 +34,21 @@ class Stopwatch:
 
     @contextmanager
     def stage(self, name: str) -> Iterator[None]:
-        self._charge(perf_counter())
-        self._open.append(name)
+        self.enter(name)
         try:
             yield
         finally:
-            self._charge(perf_counter())
-            self._open.pop()
+            self.leave()
+
+    def enter(self, name: str) -> None:
+        """Open a stage, as `stage` does, where no `with` can hold it (a callback's calls)."""
+        self._charge(perf_counter())
+        self._open.append(name)
+
+    def leave(self) -> None:
+        """Close the innermost open stage."""
+        self._charge(perf_counter())
+        self._open.pop()
 
     def elapsed(self) -> float:
         return perf_counter() - self.started
