@@ -136,6 +136,27 @@ def test_layer_reader_casts_to_the_stored_dtype_as_numpy_would(tiny_model_dir):
             np.testing.assert_array_equal(got[L].view(np.uint16), want[L].astype(np.float16).view(np.uint16))
 
 
+def test_a_pending_batch_hands_out_views_of_its_host_copies():
+    """On CUDA a batch's layers are copied to pinned memory; `result()` waits for the copies (the
+    event) and hands out each row's part of that memory, not a second copy of it (here with
+    stand-ins for the pinned tensors and the event)."""
+
+    class Event:
+        waited = False
+
+        def synchronize(self):
+            self.waited = True
+
+    host = [torch.arange(30, dtype=torch.float16).reshape(2, 5, 3) + k for k in range(2)]
+    done = Event()
+    rows = activations.Pending([4, 9], host, [5, 2], done).result()
+    assert done.waited
+    for k, L in enumerate([4, 9]):
+        assert np.shares_memory(rows[0][L], host[k].numpy()) and np.shares_memory(rows[1][L], host[k].numpy())
+        np.testing.assert_array_equal(rows[1][L], host[k][1, :2].numpy())
+        assert rows[0][L].shape == (5, 3)
+
+
 @pytest.mark.parametrize("model_dtype", ["float32", "bfloat16"])
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
