@@ -166,18 +166,14 @@ class PrefixCache:
         self.fed_tokens += sum(len(r) for r in rows) - sum(reuse)
         if not self.supported:
             return ids, mask, None
-        capacity = width_c + width_s + max_new_tokens
-        if self.static:
-            cache = StaticCache(config=self.config, max_cache_len=static_length(capacity))
-        else:
-            cache = DynamicCache(config=self.config)
-            cache.layers = [BufferLayer(capacity) for _ in cache.layers]
+        cache = self.new_cache(len(rows), width_c + width_s + max_new_tokens)
         if width_c:
             # [layers, 2, heads, tokens, dim] per entry -> [batch, heads, C, dim] per layer
             some = next(self.entries[k][1] for k, c in zip(keys, reuse, strict=True) if c)
             like = some.new_empty((len(rows), some.shape[2], 0, some.shape[4]))
             for layer in cache.layers:
-                layer.lazy_initialization(like, like)
+                if not layer.is_initialized:
+                    layer.lazy_initialization(like, like)
             for b, (key, c) in enumerate(zip(keys, reuse, strict=True)):
                 if c:
                     kv = self.entries[key][1]
@@ -188,6 +184,17 @@ class PrefixCache:
             for layer in cache.layers:
                 _filled(layer, width_c)
         return ids, mask, cache
+
+    def new_cache(self, rows: int, capacity: int):
+        """An empty cache for a call of `rows` rows holding up to `capacity` tokens: of BufferLayers,
+        or a StaticCache whose length is rounded up to STATIC_LENGTH_STEP. (`batch` fills only
+        layers not yet initialized, so a cache handed out again, already initialized and reset,
+        keeps its tensors: `scripts/bench_gpu.py --generation` tries that for CUDA graphs.)"""
+        if self.static:
+            return StaticCache(config=self.config, max_cache_len=static_length(capacity))
+        cache = DynamicCache(config=self.config)
+        cache.layers = [BufferLayer(capacity) for _ in cache.layers]
+        return cache
 
     def store(self, keys, rows, mask, cache, generated: list[list[int]]) -> None:
         """Keep, for each keyed row, its prompt and the generated tokens the cache now holds

@@ -5,6 +5,8 @@
     .venv/bin/python scripts/bench_gpu.py --no-extract --build --compile-decoding   # that build compiled
     .venv/bin/python scripts/bench_gpu.py --no-extract --generation   # ms per decoding step, default model
     .venv/bin/python scripts/bench_gpu.py --device cpu --shape tiny --batches 2   # a smoke run anywhere
+    .venv/bin/python scripts/bench_gpu.py --device cpu --dtype float32 --no-extract --generation \
+        --generation-model FOLDER                                # --generation's smoke run, a tiny model
 
 Random weights of the model's shape (the numbers do not depend on the weights), batches of
 `--batch` sequences of `--seq-len` tokens, after one warm-up batch; all three ways in this run:
@@ -21,7 +23,10 @@ the study's recipe (50 x 5, default model) with `--device`, `--model-dtype` and
 steps of the default model at 50 rows (transformers' `generate` alone, and `BatchedChat` as a build
 calls it, eager and with `--compile-decoding`'s static cache and compiled step; each way's first
 call, which compiles, is timed apart), with cProfile's top entries: where a build's generation
-time goes. The device name is printed with the numbers, to record them with it.
+time goes; then compiled decoding over ten calls shaped like a build's (rows finishing, two
+static lengths), with a new static cache per call as a build makes them and with one reused per
+shape: CUDA graphs recorded and ms per decoding step per call (`compiled_calls`). The device name
+is printed with the numbers, to record them with it.
 
 Measured on one H200 (2026-11-29; README, "A GPU"): forward 171,804 tokens/s, sync x2.01,
 pipelined x1.57 (target missed); decoding 28.5-33.7 ms/step for `generate`, 30.4 for `BatchedChat`
@@ -119,6 +124,7 @@ def main() -> None:
     p.add_argument(
         "--generation", action="store_true", help="also time decoding steps of the default model, 50 rows"
     )
+    p.add_argument("--generation-model", help="another model for --generation (a folder: smoke runs)")
     args = p.parse_args()
     if not args.no_extract:
         bench_extraction(args)
@@ -186,7 +192,7 @@ def bench_generation(args, rows: int = 50, steps: int = 64) -> None:
     from turnphase.builders.model import load_model
 
     start = time.perf_counter()
-    loaded = load_model(None, device=args.device, dtype=args.dtype)
+    loaded = load_model(args.generation_model, device=args.device, dtype=args.dtype)
     model, tokenizer = loaded.model, loaded.tokenizer
     print(
         f"default model loaded in {time.perf_counter() - start:.1f} s: {model.dtype} on {model.device}, "
@@ -251,6 +257,92 @@ def bench_generation(args, rows: int = 50, steps: int = 64) -> None:
     profile.runcall(ways["BatchedChat, row seeds"])
     sync(args.device)
     pstats.Stats(profile).sort_stats("tottime").print_stats(15)
+    compiled_calls(model, tokenizer, args, forwards)
+
+
+# Rows per call in `compiled_calls`: a build's chunks shrink as rows finish, and its turns start full.
+CALL_ROWS = [50, 50, 43, 31, 50, 50, 43, 12, 50, 31]
+
+
+class PooledCache:
+    """A stand-in for `PrefixCache.new_cache` that hands out one StaticCache per (rows, length),
+    reset, instead of a new one per call: the same tensors, so the CUDA graphs recorded for a
+    shape can be replayed by a later call of that shape (a new cache's tensors make the graphs
+    record again). Not in the build until a GPU says it pays."""
+
+    def __init__(self, cache):
+        self.made, self.cache, self.caches = cache.new_cache, cache, {}
+
+    def __call__(self, rows: int, capacity: int):
+        from turnphase.builders.prefix_cache import static_length
+
+        key = (rows, static_length(capacity))
+        if key not in self.caches:
+            self.caches[key] = self.made(rows, capacity)
+            return self.caches[key]
+        cache = self.caches[key]
+        with torch.inference_mode():  # where generate made them
+            for layer in cache.layers:
+                if layer.is_initialized:
+                    layer.keys.zero_()
+                    layer.values.zero_()
+                    layer.cumulative_length.zero_()
+        return cache
+
+
+def compiled_calls(model, tokenizer, args, forwards) -> None:
+    """`--compile-decoding` over a sequence of calls shaped as a build's are (CALL_ROWS rows, two
+    prompt lengths, so two static lengths), a new static cache per call as a build makes them,
+    then one per shape reused (`PooledCache`): per call, ms per decoding step and the prefill's
+    seconds (`BatchedChat.clock`), CUDA graphs recorded and dynamo graphs compiled, and whether
+    both ways wrote the same replies. Whether graphs recorded per call eat the compiled step's
+    gain is what this measures; each way's first call compiles (or reuses what the last way
+    compiled)."""
+    from torch._dynamo.utils import counters
+
+    from turnphase.builders.conversations import BatchedChat, GenerationSettings
+
+    recorded = [0]
+    if args.device.startswith("cuda"):
+        from torch._inductor import cudagraph_trees
+
+        record = cudagraph_trees.CUDAGraphTreeManager.record_function
+
+        def counted(self, *a, **kw):
+            recorded[0] += 1
+            return record(self, *a, **kw)
+
+        cudagraph_trees.CUDAGraphTreeManager.record_function = counted
+
+    def chats(rows: int, long: bool) -> list[list[dict]]:
+        question = "Tell me about the history of topic {i}, step by step. " * (30 if long else 1)
+        return [[{"role": "user", "content": question.format(i=i)}] for i in range(rows)]
+
+    print(f"compiled decoding over {len(CALL_ROWS)} calls shaped like a build's, 32 tokens each:")
+    replies = []
+    for way, pooled in [("a new static cache per call (as a build)", False), ("one per shape, reused", True)]:
+        chat = BatchedChat(model, tokenizer, GenerationSettings(compile_decoding=True))
+        if pooled:
+            chat.cache.new_cache = PooledCache(chat.cache)
+        print(f"  {way}:")
+        total = 0.0
+        for i, rows in enumerate(CALL_ROWS):
+            before, graphs = recorded[0], counters["stats"]["unique_graphs"]
+            steps, seconds = chat.decoding_steps, dict(chat.clock.seconds)
+            began = time.perf_counter()
+            replies.append(chat(chats(rows, long=i % 3 == 2), 32, seed=i, row_seeds=list(range(rows))))
+            sync(args.device)
+            sec = time.perf_counter() - began
+            total += sec
+            spent = {k: v - seconds.get(k, 0.0) for k, v in chat.clock.seconds.items()}
+            print(
+                f"    call {i}: {rows:2d} rows, {sec:6.2f} s: decoding "
+                f"{1000 * spent['decoding'] / max(chat.decoding_steps - steps, 1):6.1f} ms/step, "
+                f"prefill {spent['prefill']:5.2f} s; CUDA graphs recorded {recorded[0] - before}, "
+                f"dynamo graphs compiled {counters['stats']['unique_graphs'] - graphs}"
+            )
+        print(f"    all calls {total:.1f} s")
+    print(f"  the same replies both ways: {replies[: len(CALL_ROWS)] == replies[len(CALL_ROWS) :]}")
 
 
 def bench_build(args) -> None:
