@@ -349,7 +349,8 @@ def bench_build(args) -> None:
     name = device_name(args.device)
     with tempfile.TemporaryDirectory() as tmp:
         out = args.build_out or f"{tmp}/ds"
-        cmd = [sys.executable, "-m", "turnphase", "build", "--out", out, "--device", args.device]
+        # -P: run from the repository's root, its turnphase/ would shadow an installed turnphase
+        cmd = [sys.executable, "-P", "-m", "turnphase", "build", "--out", out, "--device", args.device]
         cmd += ["--model-dtype", args.dtype, "--extract-batch-size", "16", "--seed-per-conversation"]
         cmd += ["--compile-decoding"] if args.compile_decoding else []
         start = time.perf_counter()
