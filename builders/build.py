@@ -446,12 +446,12 @@ def summary(out: Path, prov: dict) -> str:
     shown = [f"{name} {_elapsed(sec)}" for name, sec in stages.items() if sec is not None]
     if shown:
         lines.append(f"time: {', '.join(shown)} (generation summed over resumed runs)")
-    if (stages := t.get("stages")) and (steps := t.get("decoding_steps")):
-        other = t["seconds"] - sum(stages.values())  # judging replies, templates, tokenizing
+    if (spent := t.get("stages")) and (steps := t.get("decoding_steps")):  # generation's stages
+        other = t["seconds"] - sum(spent.values())  # judging replies, templates, tokenizing
         lines.append(
-            f"generation: {steps} decoding steps, {1000 * stages['decoding'] / steps:.1f} ms each "
-            f"({_elapsed(stages['decoding'])}); "
-            + ", ".join(f"{name} {_elapsed(stages[name])}" for name in ("prefill", "cache", "checkpoint"))
+            f"generation: {steps} decoding steps, {1000 * spent['decoding'] / steps:.1f} ms each "
+            f"({_elapsed(spent['decoding'])}); "
+            + ", ".join(f"{name} {_elapsed(spent[name])}" for name in ("prefill", "cache", "checkpoint"))
             + f", other {_elapsed(max(other, 0.0))}"
         )
     lines.append(f"dataset: {out}  (check with: turnphase validate {out})")
