@@ -195,7 +195,7 @@ def bench_generation(args, rows: int = 50, steps: int = 64) -> None:
     loaded = load_model(args.generation_model, device=args.device, dtype=args.dtype)
     model, tokenizer = loaded.model, loaded.tokenizer
     print(
-        f"default model loaded in {time.perf_counter() - start:.1f} s: {model.dtype} on {model.device}, "
+        f"model loaded in {time.perf_counter() - start:.1f} s: {model.dtype} on {model.device}, "
         f"attention {model.config._attn_implementation}"
     )
     forwards = [0]
@@ -257,7 +257,7 @@ def bench_generation(args, rows: int = 50, steps: int = 64) -> None:
     profile.runcall(ways["BatchedChat, row seeds"])
     sync(args.device)
     pstats.Stats(profile).sort_stats("tottime").print_stats(15)
-    compiled_calls(model, tokenizer, args, forwards)
+    compiled_calls(model, tokenizer, args)
 
 
 # Rows per call in `compiled_calls`: a build's chunks shrink as rows finish, and its turns start full.
@@ -271,7 +271,7 @@ class PooledCache:
     record again). Not in the build until a GPU says it pays."""
 
     def __init__(self, cache):
-        self.made, self.cache, self.caches = cache.new_cache, cache, {}
+        self.made, self.caches = cache.new_cache, {}
 
     def __call__(self, rows: int, capacity: int):
         from turnphase.builders.prefix_cache import static_length
@@ -290,7 +290,7 @@ class PooledCache:
         return cache
 
 
-def compiled_calls(model, tokenizer, args, forwards) -> None:
+def compiled_calls(model, tokenizer, args) -> None:
     """`--compile-decoding` over a sequence of calls shaped as a build's are (CALL_ROWS rows, two
     prompt lengths, so two static lengths), a new static cache per call as a build makes them,
     then one per shape reused (`PooledCache`): per call, ms per decoding step and the prefill's
