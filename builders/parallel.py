@@ -189,11 +189,16 @@ def merge(cfg: BuildConfig, world: int, options: dict) -> dict:
             "seconds": max(t["seconds"] for t in timing),
             **{
                 k: sum(t.get(k, 0) for t in timing)
-                for k in ("new_tokens", "prompt_tokens_fed", "prompt_tokens_reused", "discarded_tokens")
+                for k in (
+                    "new_tokens",
+                    "prompt_tokens_fed",
+                    "prompt_tokens_reused",
+                    "decoding_steps",
+                    "discarded_tokens",
+                )
                 if k != "discarded_tokens" or any(k in t for t in timing)
             },
             # seconds of work per stage, summed over the ranks like the steps they time
-            "decoding_steps": sum(t.get("decoding_steps", 0) for t in timing),
             "stages": {k: sum(t.get("stages", {}).get(k, 0.0) for t in timing) for k in GENERATION_STAGES},
             "load_model_seconds": max(t["load_model_seconds"] for t in timing),
             "extraction": {
