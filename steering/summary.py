@@ -4,8 +4,9 @@ A finding names an effect beyond random directions only when its interval over p
 and it lies outside the random draws (|z| >= 2 and empirical p <= 0.05), and, where the run has
 a condition's own controls (--matched-controls, --offset-controls), outside those too; everything
 else is said to be no effect beyond random directions. The same holds for a sign contrast
-(--sign-controls: an added direction's effect at +a minus at -a) against the random directions'
-(+u minus -u). With many
+(--sign-controls: an edit's effect at +a minus at -a) against the random draws' (a direction's +u
+minus -u, a plane's +theta minus -theta) and, for a rotation with size-matched draws, against
+theirs (a random direction's two signs, each moving h as far as the rotation). With many
 conditions, about one in twenty passes by chance. A run with --confirm puts its confirmatory tests
 (confirm.py) first.
 """
@@ -103,16 +104,21 @@ def findings(result: dict) -> list[str]:
     return lines
 
 
+SIGN_DRAWS = "random draws' (a direction's +u minus -u, a plane's +theta minus -theta)"
+
+
 def sign_line(contrasts: list[dict]) -> str:
-    """The sign contrasts whose length effect is beyond the random directions' contrasts."""
+    """The sign contrasts whose length effect is beyond the random draws' contrasts (and, for a
+    rotation with size-matched draws, theirs)."""
     passed = [c for c in contrasts if beyond_random(c["effect"]["length"])]
     if not passed:
-        return f"  Sign contrasts ({len(contrasts)}): none on turn length beyond random directions' (+u minus -u)."
-    said = [
-        f"{c['name']} {c['effect']['length']['value']:+.1f} tokens ({_zp(c['effect']['length'])})"
-        for c in passed
-    ]
-    return "  Sign contrasts (+a minus -a) beyond random directions': " + "; ".join(said) + "."
+        return f"  Sign contrasts ({len(contrasts)}): none on turn length beyond {SIGN_DRAWS}."
+    said = []
+    for c in passed:
+        length = c["effect"]["length"]
+        matched = f"; vs size-matched {_zp(length['vs_matched'])}" if "vs_matched" in length else ""
+        said.append(f"{c['name']} {length['value']:+.1f} tokens ({_zp(length)}{matched})")
+    return f"  Sign contrasts (+a minus -a) beyond {SIGN_DRAWS}: " + "; ".join(said) + "."
 
 
 def confirm_lines(c: dict) -> list[str]:
@@ -165,15 +171,19 @@ def table(result: dict) -> str:
                             f"P(end) {_zp(e['p_end'][name])} ({what})"
                         )
             if entry.get("contrasts"):
-                out.append(
-                    "sign contrasts: the effect at +a minus at -a; z and p against random directions' (+u minus -u)"
-                )
-                out.append(f"{'direction':<32}{'length contrast [95% CI]':>45}{'P(end) contrast':>32}")
+                out.append(f"sign contrasts: the effect at +a minus at -a; z and p against the {SIGN_DRAWS}")
+                out.append(f"{'edit':<32}{'length contrast [95% CI]':>45}{'P(end) contrast':>32}")
                 for c in entry["contrasts"]:
                     e = c["effect"]
                     out.append(
                         f"{c['name']:<32}{_fmt(e['length']):>45}   {e['p_end']['value']:+.4f} ({_zp(e['p_end'])})"
                     )
+                    if "vs_matched" in e["length"]:
+                        out.append(
+                            f"{'':<4}vs size-matched random: length {_zp(e['length']['vs_matched'])}, "
+                            f"P(end) {_zp(e['p_end']['vs_matched'])} (a random direction's two signs, each "
+                            "moving h as far as the rotation does)"
+                        )
             out.append("")
     if timings := result.get("timings"):
         out.append(time_line(timings))

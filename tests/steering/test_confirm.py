@@ -47,6 +47,9 @@ def test_hypotheses_choose_settings_and_conditions_and_turn_matched_controls_on(
     assert not config.sign_controls
     typed = SteerConfig("d", "r", [1], confirm=[["mid", "add probe/linear +-0.5", "length", "lower"]])
     assert typed.confirm == signed.confirm  # "+-" for "±"
+    turned = SteerConfig("d", "r", [1], confirm=[["mid", "rotate plane/fourier +-90", "length", "lower"]])
+    assert turned.sign_controls and turned.matched_controls
+    assert turned.chosen_names("mid") == ["rotate plane/fourier +90", "rotate plane/fourier -90"]
 
 
 @pytest.mark.parametrize(
@@ -67,11 +70,12 @@ def test_hypotheses_choose_settings_and_conditions_and_turn_matched_controls_on(
         ([MID, MID], None, 0.05, "names a hypothesis twice"),
         ([{"setting": "mid", "condition": "x"}], None, 0.05, "takes SETTING CONDITION MEASURE"),
         (
-            [["mid", "rotate plane/trig ±90", "p_end", "higher"]],
+            [["mid", "ablate plane/trig ±90", "p_end", "higher"]],
             None,
             0.05,
-            "a sign contrast .* is of an added",
+            "a sign contrast .* is of an added direction or a rotated plane",
         ),
+        ([["mid", "rotate plane/fourier ±180", "length", "lower"]], None, 0.05, "nothing to contrast"),
     ],
 )
 def test_a_bad_hypothesis_is_refused(confirm, only, alpha, said):
@@ -298,3 +302,59 @@ def test_a_hypothesis_on_a_sign_contrast_is_tested_against_the_random_directions
     np.testing.assert_array_equal(diff, plus - minus)
     assert t["n_differ"] == np.count_nonzero(plus - minus)  # the prompts the sign-flip test can use
     assert f"({t['n_differ']} prompts differ)" in result["findings"][1]
+
+
+def test_a_hypothesis_on_a_rotations_sign_contrast_is_tested_against_planes_and_size_matched_pairs(
+    tiny_analysed, tmp_path
+):
+    """A rotation's sign contrast (+theta minus -theta, prompt by prompt) is ranked among the random
+    planes' own (each plane at +theta minus at -theta) and among the size-matched pairs' (draw i
+    along u as far as the +theta rotation moves h, minus along -u as far as the -theta one does);
+    the two rotations' own numbers are those of a run without the sign controls."""
+    data, report = tiny_analysed
+    common = ["steer", str(data), "--report", str(report), "--layers", "1", *FAST_STEER]
+    hypothesis = ["mid", "rotate plane/trig ±90", "length", "higher"]
+    out = tmp_path / "signed"
+    assert main([*common, "--out", str(out), "--alpha", "0.5", "--confirm", *hypothesis]) == 0
+    names = ["rotate plane/trig +90", "rotate plane/trig -90"]
+    plain = tmp_path / "plain"
+    assert (
+        main([*common, "--settings", "mid", "--matched-controls", "--only", *names, "--out", str(plain)]) == 0
+    )
+    result = json.loads((out / "steer.json").read_text())
+    entry = result["layers"]["1"]["mid"]
+    before = json.loads((plain / "steer.json").read_text())["layers"]["1"]["mid"]
+    assert [c["name"] for c in entry["conditions"]] == names
+    assert entry["conditions"] == before["conditions"]  # the same turns, effects and controls
+    plus, minus = names
+    mirrored = f"mirrored matched {minus}"
+    assert set(entry["random"]) == {
+        "rotate 90",
+        "rotate -90",
+        f"matched {plus}",
+        f"matched {minus}",
+        mirrored,
+        "sign rotate 90",
+        f"sign matched {plus}",
+    }
+    random = entry["random"]
+    for k in ("length", "p_end"):
+        want = np.subtract(random["rotate 90"][k], random["rotate -90"][k])
+        assert random["sign rotate 90"][k] == pytest.approx(want.tolist())
+        want = np.subtract(random[f"matched {plus}"][k], random[mirrored][k])
+        assert random[f"sign matched {plus}"][k] == pytest.approx(want.tolist())
+    # the mirrored draws move h as far as the -theta rotation, as its size-matched draws do
+    assert np.allclose(random[mirrored]["edit_size"], random[f"matched {minus}"]["edit_size"], rtol=1e-4)
+    (contrast,) = entry["contrasts"]
+    assert contrast["name"] == "rotate plane/trig ±90" and contrast["matched"] == f"sign matched {plus}"
+    (t,) = result["confirmatory"]["tests"]
+    assert set(t["p"]) == {"vs_opposite", "vs_random", "vs_matched"}
+    assert t["draws"] == {"vs_random": 3, "vs_matched": 3}
+    for test, family in (("vs_random", "sign rotate 90"), ("vs_matched", f"sign matched {plus}")):
+        draws = random[family]["length"]
+        assert t["p"][test] == (1 + sum(d >= t["value"] - 1e-12 for d in draws)) / 4
+    diff = np.asarray(contrast["per_prompt"]["length"])
+    by_name = {c["name"]: np.asarray(c["per_prompt"]["length"]) for c in entry["conditions"]}
+    np.testing.assert_array_equal(diff, by_name[plus] - by_name[minus])
+    assert t["p"]["vs_opposite"] == sign_flip_p(diff, 1, 0)
+    assert "vs size-matched random: length z" in (out / "summary.txt").read_text().split("sign contrasts")[1]

@@ -286,6 +286,53 @@ def test_sign_controls_pair_each_random_direction_with_its_negation(tiny_analyse
     assert {c.family for c in kept if c.is_random} == {"add 0.2", "add -0.2"}
 
 
+def test_sign_controls_turn_each_random_plane_both_ways_and_mirror_the_size_matched_draws(tiny_analysed):
+    """--sign-controls runs every `rotate theta` family's random planes again at -theta, and (with
+    --matched-controls) each -theta rotation's size-matched draws again along -u, after every
+    other condition (which keep their places); --only keeps them only when both signs of a plane
+    are named."""
+    data, report = tiny_analysed
+    found = Directions.load(report).layers[LAYER].folds[0]
+    d_model, h = len(found.mean), torch.randn(5, len(found.mean))
+    config = SteerConfig(str(data), str(report), [LAYER], rotate=[90, 45], matched_controls=True)
+    plain = conditions(found, d_model, config, LAYER)
+    config.sign_controls = True
+    signed = conditions(found, d_model, config, LAYER)
+    assert [(c.name, c.index) for c in signed[: len(plain)]] == [(c.name, c.index) for c in plain]
+    for theta in (90, 45):
+        plus = [c for c in signed if c.family == f"rotate {theta}" and c.is_random]
+        minus = [c for c in signed if c.family == f"rotate {-theta}"]
+        assert len(minus) == len(plus) == 20
+        for p, m in zip(plus, minus, strict=True):
+            assert torch.equal(p.edit.q, m.edit.q) and torch.equal(p.edit.centre, m.edit.centre)
+            assert m.edit.degrees == -theta and m.strength == -theta and m.target == "random/plane"
+        turned = [c for c in signed if c.kind == "rotate" and not c.is_random and abs(c.strength) == theta]
+        assert len(turned) == 6 and all(c.opposite == f"rotate {-theta}" for c in turned)
+        for c in turned:
+            if c.strength > 0:
+                assert c.mirrored is None
+                continue
+            assert c.mirrored == f"mirrored {c.matched}"
+            matched = [m for m in signed if m.family == c.matched]
+            mirrored = [m for m in signed if m.family == c.mirrored]
+            assert len(mirrored) == 20 and all(m.is_random and m.target == "random/matched" for m in mirrored)
+            for a, b in zip(matched, mirrored, strict=True):  # the same size, the other way
+                assert torch.allclose(b.edit(h) - h, -(a.edit(h) - h), atol=1e-5)
+    assert all(c.opposite is None and c.mirrored is None for c in plain if c.kind == "rotate")
+    config.only = ["rotate plane/fourier +90"]
+    kept = conditions(found, d_model, config, LAYER)
+    assert {c.family for c in kept if c.is_random} == {"rotate 90", "matched rotate plane/fourier +90"}
+    config.only = ["rotate plane/fourier +90", "rotate plane/fourier -90"]
+    kept = conditions(found, d_model, config, LAYER)
+    assert {c.family for c in kept if c.is_random} == {
+        "rotate 90",
+        "rotate -90",
+        "matched rotate plane/fourier +90",
+        "matched rotate plane/fourier -90",
+        "mirrored matched rotate plane/fourier -90",
+    }
+
+
 def test_a_sign_contrast_is_the_difference_of_the_two_signs_against_the_random_pairs(tiny_analysed, tmp_path):
     data, report = tiny_analysed
     common = ["--report", str(report), "--layers", "1", "--settings", "mid", *FAST_STEER]
