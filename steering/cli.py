@@ -105,7 +105,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         action="append",
         metavar=("SETTING", "CONDITION", "MEASURE", "DIRECTION"),
         help='a hypothesis fixed before the run, e.g. --confirm start "ablate plane/trig" length lower '
-        "(MEASURE: length, ended, broken, p_end; DIRECTION: lower, higher); repeat for more; runs only "
+        "(MEASURE: length, ended, broken, p_end; DIRECTION: lower, higher), or on a sign contrast, "
+        '"add probe/linear ±0.5" or "rotate plane/fourier ±90" (+-90); repeat for more; runs only '
         "these, with size-matched controls (and offset ones with --offset-controls), each at --alpha / "
         "(hypotheses x layers)",
     )

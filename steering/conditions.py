@@ -10,18 +10,20 @@
             moving h at every position as far as that condition's edit does (edits.Matched). A random
             plane holds less of h than a phase plane, so its rotation or ablation is a smaller edit;
             these controls separate "this plane" from "this much change"
-    sign    (config.sign_controls) the random directions of each `add a` family again at -a: a pair
+    sign    (config.sign_controls) the random draws at the other sign. An add's: the random
+            directions of each `add a` family again at -a: a pair
             (+u, -u) per draw, so each added direction's sign contrast, its effect at +a minus at
             -a, can be read against the random directions' (run.py `sign_contrasts`). One sign of
             a random draw stands for the other as a control of a single condition, but a
             direction's two signs also differ by chance; a phase direction should push the turn
-            one way at +a and the other at -a by more than that. Likewise for rotations: the random
-            planes of each `rotate theta` family again at -theta (each plane's +theta minus
-            -theta), and, where a rotation by -theta has size-matched draws, those draws again
-            along -u (`mirrored`): with the +theta rotation's draws along u they make a random
-            direction's two signs, each moving h as far as its rotation does. A clock hand turned
-            toward the end of the turn should end it sooner than one turned back, by more than a
-            plane's or a direction's two signs differ by chance
+            one way at +a and the other at -a by more than that. A rotation's: the random planes of
+            each `rotate theta` family again at -theta (each plane's +theta minus -theta), and,
+            where a rotation by -theta has size-matched draws, those draws again along -u
+            (`mirrored`): with the +theta rotation's draws along u they make a random direction's
+            two signs, each moving h as far as the rotation does (a turn moves h as far either
+            way). A clock hand turned toward the end of the turn should end it sooner than one
+            turned back, by more than a plane's or a direction's two signs differ by chance. None
+            at a half or whole turn, the same edit both ways
     offset  (config.offset_controls, rotations about the readout's zero) for each phase plane and
             angle: the random planes, each turned by that angle about a point as far from the
             training mean (in that plane, at a random angle) as the phase plane's readout zero is
@@ -51,7 +53,7 @@ import torch
 
 from turnphase.analysis.directions import FoldDirections
 from turnphase.builders.errors import ConfigError
-from turnphase.steering.config import PHASE_PLANES, SteerConfig
+from turnphase.steering.config import PHASE_PLANES, SteerConfig, same_both_ways
 from turnphase.steering.confirm import OWN_CONTROLS
 from turnphase.steering.edits import (
     Ablate,
@@ -137,7 +139,7 @@ def conditions(
         ]
     for theta in config.rotate:
         family = f"rotate {theta:g}"
-        opposite = f"rotate {-theta:g}" if config.sign_controls else None
+        opposite = f"rotate {-theta:g}" if config.sign_controls and not same_both_ways(theta) else None
         for target, q in planes.items():
             out += [
                 Condition(
@@ -207,7 +209,7 @@ def conditions(
                 Condition(f"random {opposite} #{i}", "add", "random/direction", -a, opposite, Add(u, -a))
                 for i, u in enumerate(random_u)
             ]
-        for theta in config.rotate:
+        for theta in [t for t in config.rotate if not same_both_ways(t)]:
             opposite = f"rotate {-theta:g}"
             out += [
                 Condition(
@@ -220,7 +222,7 @@ def conditions(
                 )
                 for i, q in enumerate(random_q)
             ]
-        for cond in [c for c in out if c.kind == "rotate" and c.matched and c.strength < 0]:
+        for cond in [c for c in out if c.opposite and c.kind == "rotate" and c.matched and c.strength < 0]:
             cond.mirrored = f"mirrored {cond.matched}"
             out += [
                 Condition(

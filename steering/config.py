@@ -27,10 +27,23 @@ def contrast_name(kind: str, target: str, a: float) -> str:
     return f"{kind} {target} ±{a:g}"
 
 
+def same_both_ways(theta: float) -> bool:
+    """A turn by +theta is the turn by -theta (a half turn, a whole one): it has no sign contrast."""
+    return theta % 180 == 0
+
+
 def contrast_parts(name: str) -> list[str] | None:
     """The two conditions a sign contrast's name stands for (+a, -a); None for a condition's name."""
     head, sign, a = name.rpartition(" ±")
     return [f"{head} +{a}", f"{head} -{a}"] if sign else None
+
+
+def _same_both_ways(contrast: str) -> bool:
+    """A rotation's sign contrast ("rotate plane/trig ±180") at an angle that is one edit both ways."""
+    try:
+        return same_both_ways(float(contrast.rpartition("±")[2]))
+    except ValueError:  # not a number: no condition has that name (refused when the conditions are made)
+        return False
 
 
 def numbers(name: str, values, kind=float) -> list:
@@ -79,11 +92,10 @@ class SteerConfig:
     # Also a size-matched control for each rotation and ablation: n_random random directions, each
     # moving h, position by position, as far as that condition's edit does (conditions.py)
     matched_controls: bool = False
-    # Also random draws at -a for every added strength a, and each added direction's sign contrast
-    # (its effect at +a minus at -a) against the random directions' (+u minus -u): does the
-    # direction's sign matter more than a random direction's does; the same for rotations, +theta
-    # minus -theta against random planes' and (with matched_controls) size-matched directions' two
-    # signs (conditions.py)
+    # Also random draws at the other sign, and each edit's sign contrast: an added direction's effect
+    # at +a minus at -a against the random directions' (+u minus -u), a plane's at +theta minus at
+    # -theta against the random planes' and (with matched_controls) the size-matched directions'
+    # two signs: does the edit's sign matter more than a random one's does (conditions.py)
     sign_controls: bool = False
     # Also, for each phase plane turned about its readout's zero, n_random random planes turned by
     # the same angle about a point as far from the training mean (conditions.py)
@@ -142,9 +154,10 @@ class SteerConfig:
                     f"{bad[0]!r}: a sign contrast (±) is of an added direction or a rotated plane, "
                     "'add TARGET ±a' or 'rotate TARGET ±theta'",
                 )
-            if half := [c for c in contrasts if c.startswith("rotate ") and c.endswith("±180")]:
+            if same := [c for c in contrasts if c.startswith("rotate ") and _same_both_ways(c)]:
                 raise ConfigError(
-                    "confirm", f"{half[0]!r}: a turn by +180 degrees is the turn by -180; nothing to contrast"
+                    "confirm",
+                    f"{same[0]!r}: a turn by +theta is here the turn by -theta; nothing to contrast",
                 )
             self.sign_controls = self.sign_controls or bool(contrasts)
         if self.n_random < MIN_RANDOM:

@@ -112,13 +112,18 @@ def sign_line(contrasts: list[dict]) -> str:
     rotation with size-matched draws, theirs)."""
     passed = [c for c in contrasts if beyond_random(c["effect"]["length"])]
     if not passed:
-        return f"  Sign contrasts ({len(contrasts)}): none on turn length beyond {SIGN_DRAWS}."
+        return (
+            f"  Sign contrasts ({len(contrasts)}): none on turn length beyond {SIGN_DRAWS} "
+            "(and, for a rotation, its size-matched pairs')."
+        )
     said = []
     for c in passed:
         length = c["effect"]["length"]
         matched = f"; vs size-matched {_zp(length['vs_matched'])}" if "vs_matched" in length else ""
         said.append(f"{c['name']} {length['value']:+.1f} tokens ({_zp(length)}{matched})")
-    return f"  Sign contrasts (+a minus -a) beyond {SIGN_DRAWS}: " + "; ".join(said) + "."
+    return (
+        f"  Sign contrasts (+a minus -a, +theta minus -theta) beyond {SIGN_DRAWS}: " + "; ".join(said) + "."
+    )
 
 
 def confirm_lines(c: dict) -> list[str]:
@@ -171,7 +176,10 @@ def table(result: dict) -> str:
                             f"P(end) {_zp(e['p_end'][name])} ({what})"
                         )
             if entry.get("contrasts"):
-                out.append(f"sign contrasts: the effect at +a minus at -a; z and p against the {SIGN_DRAWS}")
+                out.append(
+                    "sign contrasts: the effect at +a minus at -a (a rotation's at +theta minus at -theta); "
+                    f"z and p against the {SIGN_DRAWS}"
+                )
                 out.append(f"{'edit':<32}{'length contrast [95% CI]':>45}{'P(end) contrast':>32}")
                 for c in entry["contrasts"]:
                     e = c["effect"]

@@ -18,7 +18,7 @@ from turnphase.steering.confirm import (
     prompts_needed,
     sign_flip_p,
 )
-from turnphase.steering.summary import beyond_random
+from turnphase.steering.summary import beyond_random, sign_line
 
 START = ["start", "ablate plane/trig", "length", "lower"]
 MID = ["mid", "rotate plane/trig +90", "p_end", "higher"]
@@ -153,6 +153,46 @@ def test_a_rotation_beyond_its_other_draws_but_not_its_offset_planes_does_not_ho
     effect = {"value": -5.0, "ci95": [-6.0, -4.0], **outside, "vs_matched": outside}
     assert beyond_random(effect) and beyond_random(effect | {"vs_offset": outside})
     assert not beyond_random(effect | {"vs_offset": {"z": -0.3, "p": 0.4}})
+
+
+@pytest.mark.parametrize(
+    ("planes", "pairs", "failed"),
+    [(FAR, FAR, []), (NEAR, FAR, ["vs_random"]), (FAR, NEAR, ["vs_matched"])],
+)
+def test_a_rotations_sign_contrast_holds_only_beyond_both_kinds_of_pairs(planes, pairs, failed):
+    """A rotation's contrast (+theta minus -theta) against the random planes' and the size-matched
+    pairs' contrasts: each fails alone; the paired test is of the two signs against each other."""
+    diff = -5 + np.random.default_rng(1).normal(0, 1.0, 16)
+    name, matched = "rotate plane/trig ±90", "sign matched rotate plane/trig +90"
+    entry = {
+        "conditions": [],
+        "contrasts": [
+            {
+                "name": name,
+                "family": "sign rotate 90",
+                "matched": matched,
+                "effect": {"length": {"value": float(diff.mean())}},
+                "per_prompt": {"length": diff.tolist()},
+            }
+        ],
+        "random": {"sign rotate 90": {"length": list(planes)}, matched: {"length": list(pairs)}},
+    }
+    (t,) = evaluate(
+        {"layers": {"19": {"mid": entry}}}, [Hypothesis("mid", name, "length", "lower")], 0.05, 400, 0
+    )["tests"]
+    assert list(t["p"]) == ["vs_opposite", "vs_random", "vs_matched"]
+    assert t["failed"] == failed and t["holds"] is (not failed)
+    assert t["draws"] == {"vs_random": 59, "vs_matched": 59}
+
+
+def test_a_sign_contrast_is_a_finding_only_beyond_its_size_matched_pairs_too():
+    outside, inside = {"z": -5.0, "p": 0.01}, {"z": -0.3, "p": 0.4}
+    length = {"value": -9.0, "ci95": [-12.0, -6.0], **outside}
+    contrast = {"name": "rotate plane/fourier ±90", "effect": {"length": length | {"vs_matched": outside}}}
+    said = sign_line([contrast])
+    assert "rotate plane/fourier ±90 -9.0 tokens (z -5.0, p 0.01; vs size-matched z -5.0, p 0.01)" in said
+    contrast["effect"]["length"]["vs_matched"] = inside
+    assert sign_line([contrast]).startswith("  Sign contrasts (1): none on turn length")
 
 
 def test_the_tests_are_one_sided_at_alpha_over_hypotheses_times_layers():
@@ -353,6 +393,9 @@ def test_a_hypothesis_on_a_rotations_sign_contrast_is_tested_against_planes_and_
     for test, family in (("vs_random", "sign rotate 90"), ("vs_matched", f"sign matched {plus}")):
         draws = random[family]["length"]
         assert t["p"][test] == (1 + sum(d >= t["value"] - 1e-12 for d in draws)) / 4
+    for k in ("length", "p_end"):  # the exploratory comparison is with the same pairs' contrasts
+        got = contrast["effect"][k]["vs_matched"]
+        assert got["random_mean"] == pytest.approx(np.mean(random[f"sign matched {plus}"][k]))
     diff = np.asarray(contrast["per_prompt"]["length"])
     by_name = {c["name"]: np.asarray(c["per_prompt"]["length"]) for c in entry["conditions"]}
     np.testing.assert_array_equal(diff, by_name[plus] - by_name[minus])

@@ -319,6 +319,15 @@ def test_sign_controls_turn_each_random_plane_both_ways_and_mirror_the_size_matc
             for a, b in zip(matched, mirrored, strict=True):  # the same size, the other way
                 assert torch.allclose(b.edit(h) - h, -(a.edit(h) - h), atol=1e-5)
     assert all(c.opposite is None and c.mirrored is None for c in plain if c.kind == "rotate")
+    # without size-matched draws nothing to mirror; a half turn is the same edit both ways: no pairs
+    config.matched_controls, config.rotate = False, [90, 180]
+    unmatched = conditions(found, d_model, config, LAYER)
+    assert not any(c.mirrored for c in unmatched) and not any(
+        c.family.startswith("mirrored") for c in unmatched
+    )
+    assert {c.family for c in unmatched if c.target == "random/plane" and c.strength < 0} == {"rotate -90"}
+    assert all(c.opposite is None for c in unmatched if c.kind == "rotate" and c.strength in (180, -180))
+    config.matched_controls, config.rotate = True, [90, 45]
     config.only = ["rotate plane/fourier +90"]
     kept = conditions(found, d_model, config, LAYER)
     assert {c.family for c in kept if c.is_random} == {"rotate 90", "matched rotate plane/fourier +90"}
