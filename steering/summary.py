@@ -119,7 +119,9 @@ def sign_line(contrasts: list[dict]) -> str:
     said = []
     for c in passed:
         length = c["effect"]["length"]
-        matched = f"; vs size-matched {_zp(length['vs_matched'])}" if "vs_matched" in length else ""
+        matched = (
+            f"; vs {OWN_CONTROLS['matched'][0]} {_zp(length['vs_matched'])}" if "vs_matched" in length else ""
+        )
         said.append(f"{c['name']} {length['value']:+.1f} tokens ({_zp(length)}{matched})")
     return (
         f"  Sign contrasts (+a minus -a, +theta minus -theta) beyond {SIGN_DRAWS}: " + "; ".join(said) + "."
@@ -142,6 +144,18 @@ def confirm_lines(c: dict) -> list[str]:
             f"{t['value']:+.4g} [{lo:+.4g}, {hi:+.4g}]; {tests} ({t['n_differ']} prompts differ): {verdict}."
         )
     return out
+
+
+MATCHED_PAIRS = "a random direction's two signs, each moving h as far as the rotation does"
+
+
+def _vs_line(effect: dict, own: str, what: str) -> str:
+    """An effect's length and P(end) against one of its own controls (OWN_CONTROLS), indented."""
+    name = f"vs_{own}"
+    return (
+        f"{'':<4}vs {OWN_CONTROLS[own][0]} random: length {_zp(effect['length'][name])}, "
+        f"P(end) {_zp(effect['p_end'][name])} ({what})"
+    )
 
 
 def table(result: dict) -> str:
@@ -169,12 +183,11 @@ def table(result: dict) -> str:
                         f"{c['phase_shift']['error']:.1f} from the intended {c['strength']:+g} at a position "
                         "(means over the edited positions and prompts)"
                     )
-                for own, (word, what) in OWN_CONTROLS.items():
-                    if (name := f"vs_{own}") in e["length"]:
-                        out.append(
-                            f"{'':<4}vs {word} random: length {_zp(e['length'][name])}, "
-                            f"P(end) {_zp(e['p_end'][name])} ({what})"
-                        )
+                out += [
+                    _vs_line(e, own, what)
+                    for own, (_, what) in OWN_CONTROLS.items()
+                    if f"vs_{own}" in e["length"]
+                ]
             if entry.get("contrasts"):
                 out.append(
                     "sign contrasts: the effect at +a minus at -a (a rotation's at +theta minus at -theta); "
@@ -187,11 +200,7 @@ def table(result: dict) -> str:
                         f"{c['name']:<32}{_fmt(e['length']):>45}   {e['p_end']['value']:+.4f} ({_zp(e['p_end'])})"
                     )
                     if "vs_matched" in e["length"]:
-                        out.append(
-                            f"{'':<4}vs size-matched random: length {_zp(e['length']['vs_matched'])}, "
-                            f"P(end) {_zp(e['p_end']['vs_matched'])} (a random direction's two signs, each "
-                            "moving h as far as the rotation does)"
-                        )
+                        out.append(_vs_line(e, "matched", MATCHED_PAIRS))
             out.append("")
     if timings := result.get("timings"):
         out.append(time_line(timings))
