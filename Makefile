@@ -72,7 +72,8 @@ steer-confirm-offset: setup
 # -90: -10.1). Fixed before any rotation ran on fold 2's prompts (fold 2 had only adds, in
 # steer-confirm-sign-1): each plane's sign contrast (+90 minus -90, prompt by prompt) goes the way it
 # went on fold 0, against the random planes' contrasts and the size-matched pairs' (--sign-controls);
-# two hypotheses at 0.05 / 2, 40 draws each (324 conditions, 50 min on 2 cores). The trig
+# two hypotheses at 0.05 / 2, 40 draws each (324 conditions, 50 min on 2 cores; 244 since a rotation's
+# two signs share their size-matched draws, steer_version 3). The trig
 # hypothesis is a clock hand's prediction; the Fourier one its reverse, so if it holds it counts
 # against that plane being such a hand.
 steer-confirm-clock: setup

@@ -9,7 +9,9 @@
     matched (config.matched_controls) for each rotation and ablation above: random directions, each
             moving h at every position as far as that condition's edit does (edits.Matched). A random
             plane holds less of h than a phase plane, so its rotation or ablation is a smaller edit;
-            these controls separate "this plane" from "this much change"
+            these controls separate "this plane" from "this much change". A rotation by -theta
+            moves h exactly as far as the one by +theta, so the two share one family
+            ("matched rotate plane/trig ±90", drawn with the +theta edit)
     sign    (config.sign_controls) the random draws at the other sign. An add's: the random
             directions of each `add a` family again at -a: a pair
             (+u, -u) per draw, so each added direction's sign contrast, its effect at +a minus at
@@ -53,7 +55,7 @@ import torch
 
 from turnphase.analysis.directions import FoldDirections
 from turnphase.builders.errors import ConfigError
-from turnphase.steering.config import PHASE_PLANES, SteerConfig, same_both_ways
+from turnphase.steering.config import PHASE_PLANES, SteerConfig, contrast_name, same_both_ways
 from turnphase.steering.confirm import OWN_CONTROLS
 from turnphase.steering.edits import (
     Ablate,
@@ -79,12 +81,14 @@ class Condition:
     strength: float  # a (add), degrees (rotate), 0 (ablate)
     family: str  # the random family it is compared with: "add 0.1", "rotate 90", "ablate plane", ...
     edit: object
-    matched: str | None = None  # its size-matched random family ("matched <name>"), if any
+    # its size-matched random family, if any: "matched ablate plane/trig", "matched rotate
+    # plane/trig ±90" (a rotation's two signs share it)
+    matched: str | None = None
     # (an add or a rotation, with sign controls) the family of its random draws at the other sign:
     # "add -<a>", "rotate -<theta>"
     opposite: str | None = None
     # (a rotation by -theta, with sign and size-matched controls) its size-matched draws along -u,
-    # the other sign of the +theta rotation's ("mirrored matched <name>")
+    # the other sign of the shared ones ("mirrored matched rotate plane/trig ±90")
     mirrored: str | None = None
     offset: str | None = None  # (a phase plane's rotation) its offset planes' family, if any
     index: int = 0  # its place among all the run's conditions (seeds its bootstrap), filtered or not
@@ -189,8 +193,12 @@ def conditions(
         for i, q in enumerate(random_q)
     ]
     if config.matched_controls:
+        drawn = set()
         for cond in [c for c in out if not c.is_random and c.kind in ("rotate", "ablate")]:
-            cond.matched = f"matched {cond.name}"
+            cond.matched = f"matched {shared_name(cond)}"
+            if cond.matched in drawn:  # -theta: the +theta rotation's draws move h as far
+                continue
+            drawn.add(cond.matched)
             out += [
                 Condition(
                     f"random {cond.matched} #{i}",
@@ -259,6 +267,15 @@ def conditions(
         cond.index = i
     names = config.chosen_names(setting)
     return out if names is None else select(out, names, "confirm" if config.confirm else "only")
+
+
+def shared_name(cond: Condition) -> str:
+    """The name a condition's size-matched family is made from: a rotation's two signs move h
+    equally far at every position (|(R(theta) - I) c| = 2 |sin(theta / 2)| |c|), so they share
+    one family ("rotate plane/trig ±90"); an ablation's is its own name."""
+    if cond.kind == "rotate":
+        return contrast_name(cond.kind, cond.target, abs(cond.strength))
+    return cond.name
 
 
 def select(out: list[Condition], names: list[str], field: str = "only") -> list[Condition]:

@@ -44,7 +44,9 @@ from turnphase.timing import Stopwatch
 log = logging.getLogger(__name__)
 
 STEER_FILE = "steer.json"
-STEER_VERSION = 2  # 2: a phase plane turns about its readout's zero by default (config.rotate_about)
+# 3: a rotation's two signs share their size-matched draws ("matched rotate <plane> ±<theta>");
+# 2: a phase plane turns about its readout's zero by default (config.rotate_about)
+STEER_VERSION = 3
 EXAMPLES = 3  # example generations per (non-random) condition
 
 

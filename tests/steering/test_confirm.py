@@ -163,7 +163,7 @@ def test_a_rotations_sign_contrast_holds_only_beyond_both_kinds_of_pairs(planes,
     """A rotation's contrast (+theta minus -theta) against the random planes' and the size-matched
     pairs' contrasts: each fails alone; the paired test is of the two signs against each other."""
     diff = -5 + np.random.default_rng(1).normal(0, 1.0, 16)
-    name, matched = "rotate plane/trig ±90", "sign matched rotate plane/trig +90"
+    name, matched = "rotate plane/trig ±90", "sign matched rotate plane/trig ±90"
     entry = {
         "conditions": [],
         "contrasts": [
@@ -275,12 +275,13 @@ def test_a_confirmatory_run_tests_its_hypotheses_and_only_runs_what_they_need(ti
     assert set(entries) == {"start", "mid"}
     assert [c["name"] for c in entries["start"]["conditions"]] == ["ablate plane/trig"]
     assert [c["name"] for c in entries["mid"]["conditions"]] == ["rotate plane/trig +90"]
-    assert set(entries["mid"]["random"]) == {"rotate 90", "matched rotate plane/trig +90"}
+    assert set(entries["mid"]["random"]) == {"rotate 90", "matched rotate plane/trig ±90"}
     c = result["confirmatory"]
     assert c["n_tests"] == 2 and c["level"] == 0.25 and c["alpha"] == 0.5
     for t, (setting, name, measure, _) in zip(c["tests"], [START, MID], strict=True):
         cond = next(x for x in entries[setting]["conditions"] if x["name"] == name)
-        assert cond["matched"] == f"matched {name}" and t["value"] == cond["effect"][measure]["value"]
+        shared = f"matched {name.replace('+90', '±90')}"  # a rotation's two signs share their draws
+        assert cond["matched"] == shared and t["value"] == cond["effect"][measure]["value"]
         assert t["draws"] == {"vs_random": 3, "vs_matched": 3}
         sign = 1 if t["direction"] == "higher" else -1
         for control, family in (("vs_random", cond["family"]), ("vs_matched", cond["matched"])):
@@ -304,8 +305,8 @@ def test_a_rotation_with_offset_controls_is_tested_against_them_too(tiny_analyse
     assert main([*args, "--alpha", "0.5", "--offset-controls", "--confirm", *MID]) == 0
     result = json.loads((out / "steer.json").read_text())
     entry = result["layers"]["1"]["mid"]
-    name, offset = MID[1], "offset rotate plane/trig 90"
-    assert set(entry["random"]) == {"rotate 90", f"matched {name}", offset}
+    offset = "offset rotate plane/trig 90"
+    assert set(entry["random"]) == {"rotate 90", f"matched {MID[1].replace('+90', '±90')}", offset}
     (cond,) = entry["conditions"]
     assert cond["offset"] == offset and "vs_offset" in cond["effect"]["length"]
     (t,) = result["confirmatory"]["tests"]
@@ -367,35 +368,38 @@ def test_a_hypothesis_on_a_rotations_sign_contrast_is_tested_against_planes_and_
     assert [c["name"] for c in entry["conditions"]] == names
     assert entry["conditions"] == before["conditions"]  # the same turns, effects and controls
     plus, minus = names
-    mirrored = f"mirrored matched {minus}"
+    shared = "matched rotate plane/trig ±90"  # both signs' size-matched draws (one turn moves h as far)
+    mirrored = f"mirrored {shared}"
+    assert all(c["matched"] == shared for c in entry["conditions"])
     assert set(entry["random"]) == {
         "rotate 90",
         "rotate -90",
-        f"matched {plus}",
-        f"matched {minus}",
+        shared,
         mirrored,
         "sign rotate 90",
-        f"sign matched {plus}",
+        f"sign {shared}",
     }
     random = entry["random"]
     for k in ("length", "p_end"):
         want = np.subtract(random["rotate 90"][k], random["rotate -90"][k])
         assert random["sign rotate 90"][k] == pytest.approx(want.tolist())
-        want = np.subtract(random[f"matched {plus}"][k], random[mirrored][k])
-        assert random[f"sign matched {plus}"][k] == pytest.approx(want.tolist())
-    # the mirrored draws move h as far as the -theta rotation, as its size-matched draws do
-    assert np.allclose(random[mirrored]["edit_size"], random[f"matched {minus}"]["edit_size"], rtol=1e-4)
+        want = np.subtract(random[shared][k], random[mirrored][k])
+        assert random[f"sign {shared}"][k] == pytest.approx(want.tolist())
+    # the mirrored draws move h as far as the -theta rotation, and so do the shared ones
+    minus_size = entry["conditions"][1]["effect"]["edit_size"]["value"]
+    for family in (shared, mirrored):
+        assert np.allclose(random[family]["edit_size"], minus_size, rtol=1e-4)
     (contrast,) = entry["contrasts"]
-    assert contrast["name"] == "rotate plane/trig ±90" and contrast["matched"] == f"sign matched {plus}"
+    assert contrast["name"] == "rotate plane/trig ±90" and contrast["matched"] == f"sign {shared}"
     (t,) = result["confirmatory"]["tests"]
     assert set(t["p"]) == {"vs_opposite", "vs_random", "vs_matched"}
     assert t["draws"] == {"vs_random": 3, "vs_matched": 3}
-    for test, family in (("vs_random", "sign rotate 90"), ("vs_matched", f"sign matched {plus}")):
+    for test, family in (("vs_random", "sign rotate 90"), ("vs_matched", f"sign {shared}")):
         draws = random[family]["length"]
         assert t["p"][test] == (1 + sum(d >= t["value"] - 1e-12 for d in draws)) / 4
     for k in ("length", "p_end"):  # the exploratory comparison is with the same pairs' contrasts
         got = contrast["effect"][k]["vs_matched"]
-        assert got["random_mean"] == pytest.approx(np.mean(random[f"sign matched {plus}"][k]))
+        assert got["random_mean"] == pytest.approx(np.mean(random[f"sign {shared}"][k]))
     diff = np.asarray(contrast["per_prompt"]["length"])
     by_name = {c["name"]: np.asarray(c["per_prompt"]["length"]) for c in entry["conditions"]}
     np.testing.assert_array_equal(diff, by_name[plus] - by_name[minus])

@@ -163,17 +163,25 @@ def test_matched_controls_and_only(tiny_analysed):
     config = SteerConfig(str(data), str(report), [LAYER], matched_controls=True)
     conds = conditions(found, d_model, config, LAYER)
     plane_edits = [c for c in conds if not c.is_random and c.kind in ("rotate", "ablate")]
-    assert plane_edits and all(c.matched == f"matched {c.name}" for c in plane_edits)
+    ablations = [c for c in plane_edits if c.kind == "ablate"]
+    assert ablations and all(c.matched == f"matched {c.name}" for c in ablations)
+    rotations = [c for c in plane_edits if c.kind == "rotate"]  # +theta and -theta share one family
+    assert rotations and all(c.matched == f"matched rotate {c.target} ±90" for c in rotations)
     adds = [c for c in conds if not c.is_random and c.kind == "add"]
     assert adds and all(c.matched is None for c in adds)  # an added direction is as large as its draws
+    h = torch.randn(5, d_model) * 10 + torch.from_numpy(found.mean).float()
     for c in plane_edits:
         draws = [m for m in conds if m.family == c.matched]
-        assert len(draws) == 20 and all(m.is_random and m.edit.edit is c.edit for m in draws)
+        assert len(draws) == 20 and all(m.is_random for m in draws)
+        # drawn with the +theta edit (or the ablation's own), and as large as this one's at every position
+        assert all(m.edit.edit is c.edit for m in draws) == (c.strength >= 0)
+        own = (c.edit(h) - h).norm(dim=-1)
+        assert all(torch.allclose((m.edit(h) - h).norm(dim=-1), own, rtol=1e-4) for m in draws)
     names = ["rotate plane/trig +90", "ablate plane/fourier"]
     config.only = names
     kept = conditions(found, d_model, config, LAYER)
     assert [c.name for c in kept if not c.is_random] == names
-    families = {"rotate 90", "ablate plane", "matched rotate plane/trig +90", "matched ablate plane/fourier"}
+    families = {"rotate 90", "ablate plane", "matched rotate plane/trig ±90", "matched ablate plane/fourier"}
     assert {c.family for c in kept if c.is_random} == families
     whole = {c.name: c.index for c in conds}
     assert all(c.index == whole[c.name] for c in kept)  # the same bootstrap seeds as the whole run
@@ -235,17 +243,17 @@ def test_a_run_with_matched_controls_scores_each_condition_against_its_own(tiny_
         json.loads((tmp_path / d / "steer.json").read_text())["layers"]["1"]["mid"] for d in ("all", "some")
     )
     assert [c["name"] for c in some["conditions"]] == ["rotate plane/trig +90", "ablate probe/linear"]
-    assert len(some["random"]["matched rotate plane/trig +90"]["length"]) == 3  # --random 3
+    assert len(some["random"]["matched rotate plane/trig ±90"]["length"]) == 3  # --random 3
     same = {c["name"]: c for c in whole["conditions"]}
     for c in some["conditions"]:
         for k in MEASURES:
             effect, before = dict(c["effect"][k]), same[c["name"]]["effect"][k]
             matched = effect.pop("vs_matched")
             assert effect == before  # the same value, interval and random comparison as in the whole run
-            draws = some["random"][f"matched {c['name']}"][k]
+            draws = some["random"][c["matched"]][k]
             assert matched["random_mean"] == pytest.approx(np.mean(draws))
         # the controls moved h as far as the edit did (edit_size is measured the same way)
-        sizes = some["random"][f"matched {c['name']}"]["edit_size"]
+        sizes = some["random"][c["matched"]]["edit_size"]
         assert np.allclose(sizes, c["effect"]["edit_size"]["value"], rtol=1e-4)
     assert "vs size-matched random: length z" in (tmp_path / "some" / "summary.txt").read_text()
     findings = {
@@ -330,15 +338,14 @@ def test_sign_controls_turn_each_random_plane_both_ways_and_mirror_the_size_matc
     config.matched_controls, config.rotate = True, [90, 45]
     config.only = ["rotate plane/fourier +90"]
     kept = conditions(found, d_model, config, LAYER)
-    assert {c.family for c in kept if c.is_random} == {"rotate 90", "matched rotate plane/fourier +90"}
+    assert {c.family for c in kept if c.is_random} == {"rotate 90", "matched rotate plane/fourier ±90"}
     config.only = ["rotate plane/fourier +90", "rotate plane/fourier -90"]
     kept = conditions(found, d_model, config, LAYER)
     assert {c.family for c in kept if c.is_random} == {
         "rotate 90",
         "rotate -90",
-        "matched rotate plane/fourier +90",
-        "matched rotate plane/fourier -90",
-        "mirrored matched rotate plane/fourier -90",
+        "matched rotate plane/fourier ±90",
+        "mirrored matched rotate plane/fourier ±90",
     }
 
 
@@ -388,7 +395,7 @@ def test_a_run_writes_a_valid_steer_json(tiny_analysed, tmp_path):
         == 0
     )
     result = json.loads((out / "steer.json").read_text())
-    assert result["steer_version"] == 2 and result["findings"]
+    assert result["steer_version"] == 3 and result["findings"]
     assert set(result["layers"]) == {"1", "3"}
     held = set(Directions.load(report).held_out(0).tolist())
     for entry in result["layers"]["1"].values():
