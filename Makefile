@@ -6,7 +6,7 @@ REPORT ?= report/smollm2
 STEER ?= steer/smollm2
 STEER_LAYERS ?= 19
 
-.PHONY: setup run steer steer-confirm steer-confirm-sign steer-confirm-sign-1 steer-confirm-rotate steer-confirm-offset steer-confirm-clock test lint browser qwen test-qwen bench bench-steer
+.PHONY: setup run steer steer-confirm steer-confirm-sign steer-confirm-sign-1 steer-confirm-rotate steer-confirm-offset steer-confirm-clock steer-confirm-clock-fourier test lint browser qwen test-qwen bench bench-steer
 
 setup: $(VENV)/.installed
 
@@ -80,6 +80,20 @@ steer-confirm-clock: setup
 	$(BIN)/turnphase steer $(DATA) --report $(REPORT) --layers 19 --fold 2 --random 40 --rotate 90 \
 		--out $(STEER)/confirm_clock --overwrite \
 		--confirm mid "rotate plane/trig ±90" length lower \
+		--confirm mid "rotate plane/fourier ±90" length higher
+
+# The Fourier plane's sign contrast once more, on more prompts. On folds 0 and 2 it went the reverse of
+# a clock hand's way (+90 minus -90: +7.1 and +7.4 tokens); on fold 2 beyond all 40 random planes
+# but not 7 of 40 size-matched pairs, and its sign-flip p was 0.045 > 0.025, so it did not hold.
+# Fixed before any +-90 degree rotation ran on fold 3's prompts (fold 3 had only the half turn of
+# steer-confirm-rotate, on 16 of them): the contrast is higher, on all 35 of fold 3's mid-turn
+# prompts; one hypothesis at 0.05, 40 draws per control (162 conditions). Power, said before the
+# run: on 16 prompts the size-matched pairs' contrasts spread +-6.2 tokens, so about +-4.2 on 35;
+# an effect of +7 would then lie beyond all but about 2 of the 40 pairs, and it holds only with at
+# most 1 (p = 2/41): about an even chance if the effect is that large, less if it is smaller.
+steer-confirm-clock-fourier: setup
+	$(BIN)/turnphase steer $(DATA) --report $(REPORT) --layers 19 --fold 3 --prompts 35 --random 40 \
+		--rotate 90 --out $(STEER)/confirm_clock_fourier --overwrite \
 		--confirm mid "rotate plane/fourier ±90" length higher
 
 # The larger variant, `--model qwen2.5-coder-1.5b-instruct`: 22 pinned part wheels (pure data,
