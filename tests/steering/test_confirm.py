@@ -92,11 +92,11 @@ def test_draws_needed_lets_the_empirical_p_reach_alpha_over_k():
 
 def _result(diff: np.ndarray, random: np.ndarray, matched: np.ndarray | None, layers=("19",)) -> dict:
     """A steer.json whose mid condition changes length by `diff` per prompt, with these draws' effects."""
-    name = "rotate plane/trig +90"
+    name, shared = "rotate plane/trig +90", "matched rotate plane/trig ±90"
     cond = {
         "name": name,
         "family": "rotate 90",
-        "matched": None if matched is None else f"matched {name}",
+        "matched": None if matched is None else shared,
         "effect": {"length": {"value": float(diff.mean())}},
         "per_prompt": {"length": (30 + diff).tolist()},
     }
@@ -104,7 +104,7 @@ def _result(diff: np.ndarray, random: np.ndarray, matched: np.ndarray | None, la
         "unsteered": {"per_prompt": {"length": [30.0] * len(diff)}},
         "conditions": [cond],
         "random": {"rotate 90": {"length": list(random)}}
-        | ({} if matched is None else {f"matched {name}": {"length": list(matched)}}),
+        | ({} if matched is None else {shared: {"length": list(matched)}}),
     }
     return {"layers": {L: {"mid": entry} for L in layers}}
 

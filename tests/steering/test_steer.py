@@ -185,6 +185,18 @@ def test_matched_controls_and_only(tiny_analysed):
     assert {c.family for c in kept if c.is_random} == families
     whole = {c.name: c.index for c in conds}
     assert all(c.index == whole[c.name] for c in kept)  # the same bootstrap seeds as the whole run
+    # -theta alone keeps the draws it shares with +theta (made with the +theta edit, not run here)
+    config.only = ["rotate plane/trig -90"]
+    kept = conditions(found, d_model, config, LAYER)
+    assert {c.family for c in kept if c.is_random} == {"rotate 90", "matched rotate plane/trig ±90"}
+    assert all(c.index == whole[c.name] for c in kept)
+    # a half turn's two signs share theirs too
+    config.only, config.rotate = None, [180]
+    half = [
+        c for c in conditions(found, d_model, config, LAYER) if c.family == "matched rotate plane/trig ±180"
+    ]
+    assert len(half) == 20
+    config.rotate = [90]
     config.only = ["rotate plane/nowhere +90"]
     with pytest.raises(ConfigError, match="no condition named 'rotate plane/nowhere \\+90'") as e:
         conditions(found, d_model, config, LAYER)
