@@ -35,9 +35,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--revision", default=None, help="the dataset's Hub branch, tag or commit")
     p.add_argument(
         "--fold",
-        type=int,
+        type=str,
         default=d.fold,
-        help="analysis fold: its directions, its held-out prompts",
+        help="analysis fold: its directions, its held-out prompts; or all: every fold's held-out prompts, "
+        "each steered with its own fold's directions (cross-fitted; raise --prompts to use them)",
     )
     p.add_argument(
         "--settings",

@@ -19,6 +19,20 @@ Centre = Literal["readout", "mean"]
 CENTRES: tuple[Centre, ...] = ("readout", "mean")
 PHASE_PLANES = ("trig", "fourier")  # the planes rotated and ablated (directions.py plane/<name>)
 MIN_RANDOM = 2  # below this no spread; 20 or more for the reported runs (the default)
+ALL_FOLDS = "all"  # config.fold: every fold's held-out prompts, each with its own fold's directions
+
+
+def parse_fold(value: str | int) -> int | str:
+    """config.fold (--fold): an analysis fold (0, 1, ...) or "all" (cross-fitted)."""
+    if value == ALL_FOLDS:
+        return ALL_FOLDS
+    try:
+        fold = int(value)
+    except (TypeError, ValueError):
+        fold = -1
+    if fold < 0 or isinstance(value, bool | float):
+        raise ConfigError("fold", f"takes a fold number (0 or more) or {ALL_FOLDS!r}, not {value!r}")
+    return fold
 
 
 def contrast_name(kind: str, target: str, a: float) -> str:
@@ -67,8 +81,10 @@ class SteerConfig:
     force: bool = False  # steer a model whose weights hash differs from the dataset's
 
     # Prompts: held-out conversations of one analysis fold, at the start of each assistant turn
-    # (`start`) and cut partway into it (`mid`, after `cut` of its tokens)
-    fold: int = 0
+    # (`start`) and cut partway into it (`mid`, after `cut` of its tokens); ALL_FOLDS: every fold's,
+    # each prompt steered with the directions of the fold that held its conversation out
+    # (cross-fitted: up to folds x as many prompts, none seen by the directions that steer it)
+    fold: int | str = 0
     settings: list[Setting] = field(default_factory=lambda: list(SETTINGS))
     cut: float = 0.5
     max_prompts: int = 16  # per setting, a seeded sample when there are more
@@ -129,8 +145,7 @@ class SteerConfig:
             )
         if not self.settings or any(s not in SETTINGS for s in self.settings):
             raise ConfigError("settings", f"choose from {', '.join(SETTINGS)}")
-        if self.fold < 0:
-            raise ConfigError("fold", f"must be 0 or more, got {self.fold}")
+        self.fold = parse_fold(self.fold)
         if not 0 < self.cut < 1:
             raise ConfigError("cut", "must be between 0 and 1 (the share of the assistant turn kept)")
         if self.only is not None and not self.only:

@@ -37,7 +37,8 @@ That check is necessary, not sufficient: a prompt whose measure is the same in b
 the budget, a 0/1 measure unchanged) adds nothing to the sign-flip test, whose p cannot fall below
 2^-(prompts that differ); each test records that count (`n_differ`).
 Test a hypothesis found on some prompts on new ones: another `--fold` (its held-out conversations
-and its directions) or another dataset. k counts the tests of one run, not across runs: put the
+and its directions) or another dataset (there `--fold all`: every conversation the analysis held
+out, each with its own fold's directions). k counts the tests of one run, not across runs: put the
 whole family of hypotheses in one run.
 """
 

@@ -10,6 +10,11 @@ differ only through the edit, on every generated position.
     out = run.generate(Add(u, 0.1), seed=0)                   # out.tokens, out.p_end, out.ended
     text = run.generate(None, seed=0)                         # the unsteered turns
     kl, edit = run.kl(Add(u, 0.1), text, run.log_probs(None, text, 32)[0], 32)  # edit["edit_size"]
+
+Prompts may come in groups (`groups`, consecutive runs of them: a cross-fitted run's folds, each
+steered with its own fold's directions): every call then takes one edit per group, and each group
+is prefilled, batched and seeded as if it were the only one, so its turns are those a run on it
+alone writes.
 """
 
 from __future__ import annotations
@@ -27,6 +32,7 @@ from turnphase.builders.errors import TurnphaseError
 from turnphase.builders.prefix_cache import PrefixCache
 
 Edit = Callable[[torch.Tensor], torch.Tensor]
+Edits = Edit | None | list[Edit | None]  # one for every prompt, or one per group
 PREFILL_BATCH = 8  # prompts per prefill forward: bounds the attention buffers, not the results
 
 
@@ -66,6 +72,7 @@ class Steerer:
         temperature: float,
         top_p: float,
         batch_size: int = 64,
+        groups: list[list[int]] | None = None,
     ):
         from nnsight import TransformersModel
 
@@ -84,6 +91,9 @@ class Steerer:
                 "(the prompts are computed once and reused); this one does not"
             )
         self.keys = list(range(len(prompts)))
+        self.groups = [self.keys] if groups is None else [list(g) for g in groups]
+        if [k for g in self.groups for k in g] != self.keys or not all(self.groups):
+            raise ValueError("groups must split the prompts into consecutive, non-empty runs, in order")
         self._prefill()
 
     def at_layer(self, layer: int) -> None:
@@ -92,8 +102,7 @@ class Steerer:
 
     def _prefill(self) -> None:
         """Keys and values of every prompt but its last token (which each condition feeds, edited)."""
-        for b in range(0, len(self.prompts), PREFILL_BATCH):
-            keys = self.keys[b : b + PREFILL_BATCH]
+        for keys in (g[b : b + PREFILL_BATCH] for g in self.groups for b in range(0, len(g), PREFILL_BATCH)):
             rows = [self.prompts[k][:-1] for k in keys]
             ids, mask, cache = self.cache.batch(keys, rows, self.pad_id, 0)
             positions = (mask.cumsum(-1) - 1).clamp(min=0)
@@ -101,15 +110,20 @@ class Steerer:
                 self.model(input_ids=ids, attention_mask=mask, position_ids=positions, cache=cache)
             self.cache.store(keys, rows, mask, cache, [[] for _ in keys])
 
-    def _batches(self):
-        for b in range(0, len(self.prompts), self.batch_size):
-            yield self.keys[b : b + self.batch_size]
+    def _batches(self, edit: Edits):
+        """(edit, n, keys): each group's batches, n counting them within the group, with its edit."""
+        edits = edit if isinstance(edit, list) else [edit] * len(self.groups)
+        if len(edits) != len(self.groups):
+            raise ValueError(f"{len(edits)} edits for {len(self.groups)} groups of prompts")
+        for group, e in zip(self.groups, edits, strict=True):
+            for n, b in enumerate(range(0, len(group), self.batch_size)):
+                yield e, n, group[b : b + self.batch_size]
 
-    def generate(self, edit: Edit | None, seed: int, *, plain: bool = False) -> Generation:
+    def generate(self, edit: Edits, seed: int, *, plain: bool = False) -> Generation:
         """Sample every prompt's continuation with `edit` at the layer (None: unsteered, still through
         nnsight; `plain`: unsteered through transformers alone, the reference a zero edit must match)."""
         tokens, ended, p_end = [], [], []
-        for n, keys in enumerate(self._batches()):
+        for group_edit, n, keys in self._batches(edit):
             rows = [self.prompts[k] for k in keys]
             ids, mask, cache = self.cache.batch(keys, rows, self.pad_id, self.max_new_tokens)
             kwargs = dict(
@@ -135,9 +149,9 @@ class Steerer:
                         warnings.simplefilter("ignore")
                         with self.lm.generate(ids, streamer=steps, **kwargs) as tracer:
                             for _ in tracer.all():
-                                if edit is not None:
+                                if group_edit is not None:
                                     h = hidden_of(self.block.output)
-                                    h[:] = edit(h)
+                                    h[:] = group_edit(h)
                                 probs.append(self._p_end(self.lm.lm_head.output[:, -1]))
                     new = torch.stack(steps.steps[1:], dim=1)
             for b, row in enumerate(new.tolist()):
@@ -155,7 +169,7 @@ class Steerer:
         return torch.softmax(logits.float(), dim=-1)[:, self.eos_ids].sum(-1).cpu()
 
     def log_probs(
-        self, edit: Edit | None, reference: Generation, n_tokens: int
+        self, edit: Edits, reference: Generation, n_tokens: int
     ) -> tuple[list[torch.Tensor], dict[str, np.ndarray]]:
         """Per prompt, log-softmax (t, vocab) of the next-token distribution along the reference's
         first tokens (teacher forcing: the unsteered text), with `edit` at the layer on every fed
@@ -164,9 +178,9 @@ class Steerer:
         without an edit) and, for a rotation of a plane with a readout, `phase_shift`, the degrees
         its phase estimate moved (edits.Rotate.phase_shift), and `phase_error`, how far each
         position's move was from the intended angle (|shift - theta|, degrees)."""
-        readout = getattr(edit, "readout", None)
         logps, done = [], {"edit_size": [], "phase_shift": [], "phase_error": []}
-        for keys in self._batches():
+        for group_edit, _, keys in self._batches(edit):
+            readout = getattr(group_edit, "readout", None)
             conts = [reference.tokens[k][: n_tokens - 1] for k in keys]
             rows = [self.prompts[k] + c for k, c in zip(keys, conts, strict=True)]
             ids, mask, cache = self.cache.batch(keys, rows, self.pad_id, 0)
@@ -177,11 +191,11 @@ class Steerer:
                 warnings.simplefilter("ignore")
                 with self.lm.trace(ids[:, reused:], **kwargs):
                     h = hidden_of(self.block.output)
-                    if edit is not None:
-                        new = edit(h)
+                    if group_edit is not None:
+                        new = group_edit(h)
                         size = ((new - h).norm(dim=-1) / h.norm(dim=-1)).save()
                         if readout is not None:
-                            shift = edit.phase_shift(h, new).save()
+                            shift = group_edit.phase_shift(h, new).save()
                         h[:] = new
                     logits = self.lm.lm_head.output.save()
             logp = torch.log_softmax(logits.float(), dim=-1)
@@ -189,14 +203,14 @@ class Steerer:
             for b, c in enumerate(conts):
                 fed = slice(width - len(c) - 1, width)  # the last prompt token and the continuation
                 logps.append(logp[b, fed])
-                done["edit_size"].append(float(size[b, fed].mean()) if edit is not None else 0.0)
+                done["edit_size"].append(float(size[b, fed].mean()) if group_edit is not None else 0.0)
                 if readout is not None:
                     done["phase_shift"].append(float(shift[b, fed].mean()))
-                    done["phase_error"].append(float((shift[b, fed] - edit.degrees).abs().mean()))
+                    done["phase_error"].append(float((shift[b, fed] - group_edit.degrees).abs().mean()))
         return logps, {k: np.array(v) for k, v in done.items() if v}
 
     def kl(
-        self, edit: Edit, reference: Generation, unsteered: list[torch.Tensor], n_tokens: int
+        self, edit: Edits, reference: Generation, unsteered: list[torch.Tensor], n_tokens: int
     ) -> tuple[np.ndarray, dict[str, np.ndarray]]:
         """(n,) mean over the first positions of the reference (unsteered) text of
         KL(steered || unsteered), `unsteered` being log_probs(None, reference, n_tokens)'s; and what

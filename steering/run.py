@@ -5,6 +5,10 @@
 
 The model is the dataset's (its provenance names it and its weights hash); directions and prompts
 come from one analysis fold: its models were fitted without the conversations the prompts come from.
+Or from every fold (config.fold "all", cross-fitted): each prompt is steered with the directions
+of the fold that held its conversation out, so a run can use every held-out conversation's prompts;
+a condition is then one edit per fold (the same random draws, each phase direction its fold's),
+and each fold's prompts get the turns a run on that fold alone would write.
 """
 
 from __future__ import annotations
@@ -26,7 +30,7 @@ from turnphase.builders.provenance import fingerprint, turnphase_version
 from turnphase.builders.writer import atomic_write_json, staged_folder
 from turnphase.steering import figures
 from turnphase.steering.conditions import Condition, conditions
-from turnphase.steering.config import SteerConfig, contrast_name
+from turnphase.steering.config import ALL_FOLDS, SteerConfig, contrast_name
 from turnphase.steering.confirm import OWN_CONTROLS, check_power, count_tests, evaluate, prompts_needed
 from turnphase.steering.generate import Generation, Steerer
 from turnphase.steering.measures import (
@@ -50,7 +54,7 @@ STEER_VERSION = 3
 EXAMPLES = 3  # example generations per (non-random) condition
 
 
-def check_inputs(config: SteerConfig) -> tuple[Directions, DatasetSource, np.ndarray]:
+def check_inputs(config: SteerConfig) -> tuple[Directions, DatasetSource, dict[int, int]]:
     """Everything that can be checked before the model loads: one TurnphaseError line if not."""
     directions = Directions.load(config.report)
     src = DatasetSource.open(config.dataset, revision=config.revision)
@@ -64,17 +68,24 @@ def check_inputs(config: SteerConfig) -> tuple[Directions, DatasetSource, np.nda
     )  # auto/all: the report's; recorded
     if config.confirm:
         check_power(config.confirm, len(config.layers), config.alpha, config.n_random, config.max_prompts)
-    held = directions.held_out(config.fold)
-    if len(held) == 0:
+    n_folds = len(next(iter(directions.layers.values())).folds)
+    chosen = range(n_folds) if config.fold == ALL_FOLDS else [config.fold]
+    fold_of = {int(c): f for f in chosen for c in directions.held_out(f)}
+    if not fold_of:
+        which = "no fold holds out any" if config.fold == ALL_FOLDS else f"fold {config.fold} holds out no"
         raise TurnphaseError(
-            f"fold {config.fold} holds out no conversations (the report has "
-            f"{len(next(iter(directions.layers.values())).folds)} folds; a token split holds out none)"
+            f"{which} conversations (the report has {n_folds} folds; a token split holds out none)"
         )
     for L in config.layers if config.only or config.confirm else []:  # their names, before the model loads
-        found = directions.layers[L].folds[config.fold]
+        found = directions.layers[L].folds[min(fold_of.values())]
         for setting in config.settings:
             conditions(found, len(found.mean), config, L, setting)
-    return directions, src, held
+    return directions, src, fold_of
+
+
+def held_by(config: SteerConfig) -> str:
+    """Whose held-out conversations a run's prompts come from, for its messages."""
+    return "every fold's" if config.fold == ALL_FOLDS else f"fold {config.fold}'s"
 
 
 def load_dataset_model(config: SteerConfig, src: DatasetSource, d_model: int) -> LoadedModel:
@@ -118,14 +129,17 @@ def steer(config: SteerConfig, *, verbose: bool = True) -> dict:
 def _steer(config: SteerConfig, tmp: Path | None) -> dict:
     clock = Stopwatch()
     with clock.stage("inputs"):
-        directions, src, held = check_inputs(config)
+        directions, src, fold_of = check_inputs(config)
         d_model = len(next(iter(directions.layers.values())).folds[0].mean)
     with clock.stage("model"):
         loaded = load_dataset_model(config, src, d_model)
     with clock.stage("prompts"):
-        chats = conversations(src, held)
-        made = {
-            s: make_prompts(loaded.tokenizer, chats, s, config.cut, config.max_prompts, config.seed)
+        chats = conversations(src, np.array(sorted(fold_of)))
+        made = {  # fold by fold (a stable sort: by conversation within each), for the Steerer's groups
+            s: sorted(
+                make_prompts(loaded.tokenizer, chats, s, config.cut, config.max_prompts, config.seed),
+                key=lambda p: fold_of[p.conversation_id],
+            )
             for s in config.settings
         }
     if config.confirm:  # every setting's prompts are checked before any generation
@@ -133,13 +147,18 @@ def _steer(config: SteerConfig, tmp: Path | None) -> dict:
         for setting, prompts in made.items():
             if len(prompts) < need:
                 raise TurnphaseError(
-                    f"fold {config.fold}'s held-out conversations give {len(prompts)} {setting} prompts; "
+                    f"{held_by(config)} held-out conversations give {len(prompts)} {setting} prompts; "
                     f"the confirmatory tests need {need} (a sign-flip p cannot fall below 2^-prompts)"
                 )
     layers: dict[str, dict] = {str(L): {} for L in config.layers}
     prompt_info = {}
     for setting, prompts in made.items():
-        prompt_info[setting] = [{"conversation_id": p.conversation_id, "round": p.round} for p in prompts]
+        prompt_info[setting] = [
+            {"conversation_id": p.conversation_id, "round": p.round, "fold": fold_of[p.conversation_id]}
+            for p in prompts
+        ]
+        folds = list(dict.fromkeys(fold_of[p.conversation_id] for p in prompts))
+        groups = [[i for i, p in enumerate(prompts) if fold_of[p.conversation_id] == f] for f in folds]
         steerer = None
         for L in config.layers:
             if steerer is None:  # the prompts' keys and values do not depend on the layer
@@ -152,12 +171,14 @@ def _steer(config: SteerConfig, tmp: Path | None) -> dict:
                     temperature=config.temperature,
                     top_p=config.top_p,
                     batch_size=config.batch_size,
+                    groups=groups,
                 )
             steerer.at_layer(L)
-            found = directions.layers[L].folds[config.fold]
-            conds = conditions(found, d_model, config, L, setting)
+            per_fold = [conditions(directions.layers[L].folds[f], d_model, config, L, setting) for f in folds]
             with clock.stage(f"layer {L} {setting}"):
-                layers[str(L)][setting] = run_setting(steerer, conds, prompts, config, f"layer {L} {setting}")
+                layers[str(L)][setting] = run_setting(
+                    steerer, per_fold, prompts, config, f"layer {L} {setting}"
+                )
     result = {
         "steer_version": STEER_VERSION,
         "turnphase_version": turnphase_version(),
@@ -166,7 +187,7 @@ def _steer(config: SteerConfig, tmp: Path | None) -> dict:
         "report": str(config.report),
         "model": loaded.describe(),
         "config": config.to_json(),
-        "prompts": {"fold": config.fold, "conversations": [int(c) for c in held], **prompt_info},
+        "prompts": {"fold": config.fold, "conversations": sorted(fold_of), **prompt_info},
         "layers": layers,
     }
     if config.confirm:
@@ -185,8 +206,13 @@ def _steer(config: SteerConfig, tmp: Path | None) -> dict:
 
 
 def run_setting(
-    steerer: Steerer, conds: list[Condition], prompts: list[Prompt], config: SteerConfig, desc: str
+    steerer: Steerer, per_fold: list[list[Condition]], prompts: list[Prompt], config: SteerConfig, desc: str
 ) -> dict:
+    """Every condition on the prompts: per_fold holds the run's conditions once per group of the
+    steerer's prompts (a fold's), in the same order, each with that fold's edit."""
+    conds = per_fold[0]
+    if any([c.name for c in other] != [c.name for c in conds] for other in per_fold[1:]):
+        raise ValueError("every fold must have the same conditions, in the same order")
     tok = steerer.tokenizer
     unsteered = steerer.generate(None, config.seed)
     reference, _ = steerer.log_probs(None, unsteered, config.kl_tokens)
@@ -194,9 +220,10 @@ def run_setting(
     base = per_prompt(unsteered, prompts, tok, zero, zero)
     measured: list[tuple[Condition, dict[str, np.ndarray], Generation]] = []
     shifts: dict[str, dict] = {}  # a rotated plane's phase estimate: how far it moved, per prompt
-    for cond in progress(conds, desc=desc, unit="condition"):
-        gen = steerer.generate(cond.edit, config.seed)
-        kl, done = steerer.kl(cond.edit, unsteered, reference, config.kl_tokens)
+    for i, cond in enumerate(progress(conds, desc=desc, unit="condition")):
+        edit = [fold[i].edit for fold in per_fold]  # one per group of prompts
+        gen = steerer.generate(edit, config.seed)
+        kl, done = steerer.kl(edit, unsteered, reference, config.kl_tokens)
         measured.append((cond, per_prompt(gen, prompts, tok, kl, done["edit_size"]), gen))
         if "phase_shift" in done:
             shifts[cond.name] = {

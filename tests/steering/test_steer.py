@@ -15,7 +15,7 @@ from turnphase.builders.activations import decoder_blocks
 from turnphase.builders.cli import main
 from turnphase.builders.errors import ConfigError
 from turnphase.builders.model import load_model
-from turnphase.steering import SteerConfig, steer
+from turnphase.steering import SteerConfig, generate, steer
 from turnphase.steering.conditions import conditions
 from turnphase.steering.edits import Ablate, Add, Rotate, plane_basis, unit
 from turnphase.steering.figures import dose_response
@@ -454,6 +454,64 @@ def test_a_run_writes_a_valid_steer_json(tiny_analysed, tmp_path):
     assert sum(stages.values()) <= result["timings"]["total"] + 1e-6 and "took " in summary.splitlines()[-1]
 
 
+def test_a_cross_fitted_run_is_every_folds_run_side_by_side(tiny_analysed, tmp_path, monkeypatch):
+    """--fold all steers every fold's held-out prompts, each with its own fold's directions: each
+    fold's prompts get the turns, KL and edit sizes a run on that fold alone gives them (all of its
+    prompts taken, several batches per fold), and a random draw's effect is the mean over all."""
+    data, report = tiny_analysed
+    folds = Directions.load(report).layers[1].folds
+    planes = [f.readouts["real"]["plane/trig"].weight for f in folds]
+    assert not np.allclose(planes[0], planes[1])  # so each fold's prompts must get their own fold's
+    monkeypatch.setattr(generate, "PREFILL_BATCH", 3)  # 4 prompts per fold: 2 prefill, 2 generate batches
+    only = ["--only", "rotate plane/trig +90", "add probe/linear +0.5", "ablate plane/fourier"]
+    only += ["--matched-controls"]
+    common = ["steer", str(data), "--report", str(report), "--layers", "1", "--settings", "mid", *FAST_STEER]
+    common += ["--batch-size", "3"]
+    runs = {}
+    for fold in ("all", "0", "1", "2"):
+        out = tmp_path / fold
+        assert main([*common, *only, "--prompts", "12", "--fold", fold, "--out", str(out)]) == 0
+        runs[fold] = json.loads((out / "steer.json").read_text())
+    whole, parts = runs["all"], [runs[f] for f in ("0", "1", "2")]
+    assert whole["prompts"]["fold"] == "all" and whole["prompts"]["conversations"] == sorted(
+        c for r in parts for c in r["prompts"]["conversations"]
+    )
+    assert whole["prompts"]["mid"] == [p for r in parts for p in r["prompts"]["mid"]]  # fold by fold
+    assert [p["fold"] for p in whole["prompts"]["mid"]] == [0] * 4 + [1] * 4 + [2] * 4
+    entry, pieces = whole["layers"]["1"]["mid"], [r["layers"]["1"]["mid"] for r in parts]
+    assert entry["n_prompts"] == 12 and all(p["n_prompts"] == 4 for p in pieces)
+    for k, values in entry["unsteered"]["per_prompt"].items():
+        assert values == [v for p in pieces for v in p["unsteered"]["per_prompt"][k]]
+    for i, cond in enumerate(entry["conditions"]):
+        for k, values in cond["per_prompt"].items():  # length, ended, broken, p_end, kl, edit_size
+            assert values == pytest.approx(
+                [v for p in pieces for v in p["conditions"][i]["per_prompt"][k]], rel=1e-6
+            )
+    # a random draw is the same edit in every fold (its size-matched draws sized by each fold's edit)
+    for family, draws in entry["random"].items():
+        for k in ("length", "kl"):
+            want = np.mean([p["random"][family][k] for p in pieces], axis=0)  # 4 prompts each
+            assert draws[k] == pytest.approx(want.tolist(), rel=1e-6, abs=1e-9)
+
+
+def test_a_steerer_refuses_groups_that_do_not_split_its_prompts_in_order(steerer):
+    s, loaded = steerer
+    for groups in ([[1, 0, 2]], [[0], [2], [1]], [[0, 1]], [[0, 1, 2], []]):
+        with pytest.raises(ValueError, match="consecutive, non-empty runs"):
+            Steerer(
+                loaded.model,
+                loaded.tokenizer,
+                s.prompts,
+                LAYER,
+                max_new_tokens=2,
+                temperature=1.0,
+                top_p=1.0,
+                groups=groups,
+            )
+    with pytest.raises(ValueError, match="2 edits for 1 groups"):
+        s.generate([None, None], seed=0)
+
+
 def test_the_python_api_returns_the_result_without_a_folder(tiny_analysed):
     data, report = tiny_analysed
     config = SteerConfig(str(data), str(report), [3], settings=["start"], max_prompts=2, max_new_tokens=4)
@@ -467,6 +525,11 @@ def test_the_python_api_returns_the_result_without_a_folder(tiny_analysed):
     [
         (["--layers", "2"], "--layers: layer(s) [2] not in the report, which holds [1, 3]"),
         (["--layers", "1", "--fold", "9"], "fold 9 holds out no conversations"),
+        (
+            ["--layers", "1", "--fold", "first"],
+            "--fold: takes a fold number (0 or more) or 'all', not 'first'",
+        ),
+        (["--layers", "1", "--fold", "-1"], "--fold: takes a fold number (0 or more) or 'all', not '-1'"),
         (["--layers", "1", "--add", "0.1,big"], "--add: takes numbers"),
         (["--layers", "1", "--rotate", "-90"], "--rotate: give positive numbers"),
         (["--layers", "x"], "--layers: 'x': use auto, all"),
