@@ -135,6 +135,14 @@ def _steer(config: SteerConfig, tmp: Path | None) -> dict:
         loaded = load_dataset_model(config, src, d_model)
     with clock.stage("prompts"):
         chats = conversations(src, np.array(sorted(fold_of)))
+        turns = sum(m["role"] == "assistant" for messages in chats.values() for m in messages)
+        if config.fold == ALL_FOLDS and turns > config.max_prompts:
+            log.warning(
+                "--fold all: a sample of %d of the %d prompts per setting (--prompts); a fold's prompts "
+                "get the turns a run on that fold alone gives them only when every prompt is taken",
+                config.max_prompts,
+                turns,
+            )
         made = {  # fold by fold (a stable sort: by conversation within each), for the Steerer's groups
             s: sorted(
                 make_prompts(loaded.tokenizer, chats, s, config.cut, config.max_prompts, config.seed),

@@ -13,6 +13,7 @@ conditions, about one in twenty passes by chance. A run with --confirm puts its 
 
 from __future__ import annotations
 
+from turnphase.steering.config import ALL_FOLDS
 from turnphase.steering.confirm import OWN_CONTROLS
 from turnphase.timing import time_line
 
@@ -50,6 +51,8 @@ def _fmt(e: dict) -> str:
 def findings(result: dict) -> list[str]:
     lines = []
     n_tested = n_contrasts = 0
+    crossed = result.get("prompts", {}).get("fold") == ALL_FOLDS
+    whose = " from every fold, each steered with its own fold's directions" if crossed else ""
     for L, settings in result["layers"].items():
         for setting, entry in settings.items():
             base = entry["unsteered"]
@@ -58,7 +61,7 @@ def findings(result: dict) -> list[str]:
             n_contrasts += len(contrasts or [])
             passed = [c for c in entry["conditions"] if beyond_random(c["effect"]["length"])]
             lead = (
-                f"Layer {L}, {setting} of the assistant turn ({entry['n_prompts']} prompts): unsteered turns "
+                f"Layer {L}, {setting} of the assistant turn ({entry['n_prompts']} prompts{whose}): unsteered turns "
                 f"run {base['length']['value']:.1f} tokens, {100 * base['ended']['value']:.0f}% end within the budget."
             )
             if not passed:

@@ -463,8 +463,8 @@ def test_a_cross_fitted_run_is_every_folds_run_side_by_side(tiny_analysed, tmp_p
     planes = [f.readouts["real"]["plane/trig"].weight for f in folds]
     assert not np.allclose(planes[0], planes[1])  # so each fold's prompts must get their own fold's
     monkeypatch.setattr(generate, "PREFILL_BATCH", 3)  # 4 prompts per fold: 2 prefill, 2 generate batches
-    only = ["--only", "rotate plane/trig +90", "add probe/linear +0.5", "ablate plane/fourier"]
-    only += ["--matched-controls"]
+    only = ["--only", "rotate plane/trig +90", "rotate plane/trig -90", "add probe/linear +0.5"]
+    only += ["ablate plane/fourier", "--matched-controls", "--offset-controls", "--sign-controls"]
     common = ["steer", str(data), "--report", str(report), "--layers", "1", "--settings", "mid", *FAST_STEER]
     common += ["--batch-size", "3"]
     runs = {}
@@ -478,6 +478,8 @@ def test_a_cross_fitted_run_is_every_folds_run_side_by_side(tiny_analysed, tmp_p
     )
     assert whole["prompts"]["mid"] == [p for r in parts for p in r["prompts"]["mid"]]  # fold by fold
     assert [p["fold"] for p in whole["prompts"]["mid"]] == [0] * 4 + [1] * 4 + [2] * 4
+    assert "(12 prompts from every fold, each steered with its own fold's directions)" in whole["findings"][0]
+    assert "every fold" not in parts[0]["findings"][0]
     entry, pieces = whole["layers"]["1"]["mid"], [r["layers"]["1"]["mid"] for r in parts]
     assert entry["n_prompts"] == 12 and all(p["n_prompts"] == 4 for p in pieces)
     for k, values in entry["unsteered"]["per_prompt"].items():
@@ -487,9 +489,19 @@ def test_a_cross_fitted_run_is_every_folds_run_side_by_side(tiny_analysed, tmp_p
             assert values == pytest.approx(
                 [v for p in pieces for v in p["conditions"][i]["per_prompt"][k]], rel=1e-6
             )
-    # a random draw is the same edit in every fold (its size-matched draws sized by each fold's edit)
+        if cond["name"].startswith("rotate"):  # each fold's phase estimate, read by its own readout
+            assert cond["phase_shift"]["per_prompt"] == pytest.approx(
+                [v for p in pieces for v in p["conditions"][i]["phase_shift"]["per_prompt"]], rel=1e-5
+            )
+    assert "rotate plane/trig ±90" in [c["name"] for c in entry["contrasts"]]
+    for i, contrast in enumerate(entry["contrasts"]):
+        for k, values in contrast["per_prompt"].items():
+            assert values == pytest.approx([v for p in pieces for v in p["contrasts"][i]["per_prompt"][k]])
+    # a random draw: the same direction or plane in every fold (about that fold's training mean; a
+    # size-matched draw sized by, an offset plane turned about a point as far as, that fold's edit)
+    assert {"offset rotate plane/trig 90", "sign matched rotate plane/trig ±90"} <= set(entry["random"])
     for family, draws in entry["random"].items():
-        for k in ("length", "kl"):
+        for k in draws:  # length, P(end), KL, ... (a sign family: its outcomes' contrasts)
             want = np.mean([p["random"][family][k] for p in pieces], axis=0)  # 4 prompts each
             assert draws[k] == pytest.approx(want.tolist(), rel=1e-6, abs=1e-9)
 
