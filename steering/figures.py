@@ -70,13 +70,19 @@ def dose_response(entry: dict, title: str) -> Figure | None:
     return fig
 
 
-def p_end_curves(entry: dict, title: str, path: Path, dpi: int) -> str:
-    fig = Figure(figsize=(7, 4), layout="constrained")
+def p_end_curves(entry: dict, title: str) -> Figure:
+    """P(end of turn) by step: unsteered, and for each phase direction or plane (not the scrambled
+    null's) the strongest add or rotation run at each sign."""
+    fig = Figure(figsize=(8, 4.5), layout="constrained")
     ax = fig.subplots()
     ax.plot(_xy(entry["unsteered"]["p_end_curve"]), color="k", label="unsteered")
     strongest = {}
     for c in entry["conditions"]:
-        if c["target"] in ("probe/linear", "plane/trig") and c["kind"] in ("add", "rotate"):
+        if (
+            c["kind"] in LINES
+            and c["target"] in LINES[c["kind"]]
+            and not c["target"].startswith("scrambled/")
+        ):
             key = (c["target"], np.sign(c["strength"]))
             if abs(c["strength"]) >= abs(strongest.get(key, {"strength": 0})["strength"]):
                 strongest[key] = c
@@ -86,9 +92,8 @@ def p_end_curves(entry: dict, title: str, path: Path, dpi: int) -> str:
     ax.set_ylabel("mean P(end of turn), turns still running")
     ax.set_yscale("log")
     ax.legend(fontsize=7)
-    fig.suptitle(title)
-    save(fig, path, dpi)
-    return path.name
+    fig.suptitle(title, fontsize=9)
+    return fig
 
 
 def _xy(curve: list) -> np.ndarray:
@@ -106,7 +111,7 @@ def write_all(result: dict, out: Path, figure_format: str, dpi: int) -> list[str
                 path = stem.with_name(f"{stem.name}_dose_response.{figure_format}")
                 save(fig, path, dpi)
                 written.append(path.name)
-            written.append(
-                p_end_curves(entry, title, stem.with_name(f"{stem.name}_p_end.{figure_format}"), dpi)
-            )
+            path = stem.with_name(f"{stem.name}_p_end.{figure_format}")
+            save(p_end_curves(entry, title), path, dpi)
+            written.append(path.name)
     return written

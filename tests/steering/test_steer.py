@@ -18,7 +18,7 @@ from turnphase.builders.model import load_model
 from turnphase.steering import SteerConfig, generate, steer
 from turnphase.steering.conditions import conditions
 from turnphase.steering.edits import Ablate, Add, Rotate, plane_basis, unit
-from turnphase.steering.figures import dose_response
+from turnphase.steering.figures import dose_response, p_end_curves
 from turnphase.steering.generate import Steerer
 from turnphase.steering.measures import MEASURES
 from turnphase.steering.prompts import make_prompts
@@ -394,6 +394,17 @@ def test_a_sign_contrast_is_the_difference_of_the_two_signs_against_the_random_p
     fig = dose_response(got, "t")
     assert [ax.get_title() for ax in fig.axes] == ["add: turn length (tokens)", "add: mean P(end of turn)"]
     assert dose_response({**got, "conditions": []}, "t") is None
+    # P(end) by step: each phase direction's or plane's strongest edit at each sign, not the scrambled one
+    back = {**got["conditions"][0], "name": "rotate plane/fourier -90", "kind": "rotate"}
+    back |= {"target": "plane/fourier", "strength": -90.0}
+    fig = p_end_curves({**got, "conditions": [*got["conditions"], back]}, "t")
+    labels = sorted(line.get_label() for line in fig.axes[0].get_lines())
+    assert labels == [
+        "add probe/linear +0.5",
+        "add probe/linear -0.5",
+        "rotate plane/fourier -90",
+        "unsteered",
+    ]
     lines = json.loads((tmp_path / "signed" / "steer.json").read_text())["findings"]
     assert lines[1].lstrip().startswith("Sign contrasts")
     assert lines[-1].startswith("3 conditions and 1 sign contrast were tested against random controls")
