@@ -82,15 +82,16 @@ steer-confirm-clock: setup
 		--confirm mid "rotate plane/trig ±90" length lower \
 		--confirm mid "rotate plane/fourier ±90" length higher
 
-# The Fourier plane's sign contrast once more, on more prompts. On folds 0 and 2 it went the reverse of
-# a clock hand's way (+90 minus -90: +7.1 and +7.4 tokens); on fold 2 beyond all 40 random planes
-# but not 7 of 40 size-matched pairs, and its sign-flip p was 0.045 > 0.025, so it did not hold.
-# Fixed before any +-90 degree rotation ran on fold 3's prompts (fold 3 had only the half turn of
-# steer-confirm-rotate, on 16 of them): the contrast is higher, on all 35 of fold 3's mid-turn
-# prompts; one hypothesis at 0.05, 40 draws per control (162 conditions). Power, said before the
-# run: on 16 prompts the size-matched pairs' contrasts spread +-6.2 tokens, so about +-4.2 on 35;
-# an effect of +7 would then lie beyond all but about 2 of the 40 pairs, and it holds only with at
-# most 1 (p = 2/41): about an even chance if the effect is that large, less if it is smaller.
+# The Fourier plane's sign contrast once more, on more prompts. On folds 0 and 2 it went the reverse
+# of a clock hand's way (+90 minus -90: +7.1 and +7.4 tokens); on fold 2 beyond all 40 random planes
+# but 7 of 40 size-matched pairs' contrasts were as large, and its sign-flip p was 0.045 > 0.025, so
+# it did not hold. Fixed before any +-90 degree rotation ran on fold 3's prompts (fold 3 had only
+# the half turn of steer-confirm-rotate, on 16 of them): the contrast is higher, on all 35 of fold
+# 3's mid-turn prompts; one hypothesis at 0.05, 40 draws per control (162 conditions). Power, said
+# before the run: on 16 prompts the size-matched pairs' contrasts spread +-6.2 tokens, so about
+# +-4.2 on 35; an effect of +7 would then lie beyond all but about 2 of the 40 pairs, and it holds
+# only with at most 1 (p = 2/41): about an even chance if the effect is that large, less if it is
+# smaller.
 steer-confirm-clock-fourier: setup
 	$(BIN)/turnphase steer $(DATA) --report $(REPORT) --layers 19 --fold 3 --prompts 35 --random 40 \
 		--rotate 90 --out $(STEER)/confirm_clock_fourier --overwrite \
@@ -99,14 +100,15 @@ steer-confirm-clock-fourier: setup
 # The Fourier plane turned back (-90, about its readout's zero) raises P(end of turn), beyond every
 # size-matched draw, on three sets of prompts so far (exploratory each: fold 0, +0.016, z +4.9
 # against 20 draws; fold 2, +0.013 [+0.002, +0.022], z +2.6; fold 3, +0.017 [+0.009, +0.027], z
-# +4.2; 40 draws each; the turn toward the end, +90, did so on folds 0 and 2, with smaller effects,
-# not on 3). Fixed before any rotation about the readout's zero ran on fold 1's prompts (fold 1 had
-# the adds of steer-confirm-sign and, in steer-confirm, turns about the training mean, a different
-# edit, on 16 of them): P(end) higher, on all 40 of fold 1's mid-turn prompts, one hypothesis at
-# 0.05, 40 draws per control (81 conditions). It holds only with at most 1 of the 40 random planes
-# and 1 of the 40 size-matched draws as large (p = 2/41) and a sign-flip p <= 0.05. Not a clock
-# hand's prediction (a hand turned back should delay the end): if it holds, it says that this turn
-# of this plane ends turns sooner than pushes of its size do, not that the plane keeps time.
+# +4.2; 40 draws each; the turn toward the end, +90, did so on fold 0 and, but for 1 of 40 draws, on
+# fold 2, with smaller effects, not on 3). Fixed before any rotation about the readout's zero ran on
+# fold 1's prompts (fold 1 had the adds of steer-confirm-sign and, in steer-confirm, turns about the
+# training mean, a different edit, on 16 of them): P(end) higher, on all 40 of fold 1's mid-turn
+# prompts, one hypothesis at 0.05, 40 draws per control (81 conditions). It holds only with at most
+# 1 of the 40 random planes and 1 of the 40 size-matched draws as large (p = 2/41) and a sign-flip p
+# <= 0.05. Not a clock hand's prediction (a hand turned back should delay the end): if it holds, it
+# says that this turn of this plane ends turns sooner than pushes of its size do, not that the plane
+# keeps time.
 steer-confirm-fourier-back: setup
 	$(BIN)/turnphase steer $(DATA) --report $(REPORT) --layers 19 --fold 1 --prompts 40 --random 40 \
 		--rotate 90 --out $(STEER)/confirm_fourier_back --overwrite \

@@ -7,8 +7,9 @@ The model is the dataset's (its provenance names it and its weights hash); direc
 come from one analysis fold: its models were fitted without the conversations the prompts come from.
 Or from every fold (config.fold "all", cross-fitted): each prompt is steered with the directions
 of the fold that held its conversation out, so a run can use every held-out conversation's prompts;
-a condition is then one edit per fold (the same random draws, each phase direction its fold's),
-and each fold's prompts get the turns a run on that fold alone would write.
+a condition is then one edit per fold (each phase direction its fold's; a random direction or
+plane the same in every fold, about that fold's training mean), and each fold's prompts get the
+turns a run on that fold alone would write.
 """
 
 from __future__ import annotations
