@@ -32,7 +32,7 @@ from turnphase.builders.errors import TurnphaseError
 from turnphase.builders.prefix_cache import PrefixCache
 
 Edit = Callable[[torch.Tensor], torch.Tensor]
-Edits = Edit | None | list[Edit | None]  # one for every prompt, or one per group
+Edits = Edit | None | list[Edit | None]  # one for all the prompts, or one per group
 PREFILL_BATCH = 8  # prompts per prefill forward: bounds the attention buffers, not the results
 
 
@@ -102,7 +102,7 @@ class Steerer:
 
     def _prefill(self) -> None:
         """Keys and values of every prompt but its last token (which each condition feeds, edited)."""
-        for keys in (g[b : b + PREFILL_BATCH] for g in self.groups for b in range(0, len(g), PREFILL_BATCH)):
+        for _, _, keys in self._chunks(PREFILL_BATCH):
             rows = [self.prompts[k][:-1] for k in keys]
             ids, mask, cache = self.cache.batch(keys, rows, self.pad_id, 0)
             positions = (mask.cumsum(-1) - 1).clamp(min=0)
@@ -110,14 +110,19 @@ class Steerer:
                 self.model(input_ids=ids, attention_mask=mask, position_ids=positions, cache=cache)
             self.cache.store(keys, rows, mask, cache, [[] for _ in keys])
 
+    def _chunks(self, size: int):
+        """(group index, n, keys): each group's prompts `size` at a time, n counting within the group."""
+        for g, group in enumerate(self.groups):
+            for n, b in enumerate(range(0, len(group), size)):
+                yield g, n, group[b : b + size]
+
     def _batches(self, edit: Edits):
-        """(edit, n, keys): each group's batches, n counting them within the group, with its edit."""
+        """(edit, n, keys): each group's batches with that group's edit, n counting within the group."""
         edits = edit if isinstance(edit, list) else [edit] * len(self.groups)
         if len(edits) != len(self.groups):
             raise ValueError(f"{len(edits)} edits for {len(self.groups)} groups of prompts")
-        for group, e in zip(self.groups, edits, strict=True):
-            for n, b in enumerate(range(0, len(group), self.batch_size)):
-                yield e, n, group[b : b + self.batch_size]
+        for g, n, keys in self._chunks(self.batch_size):
+            yield edits[g], n, keys
 
     def generate(self, edit: Edits, seed: int, *, plain: bool = False) -> Generation:
         """Sample every prompt's continuation with `edit` at the layer (None: unsteered, still through
