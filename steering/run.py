@@ -52,7 +52,7 @@ STEER_FILE = "steer.json"
 # 3: a rotation's two signs share their size-matched draws ("matched rotate <plane> ±<theta>");
 # 2: a phase plane turns about its readout's zero by default (config.rotate_about)
 STEER_VERSION = 3
-EXAMPLES = 3  # example generations per (non-random) condition
+EXAMPLES = 3  # example generations per (non-random) condition, or one per fold when more folds
 
 
 def check_inputs(config: SteerConfig) -> tuple[Directions, DatasetSource, dict[int, int]]:
@@ -223,6 +223,7 @@ def run_setting(
     if any([c.name for c in other] != [c.name for c in conds] for other in per_fold[1:]):
         raise ValueError("every fold must have the same conditions, in the same order")
     tok = steerer.tokenizer
+    shown = example_rows(steerer.groups)
     unsteered = steerer.generate(None, config.seed)
     reference, _ = steerer.log_probs(None, unsteered, config.kl_tokens)
     zero = np.zeros(len(prompts))
@@ -273,7 +274,7 @@ def run_setting(
                 **({"phase_shift": shifts[cond.name]} if cond.name in shifts else {}),
                 "p_end_curve": _curve(gen),
                 "per_prompt": {k: m[k].tolist() for k in MEASURES},
-                "examples": tok.batch_decode(gen.tokens[:EXAMPLES], skip_special_tokens=True),
+                "examples": tok.batch_decode([gen.tokens[i] for i in shown], skip_special_tokens=True),
             }
         )
     signs = {}
@@ -294,12 +295,21 @@ def run_setting(
             },
             "p_end_curve": _curve(unsteered),
             "per_prompt": {k: base[k].tolist() for k in MEASURES if k not in EDIT_MEASURES},
-            "examples": tok.batch_decode(unsteered.tokens[:EXAMPLES], skip_special_tokens=True),
+            "examples": tok.batch_decode([unsteered.tokens[i] for i in shown], skip_special_tokens=True),
         },
+        "example_prompts": shown,
         "conditions": entries,
         **signs,
         "random": random,
     }
+
+
+def example_rows(groups: list[list[int]]) -> list[int]:
+    """The prompts whose generations a run keeps as examples: the first EXAMPLES, or, when the
+    prompts come from several folds, the first of each (so a cross-fitted run shows every fold)."""
+    if len(groups) == 1:
+        return groups[0][:EXAMPLES]
+    return [group[0] for group in groups]
 
 
 def scored(diff: np.ndarray, draws: list[float], config: SteerConfig, index: int) -> dict:

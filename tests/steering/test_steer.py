@@ -504,6 +504,11 @@ def test_a_cross_fitted_run_is_every_folds_run_side_by_side(tiny_analysed, tmp_p
             assert cond["phase_shift"]["per_prompt"] == pytest.approx(
                 [v for p in pieces for v in p["conditions"][i]["phase_shift"]["per_prompt"]], rel=1e-5
             )
+    # the examples: each fold's first prompt (a fold's run alone keeps its first 3), generated alike
+    assert entry["example_prompts"] == [0, 4, 8] and all(p["example_prompts"] == [0, 1, 2] for p in pieces)
+    assert entry["unsteered"]["examples"] == [p["unsteered"]["examples"][0] for p in pieces]
+    for i, cond in enumerate(entry["conditions"]):
+        assert cond["examples"] == [p["conditions"][i]["examples"][0] for p in pieces]
     assert "rotate plane/trig ±90" in [c["name"] for c in entry["contrasts"]]
     for i, contrast in enumerate(entry["contrasts"]):
         for k, values in contrast["per_prompt"].items():
