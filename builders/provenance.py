@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import subprocess
 from importlib.metadata import version
 from pathlib import Path
 
@@ -27,6 +28,29 @@ def turnphase_version() -> str:
         return version("turnphase")
     except Exception:  # running from a source tree that was never installed
         return "0+unknown"
+
+
+def source_state(root: Path | None = None) -> dict | None:
+    """The git commit the running code was checked out at: {commit, committed (ISO time), dirty
+    (uncommitted changes to tracked files)}; None outside a git checkout (an installed wheel) or
+    without git. A confirmatory steering run records it, so that "fixed before the run" can be read
+    off steer.json: the hypotheses' commit, its time, the run's start."""
+    root = Path(__file__).resolve().parent.parent if root is None else root
+
+    def git(*args: str) -> str:
+        done = subprocess.run(["git", "-C", str(root), *args], capture_output=True, text=True, timeout=30)
+        if done.returncode:
+            raise OSError(done.stderr.strip())
+        return done.stdout.strip()
+
+    try:
+        if Path(git("rev-parse", "--show-toplevel")).resolve() != root.resolve():
+            return None  # installed inside some other repository's folder
+        commit, committed = git("log", "-1", "--format=%H %cI").split(" ", 1)
+        dirty = bool(git("status", "--porcelain", "--untracked-files=no"))
+    except (OSError, ValueError, subprocess.SubprocessError):
+        return None
+    return {"commit": commit, "committed": committed, "dirty": dirty}
 
 
 def make_provenance(

@@ -15,6 +15,7 @@ turns a run on that fold alone would write.
 from __future__ import annotations
 
 import logging
+from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
@@ -27,7 +28,7 @@ from turnphase.builders.layers import select_layers
 from turnphase.builders.lock import folder_lock
 from turnphase.builders.log import progress
 from turnphase.builders.model import DEFAULT_MODEL, LoadedModel, load_model
-from turnphase.builders.provenance import fingerprint, turnphase_version
+from turnphase.builders.provenance import fingerprint, source_state, turnphase_version
 from turnphase.builders.writer import atomic_write_json, staged_folder
 from turnphase.steering import figures
 from turnphase.steering.conditions import Condition, conditions
@@ -129,6 +130,7 @@ def steer(config: SteerConfig, *, verbose: bool = True) -> dict:
 
 def _steer(config: SteerConfig, tmp: Path | None) -> dict:
     clock = Stopwatch()
+    run = {"started": datetime.now(UTC).isoformat(timespec="seconds"), "source": source_state()}
     with clock.stage("inputs"):
         directions, src, fold_of = check_inputs(config)
         d_model = len(next(iter(directions.layers.values())).folds[0].mean)
@@ -196,6 +198,7 @@ def _steer(config: SteerConfig, tmp: Path | None) -> dict:
         "report": str(config.report),
         "model": loaded.describe(),
         "config": config.to_json(),
+        "run": run,
         "prompts": {"fold": config.fold, "conversations": sorted(fold_of), **prompt_info},
         "layers": layers,
     }

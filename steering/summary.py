@@ -100,7 +100,7 @@ def findings(result: dict) -> list[str]:
         )
     if confirmatory := result.get("confirmatory"):  # the tests fixed before the run come first
         lines = [
-            *confirm_lines(confirmatory),
+            *confirm_lines(confirmatory, result.get("run")),
             "Exploratory (every condition run, uncorrected):",
             *lines,
         ]
@@ -131,8 +131,9 @@ def sign_line(contrasts: list[dict]) -> str:
     )
 
 
-def confirm_lines(c: dict) -> list[str]:
-    """The confirmatory tests (confirm.py) in words: each hypothesis, its p-values, held or not."""
+def confirm_lines(c: dict, run: dict | None = None) -> list[str]:
+    """The confirmatory tests (confirm.py) in words: each hypothesis, its p-values, held or not;
+    with the run's record (steer.json `run`), when it started and from which commit."""
     out = [
         f"Confirmatory: {c['n_tests']} test{'s' if c['n_tests'] > 1 else ''} fixed before the run, each "
         f"one-sided at alpha {c['alpha']:g} / {c['n_tests']} = {c['level']:.3g}; {c['n_hold']} of them hold."
@@ -146,7 +147,22 @@ def confirm_lines(c: dict) -> list[str]:
             f"  layer {t['layer']} {t['setting']}: {t['condition']}, {t['measure']} {t['direction']}: "
             f"{t['value']:+.4g} [{lo:+.4g}, {hi:+.4g}]; {tests} ({t['n_differ']} prompts differ): {verdict}."
         )
+    if run is not None:
+        out.append(f"  {source_line(run)}")
     return out
+
+
+def source_line(run: dict) -> str:
+    """When a run started and the code it ran (steer.json `run`): a hypothesis fixed in a commit
+    before that start was fixed before the run."""
+    src = run["source"]
+    if src is None:
+        return f"The run started {run['started']}, from code outside a git checkout (no commit recorded)."
+    changes = ", with uncommitted changes to tracked files" if src["dirty"] else ""
+    return (
+        f"The run started {run['started']}, from commit {src['commit'][:12]} "
+        f"(committed {src['committed']}){changes}."
+    )
 
 
 MATCHED_PAIRS = "a random direction's two signs, each moving h as far as the rotation does"

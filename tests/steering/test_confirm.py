@@ -2,6 +2,7 @@
 random and size-matched draws; bad hypotheses and too few draws stop the run before anything loads."""
 
 import json
+from datetime import UTC, datetime
 
 import numpy as np
 import pytest
@@ -9,6 +10,7 @@ from steer_args import FAST_STEER
 
 from turnphase.builders.cli import main
 from turnphase.builders.errors import ConfigError
+from turnphase.builders.provenance import source_state
 from turnphase.steering import SteerConfig
 from turnphase.steering.confirm import (
     Hypothesis,
@@ -18,7 +20,7 @@ from turnphase.steering.confirm import (
     prompts_needed,
     sign_flip_p,
 )
-from turnphase.steering.summary import beyond_random, sign_line
+from turnphase.steering.summary import beyond_random, sign_line, source_line
 
 START = ["start", "ablate plane/trig", "length", "lower"]
 MID = ["mid", "rotate plane/trig +90", "p_end", "higher"]
@@ -269,6 +271,7 @@ def test_a_confirmatory_run_tests_its_hypotheses_and_only_runs_what_they_need(ti
     data, report = tiny_analysed
     out = tmp_path / "steer"
     args = ["steer", str(data), "--report", str(report), "--layers", "1", "--out", str(out), *FAST_STEER]
+    before = datetime.now(UTC).replace(microsecond=0)
     assert main([*args, "--alpha", "0.5", "--confirm", *START, "--confirm", *MID]) == 0  # 3 draws reach 0.25
     result = json.loads((out / "steer.json").read_text())
     entries = result["layers"]["1"]
@@ -292,7 +295,14 @@ def test_a_confirmatory_run_tests_its_hypotheses_and_only_runs_what_they_need(ti
         "Confirmatory: 2 tests fixed before the run, each one-sided at alpha 0.5 / 2"
     )
     assert findings[1].startswith("  layer 1 start: ablate plane/trig, length lower: ")
-    assert findings[3].startswith("Exploratory")  # the usual findings follow, labelled
+    # after the tests: when the run started and from which code, what "fixed before the run" is read against
+    run = result["run"]
+    assert before <= datetime.fromisoformat(run["started"]) <= datetime.now(UTC)
+    assert run["source"] == source_state()  # this checkout's commit (null if not one)
+    assert findings[3] == f"  {source_line(run)}" and findings[3].startswith(
+        f"  The run started {run['started']}"
+    )
+    assert findings[4].startswith("Exploratory")  # the usual findings follow, labelled
     assert "Confirmatory: 2 tests" in (out / "summary.txt").read_text()
 
 
