@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import subprocess
+from datetime import UTC, datetime
 from importlib.metadata import version
 from pathlib import Path
 
@@ -31,14 +33,20 @@ def turnphase_version() -> str:
 
 
 def source_state(root: Path | None = None) -> dict | None:
-    """The git commit the running code was checked out at: {commit, committed (ISO time), dirty
-    (uncommitted changes to tracked files)}; None outside a git checkout (an installed wheel) or
-    without git. A confirmatory steering run records it, so that "fixed before the run" can be read
-    off steer.json: the hypotheses' commit, its time, the run's start."""
+    """The git commit the running code was checked out at: {commit, committed (its committer's
+    time, in UTC), dirty (uncommitted changes to tracked files; untracked files are not counted)};
+    None when there is none to read: not a git checkout (an installed wheel, or one installed inside
+    another project's repository), no commit yet, or git missing or refusing the folder. A steering
+    run records it, so that "fixed before the run" can be read off steer.json: the hypotheses'
+    commit, its time, the run's start."""
     root = Path(__file__).resolve().parent.parent if root is None else root
+    # the folder's own repository, whatever a calling hook's GIT_DIR says; no index lock taken
+    env = {k: v for k, v in os.environ.items() if not k.startswith("GIT_")} | {"GIT_OPTIONAL_LOCKS": "0"}
 
     def git(*args: str) -> str:
-        done = subprocess.run(["git", "-C", str(root), *args], capture_output=True, text=True, timeout=30)
+        done = subprocess.run(
+            ["git", "-C", str(root), *args], capture_output=True, text=True, timeout=30, env=env
+        )
         if done.returncode:
             raise OSError(done.stderr.strip())
         return done.stdout.strip()
@@ -47,6 +55,7 @@ def source_state(root: Path | None = None) -> dict | None:
         if Path(git("rev-parse", "--show-toplevel")).resolve() != root.resolve():
             return None  # installed inside some other repository's folder
         commit, committed = git("log", "-1", "--format=%H %cI").split(" ", 1)
+        committed = datetime.fromisoformat(committed).astimezone(UTC).isoformat()
         dirty = bool(git("status", "--porcelain", "--untracked-files=no"))
     except (OSError, ValueError, subprocess.SubprocessError):
         return None

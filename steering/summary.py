@@ -157,7 +157,9 @@ def source_line(run: dict) -> str:
     before that start was fixed before the run."""
     src = run["source"]
     if src is None:
-        return f"The run started {run['started']}, from code outside a git checkout (no commit recorded)."
+        return (
+            f"The run started {run['started']}; no commit recorded (not a git checkout, or git unavailable)."
+        )
     changes = ", with uncommitted changes to tracked files" if src["dirty"] else ""
     return (
         f"The run started {run['started']}, from commit {src['commit'][:12]} "
