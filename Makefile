@@ -122,8 +122,8 @@ steer-confirm-fourier-back: setup
 # of fold 4's mid-turn prompts, one hypothesis at 0.05, 40 draws per control, with the offset
 # planes of --offset-controls (random planes turned by 90 degrees about a point as far from the
 # training mean as the Fourier plane's readout zero) as the third. It holds only if the sign-flip p
-# is <= 0.05 and at most 1 of the 40 draws of each control is as large (p = 2/41); about 45 min on
-# 2 cores (121 conditions).
+# is <= 0.05 and at most 1 of the 40 draws of each control is as large (p = 2/41); 121 conditions
+# (about 45 min on 2 cores, said before the run; it took 35 min 11 s, and held: README).
 steer-confirm-fourier-back-offset: setup
 	$(BIN)/turnphase steer $(DATA) --report $(REPORT) --layers 19 --fold 4 --prompts 35 --random 40 \
 		--rotate 90 --offset-controls --out $(STEER)/confirm_fourier_back_offset --overwrite \
