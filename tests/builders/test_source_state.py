@@ -2,46 +2,21 @@
 
 from __future__ import annotations
 
-import os
 import shutil
-import subprocess
 from datetime import UTC, datetime
-from pathlib import Path
 
 import pytest
+from git_mirror import commit_folder, git
 
 from turnphase.builders.provenance import source_state
 from turnphase.steering.summary import source_line
 
 pytestmark = pytest.mark.skipif(shutil.which("git") is None, reason="needs git")
 
-# a scratch repository's git: no user or system config (signing, hooks), no GIT_DIR from a caller
-ENV = {k: v for k, v in os.environ.items() if not k.startswith("GIT_")}
-ENV |= {"GIT_CONFIG_GLOBAL": os.devnull, "GIT_CONFIG_NOSYSTEM": "1"}
-ENV |= {
-    "GIT_AUTHOR_NAME": "t",
-    "GIT_AUTHOR_EMAIL": "t@t",
-    "GIT_COMMITTER_NAME": "t",
-    "GIT_COMMITTER_EMAIL": "t@t",
-}
-
-
-def git(root: Path, *args: str) -> str:
-    done = subprocess.run(
-        ["git", "-C", str(root), *args], capture_output=True, text=True, check=True, env=ENV
-    )
-    return done.stdout.strip()
-
-
-def committed_repo(root: Path) -> None:
-    git(root, "init", "-q")
-    (root / "a.py").write_text("x = 1\n")
-    git(root, "add", "a.py")
-    git(root, "commit", "-q", "-m", "first")
-
 
 def test_a_checkout_gives_its_commit_and_whether_tracked_files_changed(tmp_path):
-    committed_repo(tmp_path)
+    (tmp_path / "a.py").write_text("x = 1\n")
+    commit_folder(tmp_path)
     state = source_state(tmp_path)
     assert state["commit"] == git(tmp_path, "rev-parse", "HEAD") and state["dirty"] is False
     committed = datetime.fromisoformat(state["committed"])
@@ -57,12 +32,14 @@ def test_no_commit_outside_a_checkout_below_its_top_or_without_git(tmp_path, mon
     assert source_state(tmp_path) is None  # not a repository
     git(tmp_path, "init", "-q")
     assert source_state(tmp_path) is None  # a repository without a commit
-    committed_repo(tmp_path)
+    (tmp_path / "a.py").write_text("x = 1\n")
+    commit_folder(tmp_path)
+    head = git(tmp_path, "rev-parse", "HEAD")
     inside = tmp_path / "venv" / "site-packages"
     inside.mkdir(parents=True)
     assert source_state(inside) is None  # installed inside some other project's repository
     monkeypatch.setenv("GIT_DIR", str(tmp_path / "elsewhere"))  # a calling hook's: not this folder's
-    assert source_state(tmp_path)["commit"] == git(tmp_path, "rev-parse", "HEAD")
+    assert source_state(tmp_path)["commit"] == head
     monkeypatch.setenv("PATH", "")
     assert source_state(tmp_path) is None  # no git to ask
 
