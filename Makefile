@@ -142,9 +142,9 @@ steer-confirm-fourier-back-offset: setup
 # rounds), turns shorter and P(end) higher, two hypotheses at 0.05 / 2, 40 draws per control, the
 # offset planes (turned by 135 degrees) as the third. Each holds only if its sign-flip p is <= 0.025
 # and no draw of any control is as large (p = 1/41 = 0.024); 121 conditions (about 35 min on 2 cores,
-# said before the run; it took 38 min 30 s, and both held: README). If both hold, this turn ends turns sooner than pushes of its size do, as a
-# switch of roles predicts and a progress hand does not; it does not show that the plane encodes
-# whose turn it is.
+# said before the run; it took 38 min 30 s, and both held: README). If both hold, this turn ends
+# turns sooner than pushes of its size do, as a switch of roles predicts and a progress hand does
+# not; it does not show that the plane encodes whose turn it is.
 steer-confirm-fourier-user: setup
 	$(BIN)/turnphase steer $(DATA) --report $(REPORT) --layers 19 --fold 2 --prompts 35 --random 40 \
 		--rotate 135 --offset-controls --out $(STEER)/confirm_fourier_user --overwrite \
