@@ -35,7 +35,7 @@ RECIPES = steer_recipes(TEXT)
 def test_every_phony_steer_target_has_a_steer_recipe():
     phony = re.search(r"^\.PHONY:(.*)$", TEXT, re.M).group(1).split()
     steer_targets = {t for t in phony if t == "steer" or t.startswith("steer-confirm")}
-    assert len(steer_targets) >= 11  # `steer` and the confirmatory runs the README's table lists
+    assert len(steer_targets) >= 12  # `steer` and the 11 confirmatory runs the README's table lists
     assert set(RECIPES) == steer_targets
     assert steer_recipes(
         "a:\n\t$(BIN)/turnphase steer d \\\n\t\t--fold 2 --confirm mid 'x y' p_end higher\n"
@@ -50,9 +50,9 @@ def _set(argv: list[str], flag: str, value: str) -> list[str]:
 @pytest.mark.parametrize("target", sorted(RECIPES))
 def test_make_steer_recipe_passes_every_check_before_the_model_loads(target, tiny_analysed, tmp_path):
     data, report = tiny_analysed
-    where = {"$(DATA)": str(data), "$(REPORT)": str(report), "$(STEER)": str(tmp_path)}
-    argv = [where.get(a, a) for a in RECIPES[target]]
-    argv = [a.replace("$(STEER)", str(tmp_path)) for a in argv]  # "$(STEER)/confirm"
+    argv = RECIPES[target]
+    for var, path in {"$(DATA)": data, "$(REPORT)": report, "$(STEER)": tmp_path}.items():
+        argv = [a.replace(var, str(path)) for a in argv]  # also "$(STEER)/confirm"
     argv = _set(argv, "--layers", "3")  # the tiny model's layers are 1 and 3; its report has 3 folds
     if "--fold" in argv:
         argv = _set(argv, "--fold", "0")
