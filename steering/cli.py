@@ -9,6 +9,7 @@ from pathlib import Path
 
 from turnphase.analysis.cli import add_figure_arguments
 from turnphase.steering.config import CENTRES, SETTINGS, SteerConfig
+from turnphase.steering.measures import OUTCOMES
 
 
 def _list(text: str) -> list[str]:
@@ -106,7 +107,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         action="append",
         metavar=("SETTING", "CONDITION", "MEASURE", "DIRECTION"),
         help='a hypothesis fixed before the run, e.g. --confirm start "ablate plane/trig" length lower '
-        "(MEASURE: length, ended, broken, p_end; DIRECTION: lower, higher), or on a sign contrast, "
+        f"(MEASURE: {', '.join(OUTCOMES)}; DIRECTION: lower, higher), or on a sign contrast, "
         '"add probe/linear ±0.5" or "rotate plane/fourier ±90" (+-90); repeat for more; runs only '
         "these, with size-matched controls (and offset ones with --offset-controls), each at --alpha / "
         "(hypotheses x layers)",

@@ -9,7 +9,11 @@ from matplotlib.figure import Figure
 
 from turnphase.analysis.figures import save
 
-PANELS = (("length", "turn length (tokens)"), ("p_end", "mean P(end of turn)"))
+PANELS = (
+    ("length", "turn length (tokens)"),
+    ("p_end", "mean P(end of turn)"),
+    ("next_user", "next header: log P(user) - log P(assistant)"),
+)
 LINES = {
     "add": ("probe/linear", "scrambled/probe/linear"),
     "rotate": ("plane/trig", "plane/fourier", "scrambled/plane/trig"),
@@ -21,8 +25,8 @@ def dose_response(entry: dict, title: str) -> Figure | None:
     kinds = [k for k in LINES if any(c["kind"] == k for c in entry["conditions"])]
     if not kinds:
         return None
-    fig = Figure(figsize=(10, 0.5 + 3.25 * len(kinds)), layout="constrained")
-    axes = fig.subplots(len(kinds), 2, squeeze=False)
+    fig = Figure(figsize=(5 * len(PANELS), 0.5 + 3.25 * len(kinds)), layout="constrained")
+    axes = fig.subplots(len(kinds), len(PANELS), squeeze=False)
     for row, kind in enumerate(kinds):
         targets = LINES[kind]
         conds = [c for c in entry["conditions"] if c["kind"] == kind]

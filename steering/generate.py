@@ -10,6 +10,7 @@ differ only through the edit, on every generated position.
     out = run.generate(Add(u, 0.1), seed=0)                   # out.tokens, out.p_end, out.ended
     text = run.generate(None, seed=0)                         # the unsteered turns
     kl, edit = run.kl(Add(u, 0.1), text, run.log_probs(None, text, 32)[0], 32)  # edit["edit_size"]
+    who = run.next_user(Add(u, 0.1), out)   # log-odds that the user's header follows each turn
 
 Prompts may come in groups (`groups`, consecutive runs of them: a cross-fitted run's folds, each
 steered with its own fold's directions): every call then takes one edit per group, and each group
@@ -30,6 +31,7 @@ from turnphase.builders.activations import decoder_blocks, hidden_of
 from turnphase.builders.conversations import end_of_turn_ids
 from turnphase.builders.errors import TurnphaseError
 from turnphase.builders.prefix_cache import PrefixCache
+from turnphase.steering.prompts import next_header
 
 Edit = Callable[[torch.Tensor], torch.Tensor]
 Edits = Edit | None | list[Edit | None]  # one for all the prompts, or one per group
@@ -82,6 +84,7 @@ class Steerer:
         self.batch_size = batch_size
         self.eos_ids = end_of_turn_ids(model, tokenizer)
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else self.eos_ids[0]
+        self.header = next_header(tokenizer)
         self.lm = TransformersModel(model, tokenizer=tokenizer)
         self.at_layer(layer)
         self.cache = PrefixCache(model.config)
@@ -223,3 +226,30 @@ class Steerer:
         steered, done = self.log_probs(edit, reference, n_tokens)
         kl = [float((s.exp() * (s - u)).sum(-1).mean()) for s, u in zip(steered, unsteered, strict=True)]
         return np.array(kl), done
+
+    def next_user(self, edit: Edits, gen: Generation) -> np.ndarray:
+        """(n,) log P(user) - log P(assistant), in nats, of the token that names the next turn's role
+        once each turn of `gen` ends: the turn, then the chat template's end of turn and next header
+        up to the role (self.header; appended to a turn that hit the budget too) are fed, with
+        `edit` at the layer on the positions it was on while the turn was written (the last prompt
+        token and the turn's), not on the template's: so the reading is what the steered turn left
+        in the context, not the edit at the header itself. After an assistant turn the user's header
+        comes next (large and positive); a model that took the turn it wrote for the user's would
+        put the assistant's there instead."""
+        tail, out = self.header.tail, []
+        for group_edit, _, keys in self._batches(edit):
+            rows = [self.prompts[k] + gen.tokens[k] + tail for k in keys]
+            ids, mask, cache = self.cache.batch(keys, rows, self.pad_id, 0)
+            reused = cache.get_seq_length()
+            positions = (mask.cumsum(-1) - 1).clamp(min=0)
+            kwargs = dict(attention_mask=mask, position_ids=positions[:, reused:], cache=cache)
+            with torch.inference_mode(), warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                with self.lm.trace(ids[:, reused:], **kwargs):
+                    if group_edit is not None:
+                        h = hidden_of(self.block.output)
+                        h[:, : -len(tail)] = group_edit(h[:, : -len(tail)])
+                    logits = self.lm.lm_head.output[:, -1].save()
+            logp = torch.log_softmax(logits.float(), dim=-1)
+            out += (logp[:, self.header.user] - logp[:, self.header.assistant]).tolist()
+        return np.array(out)

@@ -5,6 +5,8 @@
     broken   1 if the turn (in `mid`, the kept part of the turn and the continuation) has a role
              label, is empty or repeats the instruction (the build's checks)
     p_end    mean over the turn's steps of P(end-of-turn token) under the model's distribution
+    next_user  log P(user) - log P(assistant) (nats) of the role the next header names once the
+             turn ends (Steerer.next_user): positive, the user's turn next, as after an assistant's
     kl       mean KL(steered || unsteered) of the next-token distribution along the unsteered text
     edit_size  mean |edit(h) - h| / |h| at layer L along the same positions: how large the edit
              was (0 unsteered), so a phase plane's rotation can be compared in size with a random one's
@@ -27,13 +29,18 @@ if TYPE_CHECKING:  # for the type hints only
     from turnphase.steering.generate import Generation
     from turnphase.steering.prompts import Prompt
 
-MEASURES = ("length", "ended", "broken", "p_end", "kl", "edit_size")
+MEASURES = ("length", "ended", "broken", "p_end", "next_user", "kl", "edit_size")
 EDIT_MEASURES = ("kl", "edit_size")  # of an edit; 0 for the unsteered run by definition
 OUTCOMES = tuple(m for m in MEASURES if m not in EDIT_MEASURES)  # of the turn the model wrote
 
 
 def per_prompt(
-    gen: Generation, prompts: list[Prompt], tokenizer, kl: np.ndarray, size: np.ndarray
+    gen: Generation,
+    prompts: list[Prompt],
+    tokenizer,
+    next_user: np.ndarray,
+    kl: np.ndarray,
+    size: np.ndarray,
 ) -> dict[str, np.ndarray]:
     texts = tokenizer.batch_decode(gen.tokens, skip_special_tokens=True)
     turns = [p.kept_text + t for p, t in zip(prompts, texts, strict=True)]
@@ -42,6 +49,7 @@ def per_prompt(
         "ended": gen.ended.astype(float),
         "broken": np.array([turn_problem(t, True) is not None for t in turns], dtype=float),
         "p_end": np.nanmean(gen.p_end, axis=1),
+        "next_user": next_user,
         "kl": kl,
         "edit_size": size,
     }

@@ -5,6 +5,8 @@
     mid     the same, plus the first `cut` of that assistant turn's own tokens: the model finishes it
 
 One prompt per assistant turn of each held-out conversation, a seeded sample of `max_prompts`.
+`next_header(tokenizer)` gives what the chat template writes after an assistant turn, up to the
+token where it names the next turn's role (the `next_user` measure reads that token).
 """
 
 from __future__ import annotations
@@ -25,6 +27,44 @@ class Prompt:
     ids: list[int]
     natural_length: int  # tokens the dataset's own turn has from here to its end
     kept_text: str = ""  # `mid`: the part of the assistant turn the prompt already holds
+
+
+@dataclass(frozen=True)
+class NextHeader:
+    """What follows an assistant turn in the chat template: `tail`, the end of the turn and the next
+    header up to its role (SmolLM2: <|im_end|>, newline, <|im_start|>); `user` and `assistant`, the
+    first token of each role's name there (where the two headers first differ)."""
+
+    tail: list[int]
+    user: int
+    assistant: int
+
+
+def next_header(tokenizer) -> NextHeader:
+    """Read from the template on a sample chat: the text after an assistant's message (which the
+    user's header follows) and after a user's (the assistant's), tokenized; their shared start is
+    the tail, and the next token of each names the role."""
+    x, y, z = "Xq7", "Yq7", "Zq7"
+    chat = [
+        {"role": "user", "content": x},
+        {"role": "assistant", "content": y},
+        {"role": "user", "content": z},
+    ]
+    text = tokenizer.apply_chat_template(chat, tokenize=False)
+    to_user = tokenizer(text[text.index(y) + len(y) : text.index(z)], add_special_tokens=False)["input_ids"]
+    to_assistant = tokenizer(text[text.index(x) + len(x) : text.index(y)], add_special_tokens=False)[
+        "input_ids"
+    ]
+    shared = next(
+        (i for i, (u, a) in enumerate(zip(to_user, to_assistant, strict=False)) if u != a),
+        min(len(to_user), len(to_assistant)),
+    )
+    if shared == 0 or shared == min(len(to_user), len(to_assistant)):
+        raise TurnphaseError(
+            "the chat template's headers after a user's and after an assistant's turn do not start "
+            "alike and then name the role in a token: the next_user measure cannot be read"
+        )
+    return NextHeader(to_user[:shared], to_user[shared], to_assistant[shared])
 
 
 def conversations(src: DatasetSource, ids: np.ndarray) -> dict[int, list[dict]]:

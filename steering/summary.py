@@ -81,22 +81,24 @@ def findings(result: dict) -> list[str]:
                         + f"; broken {broke:+.2f}, KL {c['mean']['kl']:.3f})"
                     )
                 lines.append(lead + " Beyond random directions: " + "; ".join(said) + ".")
+            lines.append(next_user_line(entry["conditions"]))
             if contrasts is not None:
                 lines.append(sign_line(contrasts))
-    tested = f"{n_tested} condition{'s' if n_tested != 1 else ''}"
+    tested = f"{n_tested} condition{'s' if n_tested != 1 else ''} (on turn length and on the role named next)"
     if n_contrasts:
-        tested += f" and {n_contrasts} sign contrast{'s' if n_contrasts != 1 else ''}"
-    n_tested += n_contrasts
-    tested += f" {'were' if n_tested != 1 else 'was'} tested against random controls"
+        tested += f" and {n_contrasts} sign contrast{'s' if n_contrasts != 1 else ''} (on length)"
+    tested += f" {'were' if n_tested + n_contrasts != 1 else 'was'} tested against random controls"
+    n_tested = 2 * n_tested + n_contrasts  # the tests read above
     # a subset picked with --only after seeing a whole run: its chance is the whole run's
     if result["config"].get("only"):
         lines.append(
             f"{tested}, chosen with --only: count the chance of a pass over the set they were chosen from "
-            f"(about {P_FLOOR:g} of its conditions pass by chance alone)."
+            f"(about {P_FLOOR:g} of its tests pass by chance alone)."
         )
     else:
         lines.append(
-            f"{tested}; at p <= {P_FLOOR} about {n_tested * P_FLOOR:.0f} would pass by chance alone."
+            f"{tested}; at p <= {P_FLOOR} about {n_tested * P_FLOOR:.0f} of these {n_tested} tests "
+            "would pass by chance alone."
         )
     if confirmatory := result.get("confirmatory"):  # the tests fixed before the run come first
         lines = [
@@ -105,6 +107,27 @@ def findings(result: dict) -> list[str]:
             *lines,
         ]
     return lines
+
+
+def next_user_line(conditions: list[dict]) -> str:
+    """Which conditions moved who the model names next, after the turn, beyond random directions
+    (the length rule: beyond_random)."""
+    moved = [c for c in conditions if beyond_random(c["effect"]["next_user"])]
+    if not moved:
+        return "No condition moves the role the model names after the turn beyond random directions."
+    said = []
+    for c in moved:
+        e = c["effect"]["next_user"]
+        vs = "".join(
+            f"; vs {word} {_zp(e[f'vs_{own}'])}"
+            for own, (word, _) in OWN_CONTROLS.items()
+            if f"vs_{own}" in e
+        )
+        said.append(f"{c['name']} {e['value']:+.2f} nats ({_zp(e)}{vs})")
+    return (
+        "The role named after the turn (log P(user) - log P(assistant); lower: the assistant's header, "
+        "as if the turn had been the user's) moved beyond random directions: " + "; ".join(said) + "."
+    )
 
 
 SIGN_DRAWS = "random draws' (a direction's +u minus -u, a plane's +theta minus -theta)"
@@ -186,17 +209,20 @@ def table(result: dict) -> str:
             base = entry["unsteered"]
             out.append(
                 f"layer {L}, {setting}: effects vs unsteered (length {base['length']['value']:.1f} tokens, "
-                f"P(end) {base['p_end']['value']:.4f}, broken {base['broken']['value']:.2f}); "
+                f"P(end) {base['p_end']['value']:.4f}, broken {base['broken']['value']:.2f}, "
+                f"next user {base['next_user']['value']:+.2f} nats); "
                 "z and p against the random draws; KL and edit size |dh|/|h| are of the edit itself"
             )
             out.append(
-                f"{'condition':<32}{'length effect [95% CI]':>45}{'P(end)':>10}{'broken':>8}{'KL':>8}{'size':>7}"
+                f"{'condition':<32}{'length effect [95% CI]':>45}{'P(end)':>10}{'broken':>8}"
+                f"{'next user':>20}{'KL':>8}{'size':>7}"
             )
             for c in entry["conditions"]:
                 e = c["effect"]
                 out.append(
                     f"{c['name']:<32}{_fmt(e['length']):>45}{e['p_end']['value']:+10.4f}"
-                    f"{e['broken']['value']:+8.2f}{c['mean']['kl']:8.3f}{c['mean']['edit_size']:7.3f}"
+                    f"{e['broken']['value']:+8.2f}{e['next_user']['value']:+7.2f} ({_zp(e['next_user']):>10})"
+                    f"{c['mean']['kl']:8.3f}{c['mean']['edit_size']:7.3f}"
                 )
                 if "phase_shift" in c:
                     out.append(

@@ -13,7 +13,7 @@ from tiny_model import save_tiny_chat_model
 from turnphase.analysis.directions import Directions
 from turnphase.builders.activations import decoder_blocks
 from turnphase.builders.cli import main
-from turnphase.builders.errors import ConfigError
+from turnphase.builders.errors import ConfigError, TurnphaseError
 from turnphase.builders.model import load_model
 from turnphase.steering import SteerConfig, generate, steer
 from turnphase.steering.conditions import conditions
@@ -21,7 +21,7 @@ from turnphase.steering.edits import Ablate, Add, Rotate, plane_basis, unit
 from turnphase.steering.figures import dose_response, p_end_curves
 from turnphase.steering.generate import Steerer
 from turnphase.steering.measures import MEASURES
-from turnphase.steering.prompts import make_prompts
+from turnphase.steering.prompts import make_prompts, next_header
 
 LAYER = 1
 
@@ -272,7 +272,8 @@ def test_a_run_with_matched_controls_scores_each_condition_against_its_own(tiny_
         d: json.loads((tmp_path / d / "steer.json").read_text())["findings"][-1] for d in ("all", "some")
     }
     assert (
-        findings["some"].startswith("2 conditions were tested") and "chosen with --only" in findings["some"]
+        findings["some"].startswith("2 conditions (on turn length and on the role named next) were tested")
+        and "chosen with --only" in findings["some"]
     )
     assert findings["all"].endswith("would pass by chance alone.")  # counted over the whole run
 
@@ -392,7 +393,11 @@ def test_a_sign_contrast_is_the_difference_of_the_two_signs_against_the_random_p
     assert "sign contrasts: the effect at +a minus at -a" in summary and "add probe/linear ±0.5" in summary
     # the dose-response figure has a row for the adds only (no rotation was run)
     fig = dose_response(got, "t")
-    assert [ax.get_title() for ax in fig.axes] == ["add: turn length (tokens)", "add: mean P(end of turn)"]
+    assert [ax.get_title() for ax in fig.axes] == [
+        "add: turn length (tokens)",
+        "add: mean P(end of turn)",
+        "add: next header: log P(user) - log P(assistant)",
+    ]
     assert dose_response({**got, "conditions": []}, "t") is None
     # P(end) by step: each phase direction's or plane's strongest edit at each sign, not the scrambled one
     back = {**got["conditions"][0], "name": "rotate plane/fourier -90", "kind": "rotate"}
@@ -406,8 +411,14 @@ def test_a_sign_contrast_is_the_difference_of_the_two_signs_against_the_random_p
         "unsteered",
     ]
     lines = json.loads((tmp_path / "signed" / "steer.json").read_text())["findings"]
-    assert lines[1].lstrip().startswith("Sign contrasts")
-    assert lines[-1].startswith("3 conditions and 1 sign contrast were tested against random controls")
+    assert lines[1].startswith(
+        ("No condition moves the role the model names", "The role named after the turn")
+    )
+    assert lines[2].lstrip().startswith("Sign contrasts")
+    assert lines[-1].startswith(
+        "3 conditions (on turn length and on the role named next) and 1 sign contrast (on length) were "
+        "tested against random controls, chosen with --only"
+    )
 
 
 def test_a_run_writes_a_valid_steer_json(tiny_analysed, tmp_path):
@@ -419,6 +430,8 @@ def test_a_run_writes_a_valid_steer_json(tiny_analysed, tmp_path):
     )
     result = json.loads((out / "steer.json").read_text())
     assert result["steer_version"] == 3 and result["findings"]
+    n = sum(len(e["conditions"]) for settings in result["layers"].values() for e in settings.values())
+    assert f"about {0.1 * n:.0f} of these {2 * n} tests would pass" in result["findings"][-1]  # 2 measures
     assert set(result["layers"]) == {"1", "3"}
     held = set(Directions.load(report).held_out(0).tolist())
     for entry in result["layers"]["1"].values():
@@ -447,6 +460,8 @@ def test_a_run_writes_a_valid_steer_json(tiny_analysed, tmp_path):
                 assert (errors >= np.abs(shifts - c["strength"]) - 1e-9).all() and (errors < 180).all()
                 assert c["phase_shift"]["error"] == pytest.approx(errors.mean())
         assert len(entry["unsteered"]["p_end_curve"]) == 6
+        assert len(entry["unsteered"]["per_prompt"]["next_user"]) == entry["n_prompts"]
+        assert np.isfinite(entry["unsteered"]["per_prompt"]["next_user"]).all()
     assert {p["conversation_id"] for p in result["prompts"]["start"]} <= held
     for name in result["figures"]:
         assert (out / name).stat().st_size > 0
@@ -520,6 +535,61 @@ def test_a_cross_fitted_run_is_every_folds_run_side_by_side(tiny_analysed, tmp_p
         for k in draws:  # length, P(end), KL, ... (a sign family: its outcomes' contrasts)
             want = np.mean([p["random"][family][k] for p in pieces], axis=0)  # 4 prompts each
             assert draws[k] == pytest.approx(want.tolist(), rel=1e-6, abs=1e-9)
+
+
+def test_the_next_header_is_read_from_the_chat_template(steerer):
+    s, loaded = steerer
+    tok, header = loaded.tokenizer, s.header
+    assert tok.decode(header.tail) == "<|im_end|>\n<|im_start|>"
+    assert header.user != header.assistant
+    assert "<|im_end|>\n<|im_start|>user".startswith(tok.decode([*header.tail, header.user]))
+    assert "<|im_end|>\n<|im_start|>assistant".startswith(tok.decode([*header.tail, header.assistant]))
+    tok = loaded.tokenizer.__class__.from_pretrained(loaded.tokenizer.name_or_path)
+    tok.chat_template = "{% for m in messages %}{{ m['content'] + '<|im_end|>' }}{% endfor %}"
+    with pytest.raises(TurnphaseError, match="next_user measure cannot be read"):
+        next_header(tok)  # no role named after a turn
+
+
+def test_next_user_reads_the_role_after_the_turn_with_the_edit_on_the_turn_only(steerer):
+    """Against a plain forward of each whole prompt, turn and header, one at a time (no cache, no
+    padding), with a PyTorch hook applying the edit to the positions it names."""
+    s, loaded = steerer
+    gen = s.generate(None, seed=1)
+    gen.tokens[0] = gen.tokens[0] + [gen.tokens[0][-1]] * 3  # longer than the others: padding differs
+    edit = Add(unit(np.random.default_rng(1).standard_normal(loaded.d_model)), 4.0)  # the tiny model
+    block = decoder_blocks(loaded.model)[LAYER]  # barely tells user from assistant: a strong edit
+    header = s.header
+
+    def by_hand(edited) -> np.ndarray:
+        """log P(user) - log P(assistant) with the edit on positions edited(prompt, turn)."""
+        out = []
+        for prompt, turn in zip(s.prompts, gen.tokens, strict=True):
+            where = edited(prompt, turn)
+
+            def hook(module, args, output, where=where):
+                h = (output[0] if isinstance(output, tuple) else output).clone()
+                h[:, where] = edit(h[:, where])
+                return (h, *output[1:]) if isinstance(output, tuple) else h
+
+            handle = block.register_forward_hook(hook) if where is not None else None
+            try:
+                with torch.inference_mode():
+                    logits = loaded.model(torch.tensor([prompt + turn + header.tail])).logits
+            finally:
+                if handle is not None:
+                    handle.remove()
+            logp = torch.log_softmax(logits[0, -1].float(), -1)
+            out.append(float(logp[header.user] - logp[header.assistant]))
+        return np.array(out)
+
+    plain = by_hand(lambda prompt, turn: None)
+    np.testing.assert_allclose(s.next_user(None, gen), plain, atol=1e-5)
+    on_turn = by_hand(lambda prompt, turn: slice(len(prompt) - 1, len(prompt) + len(turn)))
+    everywhere = by_hand(lambda prompt, turn: slice(len(prompt) - 1, None))
+    steered = s.next_user(edit, gen)
+    np.testing.assert_allclose(steered, on_turn, atol=1e-5)
+    assert np.abs(steered - plain).min() > 1e-4  # the edit moved it (10x the tolerance above)
+    assert np.abs(steered - everywhere).min() > 1e-4  # and the header was left alone
 
 
 def test_a_steerer_refuses_groups_that_do_not_split_its_prompts_in_order(steerer):
@@ -598,6 +668,26 @@ def test_a_report_from_another_dataset_or_model_is_refused(tiny_analysed, tmp_pa
     assert main(args) == 2
     assert "pass --force" in capsys.readouterr().err
     assert not out.exists()
+
+
+def test_the_next_user_finding_names_the_conditions_beyond_random_and_their_own_controls():
+    from turnphase.steering.summary import next_user_line
+
+    far, near = {"z": -3.0, "p": 0.048}, {"z": -1.0, "p": 0.4}
+    moved = {
+        "name": "rotate plane/fourier -135",
+        "effect": {"next_user": {"value": -1.5, "ci95": [-2.0, -1.0], **far}},
+    }
+    still = {
+        "name": "rotate plane/trig +90",
+        "effect": {"next_user": {"value": -0.1, "ci95": [-0.5, 0.3], **near}},
+    }
+    line = next_user_line([moved, still])
+    assert "rotate plane/fourier -135 -1.50 nats (z -3.0, p 0.05)" in line and "trig" not in line
+    moved["effect"]["next_user"]["vs_matched"] = far
+    assert "vs size-matched z -3.0" in next_user_line([moved])
+    moved["effect"]["next_user"]["vs_matched"] = near  # no further than an edit of its size
+    assert next_user_line([moved, still]).startswith("No condition moves the role")
 
 
 def test_a_finding_with_size_matched_controls_must_pass_them_too():

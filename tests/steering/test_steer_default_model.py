@@ -28,4 +28,16 @@ def test_steering_smollm2_end_to_end(tmp_path):
     assert kl["add probe/linear +0.2"] > kl["add probe/linear +0.05"] > 0
     for c in entry["conditions"]:
         assert all(np.isfinite(c["mean"][m]) for m in c["mean"])
+    # after an assistant's turn the model names the user next: log P(user) - log P(assistant) > 0
+    assert all(v > 0 for v in entry["unsteered"]["per_prompt"]["next_user"])
     assert (out / f"layer{LAYER}_mid_dose_response.png").stat().st_size > 0
+
+
+def test_the_default_models_next_header_names_user_or_assistant():
+    from turnphase.builders.model import load_model
+    from turnphase.steering.prompts import next_header
+
+    tok = load_model(None, layers="all").tokenizer
+    header = next_header(tok)
+    assert tok.decode(header.tail) == "<|im_end|>\n<|im_start|>"
+    assert tok.decode([header.user]) == "user" and tok.decode([header.assistant]) == "ass"  # ass|istant
