@@ -33,11 +33,29 @@ def test_steering_smollm2_end_to_end(tmp_path):
     assert (out / f"layer{LAYER}_mid_dose_response.png").stat().st_size > 0
 
 
-def test_the_default_models_next_header_names_user_or_assistant():
+def test_the_default_model_names_the_other_role_after_each_turn():
+    """next_user reads whose turn it was: after a user's message the model names the assistant next
+    (negative), after an assistant's the user (positive), unsteered."""
     from turnphase.builders.model import load_model
-    from turnphase.steering.prompts import next_header
+    from turnphase.steering.generate import Generation, Steerer
 
-    tok = load_model(None, layers="all").tokenizer
-    header = next_header(tok)
-    assert tok.decode(header.tail) == "<|im_end|>\n<|im_start|>"
-    assert tok.decode([header.user]) == "user" and tok.decode([header.assistant]) == "ass"  # ass|istant
+    loaded = load_model(None, layers="all")
+    tok = loaded.tokenizer
+    chat = [
+        {"role": "user", "content": "What makes a good cup of tea?"},
+        {"role": "assistant", "content": "Fresh water, the right temperature and a few minutes of steeping."},
+        {"role": "user", "content": "How long is a few minutes?"},
+        {"role": "assistant", "content": "Three to five for black tea, two to three for green."},
+    ]
+    prompts, roles = [], []
+    for i, m in enumerate(chat):  # each message ends where the header of the next would begin
+        text = tok.apply_chat_template(chat[: i + 1], tokenize=False)
+        text = text[: text.rindex(m["content"]) + len(m["content"])]
+        prompts.append(tok(text, add_special_tokens=False)["input_ids"])
+        roles.append(m["role"])
+    s = Steerer(loaded.model, tok, prompts, 19, max_new_tokens=1, temperature=1.0, top_p=1.0)
+    assert tok.decode(s.header.tail) == "<|im_end|>\n<|im_start|>"
+    assert tok.decode([s.header.user]) == "user" and tok.decode([s.header.assistant]) == "ass"  # ass|istant
+    nothing = Generation([[] for _ in prompts], np.ones(len(prompts), bool), np.zeros((len(prompts), 1)))
+    who = s.next_user(None, nothing)
+    assert all((v < 0) == (role == "user") for v, role in zip(who, roles, strict=True)), (who, roles)
