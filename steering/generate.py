@@ -176,6 +176,14 @@ class Steerer:
         """P(end of turn) under the model's own next-token distribution (temperature 1, no top-p)."""
         return torch.softmax(logits.float(), dim=-1)[:, self.eos_ids].sum(-1).cpu()
 
+    def _continuation(self, keys: list[int], rows: list[list[int]]) -> tuple[torch.Tensor, dict]:
+        """The ids of each row past its cached prompt (left-padded: every row ends at the last
+        column) and the forward's kwargs (mask, positions, the prompts' keys and values)."""
+        ids, mask, cache = self.cache.batch(keys, rows, self.pad_id, 0)
+        reused = cache.get_seq_length()
+        positions = (mask.cumsum(-1) - 1).clamp(min=0)
+        return ids[:, reused:], dict(attention_mask=mask, position_ids=positions[:, reused:], cache=cache)
+
     def log_probs(
         self, edit: Edits, reference: Generation, n_tokens: int
     ) -> tuple[list[torch.Tensor], dict[str, np.ndarray]]:
@@ -191,13 +199,10 @@ class Steerer:
             readout = getattr(group_edit, "readout", None)
             conts = [reference.tokens[k][: n_tokens - 1] for k in keys]
             rows = [self.prompts[k] + c for k, c in zip(keys, conts, strict=True)]
-            ids, mask, cache = self.cache.batch(keys, rows, self.pad_id, 0)
-            reused = cache.get_seq_length()
-            positions = (mask.cumsum(-1) - 1).clamp(min=0)
-            kwargs = dict(attention_mask=mask, position_ids=positions[:, reused:], cache=cache)
+            fed, kwargs = self._continuation(keys, rows)
             with torch.inference_mode(), warnings.catch_warnings():
                 warnings.simplefilter("ignore")
-                with self.lm.trace(ids[:, reused:], **kwargs):
+                with self.lm.trace(fed, **kwargs):
                     h = hidden_of(self.block.output)
                     if group_edit is not None:
                         new = group_edit(h)
@@ -239,13 +244,10 @@ class Steerer:
         tail, out = self.header.tail, []
         for group_edit, _, keys in self._batches(edit):
             rows = [self.prompts[k] + gen.tokens[k] + tail for k in keys]
-            ids, mask, cache = self.cache.batch(keys, rows, self.pad_id, 0)
-            reused = cache.get_seq_length()
-            positions = (mask.cumsum(-1) - 1).clamp(min=0)
-            kwargs = dict(attention_mask=mask, position_ids=positions[:, reused:], cache=cache)
+            fed, kwargs = self._continuation(keys, rows)
             with torch.inference_mode(), warnings.catch_warnings():
                 warnings.simplefilter("ignore")
-                with self.lm.trace(ids[:, reused:], **kwargs):
+                with self.lm.trace(fed, **kwargs):
                     if group_edit is not None:
                         h = hidden_of(self.block.output)
                         h[:, : -len(tail)] = group_edit(h[:, : -len(tail)])
