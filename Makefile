@@ -181,7 +181,8 @@ steer-confirm-trig-forward: setup
 # seeds (so the same turns and the same draws as that run), the Fourier plane turned by -135 lowers
 # next_user; one hypothesis at 0.05, 40 draws per control with the offset planes as the third; it holds
 # only if its sign-flip p is <= 0.05 and at most one draw of any control is as low (p <= 2/41); 121
-# conditions (about 41 min on 2 cores, said before the run). A pass says the role named after the turn
+# conditions (about 41 min on 2 cores, said before the run; it took 49 min 47 s, and it did not hold:
+# README; with no movement to explain, the trig plane's +90 below was not run). A pass says the role named after the turn
 # moved beyond edits of its size and form; shorter turns alone could also move it, which the trig
 # plane's +90 (it shortens turns too) is read for afterwards, exploratory.
 steer-confirm-fourier-next-role: setup
