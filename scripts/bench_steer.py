@@ -13,6 +13,12 @@ same cached prompt keys and values; each repeat runs every variant once, in turn
 
 tokens/s = rows x decoding steps run / wall time (a step costs the same whether or not a row has
 already ended). Target: steered / unsteered (plain) >= 0.8 for add and rotate.
+
+Then the `next_user` measure's cost on top of `rotate`, read the two ways (same repeats, in turn):
+by a second forward over each prompt's turn and header (`Steerer.next_user`), and off the keys and
+values the generation left in its cache (`generate(..., next_user=True)`; its reading timed on its
+own by wrapping `Steerer._next_user_cached`), with the largest difference between the two readings
+(they must agree to float tolerance).
 """
 
 from __future__ import annotations
@@ -72,11 +78,40 @@ def main() -> int:
         top_p=0.9,
     )
     rate: dict[str, list[float]] = {name: [] for name in variants}
+    rotate = variants["rotate"][0]
+    seconds: dict[str, list[float]] = {
+        "rotate": [],
+        "forward": [],
+        "cache": [],
+        "with forward": [],
+        "with cache": [],
+    }
+    read_cached = steerer._next_user_cached
+
+    def timed_read(*args):
+        start = time.perf_counter()
+        out = read_cached(*args)
+        seconds["cache"].append(time.perf_counter() - start)
+        return out
+
+    steerer._next_user_cached = timed_read
+    diff = 0.0
     for _ in range(args.repeats):
         for name, (edit, plain) in variants.items():
             start = time.perf_counter()
             gen = steerer.generate(edit, seed=0, plain=plain)
+            seconds["rotate"] += [time.perf_counter() - start] if name == "rotate" else []
             rate[name].append(len(prompts) * steps_run(gen) / (time.perf_counter() - start))
+        start = time.perf_counter()
+        gen = steerer.generate(rotate, seed=0)
+        read = time.perf_counter()
+        by_forward = steerer.next_user(rotate, gen)
+        seconds["forward"].append(time.perf_counter() - read)
+        seconds["with forward"].append(time.perf_counter() - start)
+        start = time.perf_counter()
+        cached = steerer.generate(rotate, seed=0, next_user=True).next_user
+        seconds["with cache"].append(time.perf_counter() - start)
+        diff = max(diff, float(np.abs(cached - by_forward).max()))
     med = {name: statistics.median(r) for name, r in rate.items()}
     print(
         f"{len(prompts)} prompts x up to {args.new_tokens} new tokens, layer {args.layer}, {args.repeats} repeats"
@@ -89,6 +124,15 @@ def main() -> int:
         f"steered / unsteered: add {med['add'] / med['plain']:.3f}, rotate {med['rotate'] / med['plain']:.3f}"
     )
     print(f"target >= {TARGET}: {'met' if worst >= TARGET else 'MISSED'}")
+    sec = {name: statistics.median(t) for name, t in seconds.items()}
+    print(
+        f"next_user after rotate: read by a second forward {sec['forward']:.2f} s, off the cache "
+        f"{sec['cache']:.2f} s ({sec['forward'] / sec['cache']:.1f}x); generation alone {sec['rotate']:.2f} s"
+    )
+    print(
+        f"  generation + next_user: {sec['with forward']:.2f} s vs {sec['with cache']:.2f} s "
+        f"({sec['with forward'] / sec['with cache']:.2f}x); largest difference between the readings {diff:.1e} nats"
+    )
     return 0
 
 

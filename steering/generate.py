@@ -11,6 +11,8 @@ differ only through the edit, on every generated position.
     text = run.generate(None, seed=0)                         # the unsteered turns
     kl, edit = run.kl(Add(u, 0.1), text, run.log_probs(None, text, 32)[0], 32)  # edit["edit_size"]
     who = run.next_user(Add(u, 0.1), out)   # log-odds that the user's header follows each turn
+    out = run.generate(Add(u, 0.1), seed=0, next_user=True)  # out.next_user: the same, read off
+                                                             # the generation's own cache
 
 Prompts may come in groups (`groups`, consecutive runs of them: a cross-fitted run's folds, each
 steered with its own fold's directions): every call then takes one edit per group, and each group
@@ -43,6 +45,7 @@ class Generation:
     tokens: list[list[int]]  # per prompt: generated ids before the end-of-turn token (or all, if capped)
     ended: np.ndarray  # (n,) bool: the end-of-turn token came within the budget
     p_end: np.ndarray  # (n, max_new_tokens) P(end of turn) at each step; NaN after the turn ended
+    next_user: np.ndarray | None = None  # (n,) Steerer.next_user's reading, when asked for
 
     @property
     def length(self) -> np.ndarray:
@@ -127,13 +130,16 @@ class Steerer:
         for g, n, keys in self._chunks(self.batch_size):
             yield edits[g], n, keys
 
-    def generate(self, edit: Edits, seed: int, *, plain: bool = False) -> Generation:
+    def generate(self, edit: Edits, seed: int, *, plain: bool = False, next_user: bool = False) -> Generation:
         """Sample every prompt's continuation with `edit` at the layer (None: unsteered, still through
-        nnsight; `plain`: unsteered through transformers alone, the reference a zero edit must match)."""
-        tokens, ended, p_end = [], [], []
+        nnsight; `plain`: unsteered through transformers alone, the reference a zero edit must match).
+        With `next_user`, also read `Steerer.next_user(edit, <these turns>)`, from the keys and values
+        the generation left in its cache (`_next_user_cached`): four tokens a row, not the whole turn."""
+        tokens, ended, p_end, who = [], [], [], []
+        room = 1 + len(self.header.tail) if next_user else 0  # for the re-fed token and the header
         for group_edit, n, keys in self._batches(edit):
             rows = [self.prompts[k] for k in keys]
-            ids, mask, cache = self.cache.batch(keys, rows, self.pad_id, self.max_new_tokens)
+            ids, mask, cache = self.cache.batch(keys, rows, self.pad_id, self.max_new_tokens + room)
             kwargs = dict(
                 attention_mask=mask,
                 cache=cache,
@@ -162,15 +168,19 @@ class Steerer:
                                     h[:] = group_edit(h)
                                 probs.append(self._p_end(self.lm.lm_head.output[:, -1]))
                     new = torch.stack(steps.steps[1:], dim=1)
+            turns = []
             for b, row in enumerate(new.tolist()):
                 end = next((k for k, t in enumerate(row) if t in self.eos_ids), None)
-                tokens.append(row if end is None else row[:end])
+                turns.append(row if end is None else row[:end])
                 ended.append(end is not None)
                 curve = np.full(self.max_new_tokens, np.nan)
                 steps_run = len(row) if end is None else end + 1
                 curve[:steps_run] = [float(p[b]) for p in probs[:steps_run]]
                 p_end.append(curve)
-        return Generation(tokens, np.array(ended), np.stack(p_end))
+            tokens += turns
+            if next_user:
+                who += self._next_user_cached(group_edit, rows, turns, mask, cache)
+        return Generation(tokens, np.array(ended), np.stack(p_end), np.array(who) if next_user else None)
 
     def _p_end(self, logits: torch.Tensor) -> torch.Tensor:
         """P(end of turn) under the model's own next-token distribution (temperature 1, no top-p)."""
@@ -231,6 +241,38 @@ class Steerer:
         steered, done = self.log_probs(edit, reference, n_tokens)
         kl = [float((s.exp() * (s - u)).sum(-1).mean()) for s, u in zip(steered, unsteered, strict=True)]
         return np.array(kl), done
+
+    def _next_user_cached(self, edit: Edit | None, rows, turns, mask, cache) -> list[float]:
+        """next_user's reading for one batch of `generate`, from the cache its generation left.
+
+        The cache holds, per row, the prompt (`mask`'s columns, the last prompt token at the last one)
+        and then one column per decoding step after the first, the token fed at it: the turn's, then
+        the end-of-turn token and pads in rows that ended while others went on. A turn's last token
+        never was fed if the turn hit the budget, so for every row the columns from its turn's last
+        token (the last prompt token, for an empty turn) on are masked out, and that token is fed
+        again, edited, with the header after it, unedited, at the positions they take after the turn."""
+        tail = self.header.tail
+        held, width = int(cache.get_seq_length()), mask.shape[1]
+        keep = torch.ones((len(rows), held), dtype=mask.dtype)
+        keep[:, :width] = mask
+        fed = torch.empty((len(rows), 1 + len(tail)), dtype=torch.long)
+        positions = torch.empty_like(fed)
+        for b, (row, turn) in enumerate(zip(rows, turns, strict=True)):
+            keep[b, width - 1 + len(turn) :] = 0
+            fed[b] = torch.tensor([(row + turn)[-1], *tail])
+            positions[b] = torch.arange(len(row) - 1 + len(turn), len(row) + len(turn) + len(tail))
+        kwargs = dict(
+            attention_mask=torch.cat([keep, torch.ones_like(fed)], 1), position_ids=positions, cache=cache
+        )
+        with torch.inference_mode(), warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            with self.lm.trace(fed, **kwargs):
+                if edit is not None:
+                    h = hidden_of(self.block.output)
+                    h[:, :1] = edit(h[:, :1])
+                logits = self.lm.lm_head.output[:, -1].save()
+        logp = torch.log_softmax(logits.float(), dim=-1)
+        return (logp[:, self.header.user] - logp[:, self.header.assistant]).tolist()
 
     def next_user(self, edit: Edits, gen: Generation) -> np.ndarray:
         """(n,) log P(user) - log P(assistant), in nats, of the token that names the next turn's role

@@ -227,18 +227,17 @@ def run_setting(
         raise ValueError("every fold must have the same conditions, in the same order")
     tok = steerer.tokenizer
     shown = example_rows(steerer.groups)
-    unsteered = steerer.generate(None, config.seed)
+    unsteered = steerer.generate(None, config.seed, next_user=True)
     reference, _ = steerer.log_probs(None, unsteered, config.kl_tokens)
     zero = np.zeros(len(prompts))
-    base = per_prompt(unsteered, prompts, tok, steerer.next_user(None, unsteered), zero, zero)
+    base = per_prompt(unsteered, prompts, tok, unsteered.next_user, zero, zero)
     measured: list[tuple[Condition, dict[str, np.ndarray], Generation]] = []
     shifts: dict[str, dict] = {}  # a rotated plane's phase estimate: how far it moved, per prompt
     for i, cond in enumerate(progress(conds, desc=desc, unit="condition")):
         edit = [fold[i].edit for fold in per_fold]  # one per group of prompts
-        gen = steerer.generate(edit, config.seed)
+        gen = steerer.generate(edit, config.seed, next_user=True)
         kl, done = steerer.kl(edit, unsteered, reference, config.kl_tokens)
-        who = steerer.next_user(edit, gen)
-        measured.append((cond, per_prompt(gen, prompts, tok, who, kl, done["edit_size"]), gen))
+        measured.append((cond, per_prompt(gen, prompts, tok, gen.next_user, kl, done["edit_size"]), gen))
         if "phase_shift" in done:
             shifts[cond.name] = {
                 "mean": float(np.mean(done["phase_shift"])),

@@ -592,6 +592,32 @@ def test_next_user_reads_the_role_after_the_turn_with_the_edit_on_the_turn_only(
     assert np.abs(steered - everywhere).min() > 1e-4  # and the header was left alone
 
 
+def test_next_user_read_off_the_generation_cache_equals_the_second_forward(steerer):
+    """generate(next_user=True) reads next_user from the keys and values its generation left: the
+    same turns, and readings equal to Steerer.next_user's on them, for turns that ended (pads fed
+    after them in the cache), hit the budget (their last token never fed) or are empty, in batches
+    of different widths."""
+    s, loaded = steerer
+    small = Steerer(
+        loaded.model, loaded.tokenizer, s.prompts, LAYER, max_new_tokens=4, temperature=1.0, top_p=1.0
+    )
+    small.batch_size = 2  # two batches: the last a single row
+    edit = Add(unit(np.random.default_rng(1).standard_normal(loaded.d_model)), 4.0)
+    lengths, ended = set(), set()
+    for e in (None, edit):
+        for seed in range(4):
+            gen = small.generate(e, seed, next_user=True)
+            alone = small.generate(e, seed)
+            assert gen.tokens == alone.tokens and alone.next_user is None
+            np.testing.assert_array_equal(gen.p_end, alone.p_end)
+            np.testing.assert_allclose(gen.next_user, small.next_user(e, gen), atol=1e-5)
+            lengths |= set(gen.length.tolist())
+            ended |= set(gen.ended.tolist())
+    assert ended == {True, False} and 4 in lengths and len(lengths) > 2  # every kind of row was read
+    plain = small.generate(None, 0, next_user=True).next_user
+    assert np.abs(small.generate(edit, 0, next_user=True).next_user - plain).min() > 1e-4
+
+
 def test_a_steerer_refuses_groups_that_do_not_split_its_prompts_in_order(steerer):
     s, loaded = steerer
     for groups in ([[1, 0, 2]], [[0], [2], [1]], [[0, 1]], [[0, 1, 2], []]):

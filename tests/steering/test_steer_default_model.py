@@ -59,3 +59,39 @@ def test_the_default_model_names_the_other_role_after_each_turn():
     nothing = Generation([[] for _ in prompts], np.ones(len(prompts), bool), np.zeros((len(prompts), 1)))
     who = s.next_user(None, nothing)
     assert all((v < 0) == (role == "user") for v, role in zip(who, roles, strict=True)), (who, roles)
+
+
+def test_next_user_read_off_the_generation_cache_equals_the_second_forward_on_smollm2():
+    """The reading generate(next_user=True) takes from its own cache equals Steerer.next_user's
+    second forward, unsteered and steered, for turns that ended at once (empty), after a token, or
+    ran to the budget. SmolLM2 reads its context (the tiny model barely does), so a column kept or
+    masked wrongly moves the reading by nats: keeping the re-fed token's cached column too moved it
+    by 1.5 nats when tried."""
+    from turnphase.builders.model import load_model
+    from turnphase.steering.edits import Add, unit
+    from turnphase.steering.generate import Steerer
+
+    loaded = load_model(None, layers="all")
+    tok = loaded.tokenizer
+    chat = [
+        {"role": "user", "content": "What makes a good cup of tea?"},
+        {"role": "assistant", "content": "Fresh water, the right temperature and a few minutes of steeping."},
+        {"role": "user", "content": "Thanks, that is all I wanted to know!"},
+        {"role": "assistant", "content": "You're welcome! Enjoy your tea."},
+    ]
+    text = tok.apply_chat_template(chat, tokenize=False)
+    end = text.rindex(chat[-1]["content"]) + len(chat[-1]["content"])
+    cuts = (end, end - 1, end - 5, end - 30)  # the last reply: whole, without its ".", cut shorter
+    prompts = [tok(text[:cut], add_special_tokens=False)["input_ids"] for cut in cuts]
+    s = Steerer(loaded.model, tok, prompts, 19, max_new_tokens=4, temperature=0.7, top_p=0.9, batch_size=3)
+    edit = Add(unit(np.random.default_rng(0).standard_normal(loaded.d_model)), 0.5)
+    kinds = set()
+    for e in (None, edit):
+        for seed in range(3):
+            gen = s.generate(e, seed, next_user=True)
+            np.testing.assert_allclose(gen.next_user, s.next_user(e, gen), atol=1e-4)
+            kinds |= {
+                "empty" if n == 0 else "ended" if done else "budget"
+                for n, done in zip(gen.length, gen.ended, strict=True)
+            }
+    assert kinds == {"empty", "ended", "budget"}, kinds
