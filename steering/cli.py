@@ -8,7 +8,7 @@ import dataclasses
 from pathlib import Path
 
 from turnphase.analysis.cli import add_figure_arguments
-from turnphase.steering.config import CENTRES, SETTINGS, SteerConfig
+from turnphase.steering.config import CENTRES, NEXT_USER_EDITS, SETTINGS, SteerConfig
 from turnphase.steering.measures import OUTCOMES
 
 
@@ -69,6 +69,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         default=d.rotate_about,
         help="the point a phase plane turns about: where its readout reads zero (default), or the "
         "training mean (steer_version 1: every run before the README's 'Rotations about the readout's zero')",
+    )
+    p.add_argument(
+        "--next-user-edit",
+        choices=NEXT_USER_EDITS,
+        default=d.next_user_edit,
+        help="where the edit is when next_user is read: on the turn only, as it was written (default), "
+        "or also on the template's end of turn and header after it, as steering that stays on would be",
     )
     p.add_argument(
         "--random",

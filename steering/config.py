@@ -17,6 +17,12 @@ Setting = Literal["start", "mid"]
 SETTINGS: tuple[Setting, ...] = ("start", "mid")
 Centre = Literal["readout", "mean"]
 CENTRES: tuple[Centre, ...] = ("readout", "mean")
+# Where the edit is while next_user is read: on the last prompt token and the turn, as while the turn
+# was written ("turn": what the steered turn left in the context), or also on the chat template's end
+# of turn and header after it ("all": as steering that stays on would be; the header's own state is
+# then edited too)
+NextUserEdit = Literal["turn", "all"]
+NEXT_USER_EDITS: tuple[NextUserEdit, ...] = ("turn", "all")
 PHASE_PLANES = ("trig", "fourier")  # the planes rotated and ablated (directions.py plane/<name>)
 MIN_RANDOM = 2  # below this no spread; 20 or more for the reported runs (the default)
 ALL_FOLDS = "all"  # config.fold: every fold's held-out prompts, each with its own fold's directions
@@ -123,6 +129,7 @@ class SteerConfig:
     confirm: list[Hypothesis] | None = None
     alpha: float = 0.05  # the confirmatory tests' family-wise level
     kl_tokens: int = 32  # positions of the unsteered text the KL divergence is averaged over
+    next_user_edit: NextUserEdit = "turn"  # NEXT_USER_EDITS: where the edit is when next_user is read
     n_bootstrap: int = 1000
 
     out: Path | None = None
@@ -143,6 +150,8 @@ class SteerConfig:
             raise ConfigError(
                 "offset_controls", "are for planes turned about their readout's zero (--rotate-about readout)"
             )
+        if self.next_user_edit not in NEXT_USER_EDITS:
+            raise ConfigError("next_user_edit", f"choose from {', '.join(NEXT_USER_EDITS)}")
         if not self.settings or any(s not in SETTINGS for s in self.settings):
             raise ConfigError("settings", f"choose from {', '.join(SETTINGS)}")
         self.fold = parse_fold(self.fold)

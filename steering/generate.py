@@ -33,6 +33,7 @@ from turnphase.builders.activations import decoder_blocks, hidden_of
 from turnphase.builders.conversations import end_of_turn_ids
 from turnphase.builders.errors import TurnphaseError
 from turnphase.builders.prefix_cache import PrefixCache
+from turnphase.steering.config import NextUserEdit
 from turnphase.steering.prompts import next_header
 
 Edit = Callable[[torch.Tensor], torch.Tensor]
@@ -78,13 +79,14 @@ class Steerer:
         top_p: float,
         batch_size: int = 64,
         groups: list[list[int]] | None = None,
+        next_user_edit: NextUserEdit = "turn",
     ):
         from nnsight import TransformersModel
 
         self.model, self.tokenizer, self.layer = model, tokenizer, layer
         self.prompts = [list(p) for p in prompts]
         self.max_new_tokens, self.temperature, self.top_p = max_new_tokens, temperature, top_p
-        self.batch_size = batch_size
+        self.batch_size, self.next_user_edit = batch_size, next_user_edit
         self.eos_ids = end_of_turn_ids(model, tokenizer)
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else self.eos_ids[0]
         self.header = next_header(tokenizer)
@@ -250,7 +252,8 @@ class Steerer:
         the end-of-turn token and pads in rows that ended while others went on. A turn's last token
         never was fed if the turn hit the budget, so for every row the columns from its turn's last
         token (the last prompt token, for an empty turn) on are masked out, and that token is fed
-        again, edited, with the header after it, unedited, at the positions they take after the turn."""
+        again, edited, with the header after it (edited too with next_user_edit "all"), at the
+        positions they take after the turn."""
         tail = self.header.tail
         held, width = int(cache.get_seq_length()), mask.shape[1]
         keep = torch.ones((len(rows), held), dtype=mask.dtype)
@@ -269,7 +272,8 @@ class Steerer:
             with self.lm.trace(fed, **kwargs):
                 if edit is not None:
                     h = hidden_of(self.block.output)
-                    h[:, :1] = edit(h[:, :1])
+                    edited = slice(None) if self.next_user_edit == "all" else slice(0, 1)
+                    h[:, edited] = edit(h[:, edited])
                 logits = self.lm.lm_head.output[:, -1].save()
         logp = torch.log_softmax(logits.float(), dim=-1)
         return (logp[:, self.header.user] - logp[:, self.header.assistant]).tolist()
@@ -280,7 +284,8 @@ class Steerer:
         up to the role (self.header; appended to a turn that hit the budget too) are fed, with
         `edit` at the layer on the positions it was on while the turn was written (the last prompt
         token and the turn's), not on the template's: so the reading is what the steered turn left
-        in the context, not the edit at the header itself. After an assistant turn the user's header
+        in the context, not the edit at the header itself (with next_user_edit "all", on the
+        template's too: as steering that stays on would be). After an assistant turn the user's header
         comes next (large and positive); a model that took the turn it wrote for the user's would
         put the assistant's there instead."""
         tail, out = self.header.tail, []
@@ -292,7 +297,8 @@ class Steerer:
                 with self.lm.trace(fed, **kwargs):
                     if group_edit is not None:
                         h = hidden_of(self.block.output)
-                        h[:, : -len(tail)] = group_edit(h[:, : -len(tail)])
+                        edited = slice(None) if self.next_user_edit == "all" else slice(0, -len(tail))
+                        h[:, edited] = group_edit(h[:, edited])
                     logits = self.lm.lm_head.output[:, -1].save()
             logp = torch.log_softmax(logits.float(), dim=-1)
             out += (logp[:, self.header.user] - logp[:, self.header.assistant]).tolist()

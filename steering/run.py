@@ -183,6 +183,7 @@ def _steer(config: SteerConfig, tmp: Path | None) -> dict:
                     top_p=config.top_p,
                     batch_size=config.batch_size,
                     groups=groups,
+                    next_user_edit=config.next_user_edit,
                 )
             steerer.at_layer(L)
             per_fold = [conditions(directions.layers[L].folds[f], d_model, config, L, setting) for f in folds]

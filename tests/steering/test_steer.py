@@ -151,6 +151,9 @@ def test_a_phase_plane_turns_about_its_readouts_zero_unless_told_the_training_me
     with pytest.raises(ConfigError) as e:
         SteerConfig(str(data), str(report), [LAYER], rotate_about="origin")
     assert e.value.field == "rotate_about"
+    with pytest.raises(ConfigError) as e:
+        SteerConfig(str(data), str(report), [LAYER], next_user_edit="header")
+    assert e.value.field == "next_user_edit"
 
 
 def test_matched_controls_and_only(tiny_analysed):
@@ -590,6 +593,12 @@ def test_next_user_reads_the_role_after_the_turn_with_the_edit_on_the_turn_only(
     np.testing.assert_allclose(steered, on_turn, atol=1e-5)
     assert np.abs(steered - plain).min() > 1e-4  # the edit moved it (10x the tolerance above)
     assert np.abs(steered - everywhere).min() > 1e-4  # and the header was left alone
+    s.next_user_edit = "all"  # --next-user-edit all: on the end of turn and header too
+    try:
+        np.testing.assert_allclose(s.next_user(edit, gen), everywhere, atol=1e-5)
+        np.testing.assert_allclose(s.next_user(None, gen), plain, atol=1e-5)
+    finally:
+        s.next_user_edit = "turn"
 
 
 def test_next_user_read_off_the_generation_cache_equals_the_second_forward(steerer):
@@ -603,19 +612,23 @@ def test_next_user_read_off_the_generation_cache_equals_the_second_forward(steer
     )
     small.batch_size = 2  # two batches: the last a single row
     edit = Add(unit(np.random.default_rng(1).standard_normal(loaded.d_model)), 4.0)
-    lengths, ended = set(), set()
-    for e in (None, edit):
-        for seed in range(4):
-            gen = small.generate(e, seed, next_user=True)
-            alone = small.generate(e, seed)
-            assert gen.tokens == alone.tokens and alone.next_user is None
-            np.testing.assert_array_equal(gen.p_end, alone.p_end)
-            np.testing.assert_allclose(gen.next_user, small.next_user(e, gen), atol=1e-5)
-            lengths |= set(gen.length.tolist())
-            ended |= set(gen.ended.tolist())
+    lengths, ended, readings = set(), set(), {}
+    for small.next_user_edit in ("turn", "all"):
+        for e in (None, edit):
+            for seed in range(4):
+                gen = small.generate(e, seed, next_user=True)
+                alone = small.generate(e, seed)
+                assert gen.tokens == alone.tokens and alone.next_user is None
+                np.testing.assert_array_equal(gen.p_end, alone.p_end)
+                np.testing.assert_allclose(gen.next_user, small.next_user(e, gen), atol=1e-5)
+                lengths |= set(gen.length.tolist())
+                ended |= set(gen.ended.tolist())
+                readings[small.next_user_edit, e is None, seed] = gen.next_user
     assert ended == {True, False} and 4 in lengths and len(lengths) > 2  # every kind of row was read
-    plain = small.generate(None, 0, next_user=True).next_user
-    assert np.abs(small.generate(edit, 0, next_user=True).next_user - plain).min() > 1e-4
+    for seed in range(4):  # the edit moved the reading; on the header too, it moved it differently
+        assert np.abs(readings["turn", False, seed] - readings["turn", True, seed]).min() > 1e-4
+        assert np.abs(readings["all", False, seed] - readings["turn", False, seed]).min() > 1e-4
+        np.testing.assert_array_equal(readings["all", True, seed], readings["turn", True, seed])
 
 
 def test_a_steerer_refuses_groups_that_do_not_split_its_prompts_in_order(steerer):

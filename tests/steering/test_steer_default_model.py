@@ -63,10 +63,10 @@ def test_the_default_model_names_the_other_role_after_each_turn():
 
 def test_next_user_read_off_the_generation_cache_equals_the_second_forward_on_smollm2():
     """The reading generate(next_user=True) takes from its own cache equals Steerer.next_user's
-    second forward, unsteered and steered, for turns that ended at once (empty), after a token, or
-    ran to the budget. SmolLM2 reads its context (the tiny model barely does), so a column kept or
-    masked wrongly moves the reading by nats: keeping the re-fed token's cached column too moved it
-    by 1.5 nats when tried."""
+    second forward, unsteered and steered (the edit on the turn, or on the header too), for turns
+    that ended at once (empty), after a token, or ran to the budget. SmolLM2 reads its context (the
+    tiny model barely does), so a column kept or masked wrongly moves the reading by nats: keeping
+    the re-fed token's cached column too moved it by 1.5 nats when tried."""
     from turnphase.builders.model import load_model
     from turnphase.steering.edits import Add, unit
     from turnphase.steering.generate import Steerer
@@ -86,7 +86,7 @@ def test_next_user_read_off_the_generation_cache_equals_the_second_forward_on_sm
     s = Steerer(loaded.model, tok, prompts, 19, max_new_tokens=4, temperature=0.7, top_p=0.9, batch_size=3)
     edit = Add(unit(np.random.default_rng(0).standard_normal(loaded.d_model)), 0.5)
     kinds = set()
-    for e in (None, edit):
+    for s.next_user_edit, e in (("turn", None), ("turn", edit), ("all", edit)):
         for seed in range(3):
             gen = s.generate(e, seed, next_user=True)
             np.testing.assert_allclose(gen.next_user, s.next_user(e, gen), atol=1e-4)
