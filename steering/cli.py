@@ -27,7 +27,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         required=True,
         help="layers to steer: 19, 17,19, 17-19, or all (the report's); ~40 min each",
     )
-    p.add_argument("--out", type=Path, required=True, help="folder for steer.json, figures and summary.txt")
+    p.add_argument(
+        "--out",
+        type=Path,
+        required=True,
+        help="folder for steer.json, turns.parquet, figures and summary.txt",
+    )
     p.add_argument("--overwrite", action="store_true", help="replace a non-empty --out")
     p.add_argument("--model", default=None, help="default: the dataset's model, from its provenance")
     p.add_argument(

@@ -136,7 +136,8 @@ class Steerer:
         """Sample every prompt's continuation with `edit` at the layer (None: unsteered, still through
         nnsight; `plain`: unsteered through transformers alone, the reference a zero edit must match).
         With `next_user`, also read `Steerer.next_user(edit, <these turns>)`, from the keys and values
-        the generation left in its cache (`_next_user_cached`): four tokens a row, not the whole turn."""
+        the generation left in its cache (`_next_user_cached`): the turn's last token and the header
+        (four tokens a row on SmolLM2), not the whole turn again."""
         tokens, ended, p_end, who = [], [], [], []
         room = 1 + len(self.header.tail) if next_user else 0  # for the re-fed token and the header
         for group_edit, n, keys in self._batches(edit):

@@ -34,15 +34,20 @@ EDIT_MEASURES = ("kl", "edit_size")  # of an edit; 0 for the unsteered run by de
 OUTCOMES = tuple(m for m in MEASURES if m not in EDIT_MEASURES)  # of the turn the model wrote
 
 
+def turn_texts(tokenizer, gen: Generation) -> list[str]:
+    """Each prompt's generated turn as text, without special tokens (`mid`: after the kept part)."""
+    return tokenizer.batch_decode(gen.tokens, skip_special_tokens=True)
+
+
 def per_prompt(
     gen: Generation,
     prompts: list[Prompt],
-    tokenizer,
+    texts: list[str],
     next_user: np.ndarray,
     kl: np.ndarray,
     size: np.ndarray,
 ) -> dict[str, np.ndarray]:
-    texts = tokenizer.batch_decode(gen.tokens, skip_special_tokens=True)
+    """Each measure per prompt of one condition's turns (`texts`: turn_texts(tokenizer, gen))."""
     turns = [p.kept_text + t for p, t in zip(prompts, texts, strict=True)]
     return {
         "length": gen.length.astype(float),

@@ -42,9 +42,11 @@ from turnphase.steering.measures import (
     against_random,
     interval,
     per_prompt,
+    turn_texts,
 )
 from turnphase.steering.prompts import Prompt, conversations, make_prompts
 from turnphase.steering.summary import findings, table
+from turnphase.steering.turns import TURNS_FILE, UNSTEERED, turn_rows, write_turns
 from turnphase.timing import Stopwatch
 
 log = logging.getLogger(__name__)
@@ -124,7 +126,7 @@ def steer(config: SteerConfig, *, verbose: bool = True) -> dict:
     if verbose:
         log.info("%s", table(result))
         if config.out is not None:
-            log.info("steer.json, figures and examples: %s/", config.out)
+            log.info("steer.json, turns.parquet, figures and summary: %s/", config.out)
     return result
 
 
@@ -162,6 +164,7 @@ def _steer(config: SteerConfig, tmp: Path | None) -> dict:
                     f"the confirmatory tests need {need} (a sign-flip p cannot fall below 2^-prompts)"
                 )
     layers: dict[str, dict] = {str(L): {} for L in config.layers}
+    turns: list[dict] = []  # every turn written, for turns.parquet
     prompt_info = {}
     for setting, prompts in made.items():
         prompt_info[setting] = [
@@ -188,9 +191,8 @@ def _steer(config: SteerConfig, tmp: Path | None) -> dict:
             steerer.at_layer(L)
             per_fold = [conditions(directions.layers[L].folds[f], d_model, config, L, setting) for f in folds]
             with clock.stage(f"layer {L} {setting}"):
-                layers[str(L)][setting] = run_setting(
-                    steerer, per_fold, prompts, config, f"layer {L} {setting}"
-                )
+                layers[str(L)][setting], rows = run_setting(steerer, per_fold, prompts, config, L, setting)
+                turns += rows
     result = {
         "steer_version": STEER_VERSION,
         "turnphase_version": turnphase_version(),
@@ -213,32 +215,49 @@ def _steer(config: SteerConfig, tmp: Path | None) -> dict:
             result["figures"] = figures.write_all(result, tmp, config.figure_format, config.dpi)
     result["timings"] = {"total": clock.elapsed(), "stages": dict(clock.seconds)}
     if tmp is not None:
+        write_turns(turns, tmp / TURNS_FILE)
         atomic_write_json(tmp / STEER_FILE, result)
         (tmp / "summary.txt").write_text(table(result) + "\n")
     return result
 
 
 def run_setting(
-    steerer: Steerer, per_fold: list[list[Condition]], prompts: list[Prompt], config: SteerConfig, desc: str
-) -> dict:
+    steerer: Steerer,
+    per_fold: list[list[Condition]],
+    prompts: list[Prompt],
+    config: SteerConfig,
+    layer: int,
+    setting: str,
+) -> tuple[dict, list[dict]]:
     """Every condition on the prompts: per_fold holds the run's conditions once per group of the
-    steerer's prompts (a fold's), in the same order, each with that fold's edit."""
+    steerer's prompts (a fold's), in the same order, each with that fold's edit. Returns the
+    setting's steer.json entry and every turn's row for turns.parquet (turns.py)."""
     conds = per_fold[0]
     if any([c.name for c in other] != [c.name for c in conds] for other in per_fold[1:]):
         raise ValueError("every fold must have the same conditions, in the same order")
     tok = steerer.tokenizer
     shown = example_rows(steerer.groups)
+    desc = f"layer {layer} {setting}"
     unsteered = steerer.generate(None, config.seed, next_user=True)
     reference, _ = steerer.log_probs(None, unsteered, config.kl_tokens)
     zero = np.zeros(len(prompts))
-    base = per_prompt(unsteered, prompts, tok, unsteered.next_user, zero, zero)
+    said = turn_texts(tok, unsteered)
+    base = per_prompt(unsteered, prompts, said, unsteered.next_user, zero, zero)
+    rows = turn_rows(layer, setting, UNSTEERED, None, prompts, unsteered, said, base)
+    examples = {UNSTEERED: [said[i] for i in shown]}
     measured: list[tuple[Condition, dict[str, np.ndarray], Generation]] = []
     shifts: dict[str, dict] = {}  # a rotated plane's phase estimate: how far it moved, per prompt
     for i, cond in enumerate(progress(conds, desc=desc, unit="condition")):
         edit = [fold[i].edit for fold in per_fold]  # one per group of prompts
         gen = steerer.generate(edit, config.seed, next_user=True)
         kl, done = steerer.kl(edit, unsteered, reference, config.kl_tokens)
-        measured.append((cond, per_prompt(gen, prompts, tok, gen.next_user, kl, done["edit_size"]), gen))
+        said = turn_texts(tok, gen)
+        m = per_prompt(gen, prompts, said, gen.next_user, kl, done["edit_size"])
+        measured.append((cond, m, gen))
+        rows += turn_rows(
+            layer, setting, cond.name, cond.family if cond.is_random else None, prompts, gen, said, m
+        )
+        examples[cond.name] = [said[i] for i in shown]
         if "phase_shift" in done:
             shifts[cond.name] = {
                 "mean": float(np.mean(done["phase_shift"])),
@@ -278,14 +297,14 @@ def run_setting(
                 **({"phase_shift": shifts[cond.name]} if cond.name in shifts else {}),
                 "p_end_curve": _curve(gen),
                 "per_prompt": {k: m[k].tolist() for k in MEASURES},
-                "examples": tok.batch_decode([gen.tokens[i] for i in shown], skip_special_tokens=True),
+                "examples": examples[cond.name],
             }
         )
     signs = {}
     if config.sign_controls:
         signs["contrasts"], contrast_draws = sign_contrasts(measured, random, config)
         random |= contrast_draws
-    return {
+    entry = {
         "n_prompts": len(prompts),
         "natural_length": float(np.mean([p.natural_length for p in prompts])),
         "unsteered": {
@@ -299,13 +318,14 @@ def run_setting(
             },
             "p_end_curve": _curve(unsteered),
             "per_prompt": {k: base[k].tolist() for k in MEASURES if k not in EDIT_MEASURES},
-            "examples": tok.batch_decode([unsteered.tokens[i] for i in shown], skip_special_tokens=True),
+            "examples": examples[UNSTEERED],
         },
         "example_prompts": shown,
         "conditions": entries,
         **signs,
         "random": random,
     }
+    return entry, rows
 
 
 def example_rows(groups: list[list[int]]) -> list[int]:

@@ -483,6 +483,50 @@ def test_a_run_writes_a_valid_steer_json(tiny_analysed, tmp_path):
     assert sum(stages.values()) <= result["timings"]["total"] + 1e-6 and "took " in summary.splitlines()[-1]
 
 
+def test_a_run_writes_every_turn_to_turns_parquet(tiny_analysed, tmp_path):
+    """turns.parquet holds every turn of the run (unsteered, each condition, each random draw) with
+    the measures steer.json has for it, readable with load_dataset."""
+    from datasets import load_dataset
+
+    from turnphase.steering.turns import TURNS_FILE, UNSTEERED
+
+    data, report = tiny_analysed
+    out = tmp_path / "steer"
+    args = ["steer", str(data), "--report", str(report), "--layers", "1,3", "--out", str(out), *FAST_STEER]
+    assert main(args) == 0
+    result = json.loads((out / "steer.json").read_text())
+    turns = load_dataset("parquet", data_files=str(out / TURNS_FILE), split="train").to_pandas()
+    expected = 0
+    for layer, settings in result["layers"].items():
+        for setting, entry in settings.items():
+            n, ids = entry["n_prompts"], [p["conversation_id"] for p in result["prompts"][setting]]
+            mine = turns[(turns.layer == int(layer)) & (turns.setting == setting)]
+            expected += len(mine)
+            named = [(UNSTEERED, entry["unsteered"]), *[(c["name"], c) for c in entry["conditions"]]]
+            for name, block in named:
+                rows = mine[mine.condition == name].sort_values("prompt")
+                assert rows.prompt.tolist() == list(range(n)) and rows.family.isna().all()
+                assert rows.conversation_id.tolist() == ids and (rows.length == rows.ids.map(len)).all()
+                for k, values in block["per_prompt"].items():
+                    np.testing.assert_allclose(rows[k], values)
+                shown = rows.set_index("prompt").loc[entry["example_prompts"]]
+                assert shown.text.tolist() == block["examples"]
+            base = mine[mine.condition == UNSTEERED].sort_values("prompt")
+            draws = mine[mine.family.notna()]
+            assert set(draws.family) == set(entry["random"])  # no sign controls: one family per draw set
+            assert len(mine) == n * (len(named) + sum(len(v["length"]) for v in entry["random"].values()))
+            for family, fam in draws.groupby("family"):  # each draw's effect, from its turns
+                for k in ("length", "next_user"):
+                    effects = [
+                        g.sort_values("prompt")[k].to_numpy() - base[k].to_numpy()
+                        for _, g in fam.groupby("condition")
+                    ]
+                    np.testing.assert_allclose(
+                        sorted(e.mean() for e in effects), sorted(entry["random"][family][k])
+                    )
+    assert len(turns) == expected
+
+
 def test_a_cross_fitted_run_is_every_folds_run_side_by_side(tiny_analysed, tmp_path, monkeypatch):
     """--fold all steers every fold's held-out prompts, each with its own fold's directions: each
     fold's prompts get the turns, KL and edit sizes a run on that fold alone gives them (all of its
