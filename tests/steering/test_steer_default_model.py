@@ -10,6 +10,17 @@ from turnphase.builders.cli import main
 
 pytestmark = pytest.mark.slow
 LAYER = "19"
+TEA = [  # the start of each chat below
+    {"role": "user", "content": "What makes a good cup of tea?"},
+    {"role": "assistant", "content": "Fresh water, the right temperature and a few minutes of steeping."},
+]
+
+
+@pytest.fixture(scope="module")
+def smollm2():
+    from turnphase.builders.model import load_model
+
+    return load_model(None, layers="all")
 
 
 def test_steering_smollm2_end_to_end(tmp_path):
@@ -33,17 +44,14 @@ def test_steering_smollm2_end_to_end(tmp_path):
     assert (out / f"layer{LAYER}_mid_dose_response.png").stat().st_size > 0
 
 
-def test_the_default_model_names_the_other_role_after_each_turn():
+def test_the_default_model_names_the_other_role_after_each_turn(smollm2):
     """next_user reads whose turn it was: after a user's message the model names the assistant next
     (negative), after an assistant's the user (positive), unsteered."""
-    from turnphase.builders.model import load_model
     from turnphase.steering.generate import Generation, Steerer
 
-    loaded = load_model(None, layers="all")
-    tok = loaded.tokenizer
+    loaded, tok = smollm2, smollm2.tokenizer
     chat = [
-        {"role": "user", "content": "What makes a good cup of tea?"},
-        {"role": "assistant", "content": "Fresh water, the right temperature and a few minutes of steeping."},
+        *TEA,
         {"role": "user", "content": "How long is a few minutes?"},
         {"role": "assistant", "content": "Three to five for black tea, two to three for green."},
     ]
@@ -61,21 +69,18 @@ def test_the_default_model_names_the_other_role_after_each_turn():
     assert all((v < 0) == (role == "user") for v, role in zip(who, roles, strict=True)), (who, roles)
 
 
-def test_next_user_read_off_the_generation_cache_equals_the_second_forward_on_smollm2():
+def test_next_user_read_off_the_generation_cache_equals_the_second_forward_on_smollm2(smollm2):
     """The reading generate(next_user=True) takes from its own cache equals Steerer.next_user's
     second forward, unsteered and steered (the edit on the turn, or on the header too), for turns
     that ended at once (empty), after a token, or ran to the budget. SmolLM2 reads its context (the
     tiny model barely does), so a column kept or masked wrongly moves the reading by nats: keeping
     the re-fed token's cached column too moved it by 1.5 nats when tried."""
-    from turnphase.builders.model import load_model
     from turnphase.steering.edits import Add, unit
     from turnphase.steering.generate import Steerer
 
-    loaded = load_model(None, layers="all")
-    tok = loaded.tokenizer
+    loaded, tok = smollm2, smollm2.tokenizer
     chat = [
-        {"role": "user", "content": "What makes a good cup of tea?"},
-        {"role": "assistant", "content": "Fresh water, the right temperature and a few minutes of steeping."},
+        *TEA,
         {"role": "user", "content": "Thanks, that is all I wanted to know!"},
         {"role": "assistant", "content": "You're welcome! Enjoy your tea."},
     ]
