@@ -164,7 +164,7 @@ def _steer(config: SteerConfig, tmp: Path | None) -> dict:
                     f"the confirmatory tests need {need} (a sign-flip p cannot fall below 2^-prompts)"
                 )
     layers: dict[str, dict] = {str(L): {} for L in config.layers}
-    turns: list[dict] = []  # every turn written, for turns.parquet
+    written: list[dict] = []  # every turn's row, for turns.parquet
     prompt_info = {}
     for setting, prompts in made.items():
         prompt_info[setting] = [
@@ -192,7 +192,7 @@ def _steer(config: SteerConfig, tmp: Path | None) -> dict:
             per_fold = [conditions(directions.layers[L].folds[f], d_model, config, L, setting) for f in folds]
             with clock.stage(f"layer {L} {setting}"):
                 layers[str(L)][setting], rows = run_setting(steerer, per_fold, prompts, config, L, setting)
-                turns += rows
+                written += rows
     result = {
         "steer_version": STEER_VERSION,
         "turnphase_version": turnphase_version(),
@@ -215,7 +215,7 @@ def _steer(config: SteerConfig, tmp: Path | None) -> dict:
             result["figures"] = figures.write_all(result, tmp, config.figure_format, config.dpi)
     result["timings"] = {"total": clock.elapsed(), "stages": dict(clock.seconds)}
     if tmp is not None:
-        write_turns(turns, tmp / TURNS_FILE)
+        write_turns(written, tmp / TURNS_FILE)
         atomic_write_json(tmp / STEER_FILE, result)
         (tmp / "summary.txt").write_text(table(result) + "\n")
     return result
@@ -244,7 +244,7 @@ def run_setting(
     said = turn_texts(tok, unsteered)
     base = per_prompt(unsteered, prompts, said, unsteered.next_user, zero, zero)
     rows = turn_rows(layer, setting, UNSTEERED, None, prompts, unsteered, said, base)
-    examples = {UNSTEERED: [said[i] for i in shown]}
+    examples = {UNSTEERED: [said[k] for k in shown]}
     measured: list[tuple[Condition, dict[str, np.ndarray], Generation]] = []
     shifts: dict[str, dict] = {}  # a rotated plane's phase estimate: how far it moved, per prompt
     for i, cond in enumerate(progress(conds, desc=desc, unit="condition")):
@@ -257,7 +257,7 @@ def run_setting(
         rows += turn_rows(
             layer, setting, cond.name, cond.family if cond.is_random else None, prompts, gen, said, m
         )
-        examples[cond.name] = [said[i] for i in shown]
+        examples[cond.name] = [said[k] for k in shown]
         if "phase_shift" in done:
             shifts[cond.name] = {
                 "mean": float(np.mean(done["phase_shift"])),

@@ -649,7 +649,8 @@ def test_next_user_read_off_the_generation_cache_equals_the_second_forward(steer
     """generate(next_user=True) reads next_user from the keys and values its generation left: the
     same turns, and readings equal to Steerer.next_user's on them, for turns that ended (pads fed
     after them in the cache), hit the budget (their last token never fed) or are empty, in batches
-    of different widths."""
+    of different widths. The tiny model barely reads its context, so a column kept or masked wrongly
+    moves its reading by less than the tolerance: the SmolLM2 test is the sharp one for that."""
     s, loaded = steerer
     small = Steerer(
         loaded.model, loaded.tokenizer, s.prompts, LAYER, max_new_tokens=4, temperature=1.0, top_p=1.0
@@ -668,7 +669,7 @@ def test_next_user_read_off_the_generation_cache_equals_the_second_forward(steer
                 lengths |= set(gen.length.tolist())
                 ended |= set(gen.ended.tolist())
                 readings[small.next_user_edit, e is None, seed] = gen.next_user
-    assert ended == {True, False} and 4 in lengths and len(lengths) > 2  # every kind of row was read
+    assert ended == {True, False} and {0, 4} < lengths  # every kind of row was read
     for seed in range(4):  # the edit moved the reading; on the header too, it moved it differently
         assert np.abs(readings["turn", False, seed] - readings["turn", True, seed]).min() > 1e-4
         assert np.abs(readings["all", False, seed] - readings["turn", False, seed]).min() > 1e-4
