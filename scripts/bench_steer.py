@@ -100,8 +100,10 @@ def main() -> int:
         for name, (edit, plain) in variants.items():
             start = time.perf_counter()
             gen = steerer.generate(edit, seed=0, plain=plain)
-            seconds["rotate"] += [time.perf_counter() - start] if name == "rotate" else []
-            rate[name].append(len(prompts) * steps_run(gen) / (time.perf_counter() - start))
+            took = time.perf_counter() - start
+            rate[name].append(len(prompts) * steps_run(gen) / took)
+            if name == "rotate":
+                seconds["rotate"].append(took)
         start = time.perf_counter()
         gen = steerer.generate(rotate, seed=0)
         read = time.perf_counter()

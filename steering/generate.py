@@ -265,15 +265,19 @@ class Steerer:
             keep[b, width - 1 + len(turn) :] = 0
             fed[b] = torch.tensor([(row + turn)[-1], *tail])
             positions[b] = torch.arange(len(row) - 1 + len(turn), len(row) + len(turn) + len(tail))
-        kwargs = dict(
-            attention_mask=torch.cat([keep, torch.ones_like(fed)], 1), position_ids=positions, cache=cache
-        )
+        mask = torch.cat([keep, torch.ones_like(fed)], 1)
+        return self._role_log_odds(edit, fed, dict(attention_mask=mask, position_ids=positions, cache=cache))
+
+    def _role_log_odds(self, edit: Edit | None, fed: torch.Tensor, kwargs: dict) -> list[float]:
+        """log P(user) - log P(assistant) at the last column of `fed` (each row ending with the
+        header's tail), with `edit` on the columns before the tail (on all of them with
+        next_user_edit "all"): the one forward both readings of next_user end in."""
+        edited = slice(None) if self.next_user_edit == "all" else slice(0, -len(self.header.tail))
         with torch.inference_mode(), warnings.catch_warnings():
             warnings.simplefilter("ignore")
             with self.lm.trace(fed, **kwargs):
                 if edit is not None:
                     h = hidden_of(self.block.output)
-                    edited = slice(None) if self.next_user_edit == "all" else slice(0, 1)
                     h[:, edited] = edit(h[:, edited])
                 logits = self.lm.lm_head.output[:, -1].save()
         logp = torch.log_softmax(logits.float(), dim=-1)
@@ -292,15 +296,5 @@ class Steerer:
         tail, out = self.header.tail, []
         for group_edit, _, keys in self._batches(edit):
             rows = [self.prompts[k] + gen.tokens[k] + tail for k in keys]
-            fed, kwargs = self._continuation(keys, rows)
-            with torch.inference_mode(), warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                with self.lm.trace(fed, **kwargs):
-                    if group_edit is not None:
-                        h = hidden_of(self.block.output)
-                        edited = slice(None) if self.next_user_edit == "all" else slice(0, -len(tail))
-                        h[:, edited] = group_edit(h[:, edited])
-                    logits = self.lm.lm_head.output[:, -1].save()
-            logp = torch.log_softmax(logits.float(), dim=-1)
-            out += (logp[:, self.header.user] - logp[:, self.header.assistant]).tolist()
+            out += self._role_log_odds(group_edit, *self._continuation(keys, rows))
         return np.array(out)
